@@ -1,0 +1,651 @@
+//! The connection task: one per connection, sole owner of its `quiche::Connection` and application.
+//!
+//! Loop: feed every queued datagram to quiche (ACKs first: a sender that does not read starves
+//! itself), let the application read and write, keep the router's CID table in step with quiche, send
+//! what quiche produced in GSO batches, then wait for the next datagram, timer, handle command or
+//! application wake-up. Others reach the connection only through [`ConnectionHandle`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use quinn_udp::Transmit;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, Sleep};
+
+use crate::app::{ApplicationOverQuic, QuicConnection};
+use crate::endpoint::{EndpointShared, IncomingConnection};
+use crate::error::{ApplicationError, CloseReason, ConnectionError};
+use crate::router::{Datagram, Route, RouterCommand, RouterHandle};
+use crate::stats::ConnectionStats;
+
+/// Transport error code CONNECTION_REFUSED (RFC 9000 §20.1).
+const CONNECTION_REFUSED: u64 = 0x2;
+/// Transport error code INTERNAL_ERROR (RFC 9000 §20.1).
+const INTERNAL_ERROR: u64 = 0x1;
+/// Connection IDs we keep issued to the peer at once (bounded further by the peer's
+/// `active_connection_id_limit`): enough for a migration or two without growing the CID table.
+const MAX_ISSUED_CIDS: usize = 4;
+/// Stats requests queued per connection.
+const STATS_QUEUE: usize = 8;
+/// A sleep deadline far enough away to mean "no timer".
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
+
+/// A cheap, cloneable reference to a running connection.
+///
+/// Dropping every handle does not close the connection: the application owns its lifetime.
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle {
+    shared: Arc<HandleShared>,
+}
+
+#[derive(Debug)]
+struct HandleShared {
+    trace_id: String,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+    alpn: Vec<u8>,
+    server_name: Option<String>,
+    close_requests: watch::Sender<Option<CloseReason>>,
+    stats_requests: mpsc::Sender<oneshot::Sender<ConnectionStats>>,
+    closed: watch::Receiver<Option<ConnectionError>>,
+}
+
+impl ConnectionHandle {
+    /// The connection's trace ID (its first source connection ID, hex): the key in logs and qlog.
+    pub fn trace_id(&self) -> &str {
+        &self.shared.trace_id
+    }
+
+    /// The peer's address when the handshake completed.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer_addr
+    }
+
+    /// Our address for this connection.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The negotiated application protocol.
+    pub fn alpn(&self) -> &[u8] {
+        &self.shared.alpn
+    }
+
+    /// The server name the client asked for (SNI), if any.
+    pub fn server_name(&self) -> Option<&str> {
+        self.shared.server_name.as_deref()
+    }
+
+    /// Asks the connection to close with an application error code and reason. Returns at once; await
+    /// [`closed`](Self::closed) to know when it is done. Does nothing if it is already closed.
+    pub fn close(&self, code: u64, reason: &str) {
+        self.shared.close_requests.send_replace(Some(CloseReason {
+            is_application: true,
+            code,
+            reason: reason.to_owned(),
+        }));
+    }
+
+    /// Current statistics, or `None` once the connection has closed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future drops the request.
+    pub async fn stats(&self) -> Option<ConnectionStats> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.shared.stats_requests.send(reply_tx).await.ok()?;
+        reply_rx.await.ok()
+    }
+
+    /// Resolves when the connection has closed, with the reason.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn closed(&self) -> ConnectionError {
+        let mut closed = self.shared.closed.clone();
+        let reason = closed.wait_for(Option::is_some).await.ok().and_then(|reason| reason.clone());
+        // A task gone without a word can only have been aborted.
+        reason.or_else(|| closed.borrow().clone()).unwrap_or(ConnectionError::Aborted)
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.borrow().is_some() || self.shared.closed.has_changed().is_err()
+    }
+}
+
+pub(crate) struct CoreParts<'a> {
+    pub(crate) conn: quiche::Connection,
+    pub(crate) inbound: mpsc::Receiver<Datagram>,
+    pub(crate) route: &'a Route,
+    pub(crate) router: RouterHandle,
+    pub(crate) shared: Arc<EndpointShared>,
+    /// The client's original DCID, mapped to this connection until it closes (servers only).
+    pub(crate) odcid: Option<Vec<u8>>,
+    /// Give up if the handshake has not completed by then (clients).
+    pub(crate) handshake_timeout: Option<Duration>,
+}
+
+type StartFn = Box<dyn FnOnce(ConnectionCore) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// What [`ConnectionCore::drive`] stopped for.
+enum DriveExit {
+    Closed,
+    HandedOff,
+}
+
+/// What woke the task.
+enum Wake {
+    Datagram(Option<Datagram>),
+    Timer,
+    CloseRequested,
+    StatsRequested(Option<oneshot::Sender<ConnectionStats>>),
+    Shutdown,
+    App(Result<(), ApplicationError>),
+    AppPanicked,
+}
+
+pub(crate) struct ConnectionCore {
+    conn: quiche::Connection,
+    inbound: mpsc::Receiver<Datagram>,
+    route: mpsc::WeakSender<Datagram>,
+    queue_drops: Arc<AtomicU64>,
+    router: RouterHandle,
+    shared: Arc<EndpointShared>,
+    registered: Vec<Vec<u8>>,
+    unregistered: bool,
+    trace_id: String,
+    handshake_deadline: Option<(Instant, Duration)>,
+    forced_reason: Option<ConnectionError>,
+    timer: Pin<Box<Sleep>>,
+    close_requests: watch::Receiver<Option<CloseReason>>,
+    close_requests_tx: watch::Sender<Option<CloseReason>>,
+    stats_requests: mpsc::Receiver<oneshot::Sender<ConnectionStats>>,
+    stats_requests_tx: mpsc::Sender<oneshot::Sender<ConnectionStats>>,
+    closed_tx: watch::Sender<Option<ConnectionError>>,
+    handle: Option<ConnectionHandle>,
+    established_waiter: Option<oneshot::Sender<Result<ConnectionHandle, ConnectionError>>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ConnectionCore {
+    pub(crate) fn new(parts: CoreParts<'_>) -> Self {
+        let (close_requests_tx, close_requests) = watch::channel(None);
+        let (stats_requests_tx, stats_requests) = mpsc::channel(STATS_QUEUE);
+        let (closed_tx, _) = watch::channel(None);
+        let mut registered = vec![parts.conn.source_id().to_vec()];
+        registered.extend(parts.odcid.iter().cloned());
+        parts.shared.counters.active_connections.fetch_add(1, Ordering::Relaxed);
+        Self {
+            trace_id: parts.conn.trace_id().to_owned(),
+            handshake_deadline: parts.handshake_timeout.map(|timeout| (Instant::now() + timeout, timeout)),
+            conn: parts.conn,
+            inbound: parts.inbound,
+            route: parts.route.inbound.downgrade(),
+            queue_drops: parts.route.queue_drops.clone(),
+            router: parts.router,
+            shutdown: parts.shared.shutdown_signal(),
+            shared: parts.shared,
+            registered,
+            unregistered: false,
+            forced_reason: None,
+            timer: Box::pin(tokio::time::sleep(FAR_FUTURE)),
+            close_requests,
+            close_requests_tx,
+            stats_requests,
+            stats_requests_tx,
+            closed_tx,
+            handle: None,
+            established_waiter: None,
+        }
+    }
+
+    pub(crate) fn trace_id(&self) -> &str {
+        &self.trace_id
+    }
+
+    /// A receiver for the close reason, usable before the handshake completes.
+    pub(crate) fn closed_signal(&self) -> watch::Receiver<Option<ConnectionError>> {
+        self.closed_tx.subscribe()
+    }
+
+    pub(crate) fn notify_when_established(&mut self) -> oneshot::Receiver<Result<ConnectionHandle, ConnectionError>> {
+        let (tx, rx) = oneshot::channel();
+        self.established_waiter = Some(tx);
+        rx
+    }
+
+    /// Runs the connection with `app` until it closes.
+    pub(crate) async fn run<A: ApplicationOverQuic>(mut self, mut app: A) {
+        self.drive(&mut app, |_| false).await;
+        self.finish(&mut app).await;
+    }
+
+    /// The heart of the task; returns when the connection is closed or `hand_off(app)` says so.
+    async fn drive<A: ApplicationOverQuic>(&mut self, app: &mut A, hand_off: impl Fn(&A) -> bool) -> DriveExit {
+        let mut app_started = false;
+        loop {
+            while let Ok(datagram) = self.inbound.try_recv() {
+                self.recv(datagram);
+            }
+            if self.conn.is_established() && !self.conn.is_draining() && self.conn.local_error().is_none() {
+                if !app_started {
+                    app_started = true;
+                    self.on_established();
+                    let result = guard(|| app.on_conn_established(&mut self.conn));
+                    self.apply_app_result(result);
+                }
+                if hand_off(app) {
+                    return DriveExit::HandedOff;
+                }
+                if app.should_act() {
+                    let result = guard(|| app.process_reads(&mut self.conn));
+                    self.apply_app_result(result);
+                    let result = guard(|| app.process_writes(&mut self.conn));
+                    self.apply_app_result(result);
+                }
+            }
+            self.sync_cids().await;
+            if let Some((deadline, timeout)) = self.handshake_deadline {
+                if !self.conn.is_established() && Instant::now() >= deadline {
+                    // The peer never answered: there is nobody to send CONNECTION_CLOSE to.
+                    self.forced_reason = Some(ConnectionError::HandshakeTimeout(timeout));
+                    return DriveExit::Closed;
+                }
+            }
+            self.flush().await;
+            if self.conn.is_closed() {
+                return DriveExit::Closed;
+            }
+
+            let deadline = self.next_deadline();
+            self.timer.as_mut().reset(deadline);
+            let wake = {
+                let app_waits = app_started;
+                let wait_for_app = AssertUnwindSafe(app.wait_for_data()).catch_unwind();
+                tokio::select! {
+                    biased;
+                    datagram = self.inbound.recv() => Wake::Datagram(datagram),
+                    _ = &mut self.timer => Wake::Timer,
+                    _ = self.close_requests.changed() => Wake::CloseRequested,
+                    request = self.stats_requests.recv() => Wake::StatsRequested(request),
+                    _ = self.shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
+                    result = wait_for_app, if app_waits => match result {
+                        Ok(result) => Wake::App(result),
+                        Err(_) => Wake::AppPanicked,
+                    },
+                }
+            };
+            match wake {
+                Wake::Datagram(Some(datagram)) => self.recv(datagram),
+                Wake::Datagram(None) => {
+                    // Unreachable while we hold the route; treat as shutdown.
+                    self.close_transport(0, "endpoint shut down");
+                    self.forced_reason.get_or_insert(ConnectionError::EndpointShutdown);
+                }
+                Wake::Timer => {
+                    if self.conn.timeout_instant().is_some_and(|at| at <= std::time::Instant::now()) {
+                        self.conn.on_timeout();
+                    }
+                }
+                Wake::CloseRequested => {
+                    let request = self.close_requests.borrow_and_update().clone();
+                    if let Some(request) = request {
+                        let _ = self.conn.close(request.is_application, request.code, request.reason.as_bytes());
+                    }
+                }
+                Wake::StatsRequested(Some(reply)) => {
+                    let _ = reply.send(self.stats());
+                }
+                Wake::StatsRequested(None) => {}
+                Wake::Shutdown => {
+                    self.close_transport(0, "endpoint shut down");
+                    self.forced_reason.get_or_insert(ConnectionError::EndpointShutdown);
+                }
+                Wake::App(result) => self.apply_app_result(result.map_err(AppFailure::Error)),
+                Wake::AppPanicked => self.apply_app_result(Err(AppFailure::Panic)),
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let quic = self.conn.timeout_instant().map(Instant::from_std);
+        let handshake = self.handshake_deadline.filter(|_| !self.conn.is_established()).map(|(at, _)| at);
+        match (quic, handshake) {
+            (Some(quic), Some(handshake)) => quic.min(handshake),
+            (Some(at), None) | (None, Some(at)) => at,
+            (None, None) => Instant::now() + FAR_FUTURE,
+        }
+    }
+
+    fn recv(&mut self, mut datagram: Datagram) {
+        let info = quiche::RecvInfo { from: datagram.from, to: datagram.to };
+        if let Err(err) = self.conn.recv(&mut datagram.data, info) {
+            if err != quiche::Error::Done {
+                tracing::trace!(error = %err, "packet rejected by quiche");
+            }
+        }
+    }
+
+    fn close_transport(&mut self, code: u64, reason: &str) {
+        let _ = self.conn.close(false, code, reason.as_bytes());
+    }
+
+    fn apply_app_result(&mut self, result: Result<(), AppFailure>) {
+        match result {
+            Ok(()) => {}
+            Err(AppFailure::Error(err)) => {
+                tracing::debug!(code = err.code, reason = %err.reason, "application closes the connection");
+                let _ = self.conn.close(true, err.code, err.reason.as_bytes());
+            }
+            Err(AppFailure::Panic) => {
+                tracing::error!("application panicked; closing the connection");
+                self.close_transport(INTERNAL_ERROR, "internal error");
+            }
+        }
+    }
+
+    /// Publishes the handle once the handshake is done (first call only).
+    fn on_established(&mut self) {
+        if self.handle.is_some() {
+            return;
+        }
+        let path = self.conn.path_stats().next();
+        let handle = ConnectionHandle {
+            shared: Arc::new(HandleShared {
+                trace_id: self.trace_id.clone(),
+                peer_addr: path.as_ref().map(|path| path.peer_addr).unwrap_or(self.router.socket.local_addr()),
+                local_addr: path.as_ref().map(|path| path.local_addr).unwrap_or(self.router.socket.local_addr()),
+                alpn: self.conn.application_proto().to_vec(),
+                server_name: self.conn.server_name().map(str::to_owned),
+                close_requests: self.close_requests_tx.clone(),
+                stats_requests: self.stats_requests_tx.clone(),
+                closed: self.closed_tx.subscribe(),
+            }),
+        };
+        tracing::debug!(alpn = %String::from_utf8_lossy(handle.alpn()), "handshake complete");
+        if let Some(waiter) = self.established_waiter.take() {
+            let _ = waiter.send(Ok(handle.clone()));
+        }
+        self.handle = Some(handle);
+    }
+
+    /// Issues fresh CIDs to the peer as it has room and drops retired ones from the router.
+    async fn sync_cids(&mut self) {
+        let mut retired = Vec::new();
+        while let Some(cid) = self.conn.retired_scid_next() {
+            let cid = cid.to_vec();
+            self.registered.retain(|known| *known != cid);
+            retired.push(cid);
+        }
+        if !retired.is_empty() {
+            let _ = self.router.commands.send(RouterCommand::Unregister(retired)).await;
+        }
+        if !self.conn.is_established() || self.conn.is_draining() {
+            return;
+        }
+        while self.conn.scids_left() > 0 && self.conn.active_scids() < MAX_ISSUED_CIDS {
+            let Some(inbound) = self.route.upgrade() else { return };
+            let cid = self.router.cids.generate();
+            let route = Route { inbound, queue_drops: self.queue_drops.clone() };
+            // Map first: the router applies commands before reading, so the CID is routable before the
+            // NEW_CONNECTION_ID frame that announces it leaves.
+            if self.router.commands.send(RouterCommand::Register(cid.to_vec(), route)).await.is_err() {
+                return;
+            }
+            self.registered.push(cid.to_vec());
+            if self.conn.new_scid(&cid, self.router.cids.reset_token(), false).is_err() {
+                self.registered.pop();
+                let _ = self.router.commands.send(RouterCommand::Unregister(vec![cid.to_vec()])).await;
+                return;
+            }
+        }
+    }
+
+    /// Sends everything quiche has to send, in GSO batches of equal-size datagrams to one destination.
+    async fn flush(&mut self) {
+        let mut buffer = self.shared.buffers.take();
+        let socket = self.router.socket.clone();
+        let max_segments = socket.max_gso_segments().max(1);
+        let mtu = self.conn.max_send_udp_payload_size();
+        let mut exhausted = false;
+        while !exhausted {
+            let mut len = 0;
+            let mut segment_size = 0;
+            let mut segments = 0;
+            let mut destination = None;
+            let mut straggler = None;
+            while segments < max_segments && len + mtu <= buffer.len() {
+                match self.conn.send(&mut buffer[len..len + mtu]) {
+                    Ok((written, info)) => match destination {
+                        None => {
+                            destination = Some(info.to);
+                            segment_size = written;
+                            len = written;
+                            segments = 1;
+                        }
+                        Some(to) if to == info.to && written <= segment_size => {
+                            len += written;
+                            segments += 1;
+                            if written < segment_size {
+                                // A short datagram can only end a GSO batch.
+                                break;
+                            }
+                        }
+                        Some(_) => {
+                            straggler = Some((written, info.to));
+                            break;
+                        }
+                    },
+                    Err(quiche::Error::Done) => {
+                        exhausted = true;
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, "quiche send failed; connection is closing");
+                        exhausted = true;
+                        break;
+                    }
+                }
+            }
+            let Some(to) = destination else { break };
+            let batch_size = (segments > 1).then_some(segment_size);
+            self.transmit(&socket, &buffer[..len], to, batch_size, segments).await;
+            if let Some((written, to)) = straggler {
+                self.transmit(&socket, &buffer[len..len + written], to, None, 1).await;
+            }
+        }
+        self.shared.buffers.give_back(buffer);
+    }
+
+    async fn transmit(
+        &self,
+        socket: &crate::socket::QuicSocket,
+        contents: &[u8],
+        destination: SocketAddr,
+        segment_size: Option<usize>,
+        segments: usize,
+    ) {
+        let transmit = Transmit { destination, ecn: None, contents, segment_size, src_ip: None };
+        let counters = &self.shared.counters;
+        match socket.send(&transmit).await {
+            Ok(()) => {
+                counters.datagrams_sent.fetch_add(segments as u64, Ordering::Relaxed);
+                counters.bytes_sent.fetch_add(contents.len() as u64, Ordering::Relaxed);
+            }
+            Err(err) => {
+                // Lost on the floor: QUIC's loss recovery resends whatever mattered.
+                counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %err, %destination, "UDP send failed");
+            }
+        }
+    }
+
+    fn stats(&self) -> ConnectionStats {
+        ConnectionStats::from_connection(&self.conn, self.queue_drops.load(Ordering::Relaxed))
+    }
+
+    fn close_reason(&self) -> ConnectionError {
+        if let Some(reason) = &self.forced_reason {
+            return reason.clone();
+        }
+        if self.conn.is_timed_out() {
+            return ConnectionError::IdleTimeout;
+        }
+        if let Some(err) = self.conn.peer_error() {
+            return ConnectionError::PeerClosed(CloseReason::from_quiche(err));
+        }
+        match self.conn.local_error() {
+            Some(err) => ConnectionError::LocallyClosed(CloseReason::from_quiche(err)),
+            None => {
+                ConnectionError::LocallyClosed(CloseReason { is_application: false, code: 0, reason: String::new() })
+            }
+        }
+    }
+
+    /// Tells the application, unmaps every CID and publishes the reason.
+    async fn finish<A: ApplicationOverQuic>(&mut self, app: &mut A) {
+        let reason = self.close_reason();
+        let stats = self.stats();
+        tracing::debug!(%reason, ?stats, "connection closed");
+        let _ = guard(|| {
+            app.on_conn_close(&mut self.conn, &reason);
+            Ok(())
+        });
+        let cids = std::mem::take(&mut self.registered);
+        if self.router.commands.send(RouterCommand::Unregister(cids)).await.is_ok() {
+            self.unregistered = true;
+        }
+        if let Some(waiter) = self.established_waiter.take() {
+            let _ = waiter.send(Err(reason.clone()));
+        }
+        self.closed_tx.send_replace(Some(reason));
+    }
+}
+
+impl Drop for ConnectionCore {
+    fn drop(&mut self) {
+        if !self.unregistered {
+            let cids = std::mem::take(&mut self.registered);
+            // Best effort; if the router's queue is full it heals the table when a packet comes.
+            let _ = self.router.commands.try_send(RouterCommand::Unregister(cids));
+        }
+        if self.closed_tx.borrow().is_none() {
+            self.closed_tx.send_replace(Some(ConnectionError::Aborted));
+        }
+        let counters = &self.shared.counters;
+        counters.connections_closed.fetch_add(1, Ordering::Relaxed);
+        if counters.active_connections.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.shared.idle.notify_waiters();
+        }
+    }
+}
+
+enum AppFailure {
+    Error(ApplicationError),
+    Panic,
+}
+
+/// Runs an application hook, turning a panic into a failure instead of killing the task.
+fn guard(hook: impl FnOnce() -> Result<(), ApplicationError>) -> Result<(), AppFailure> {
+    match std::panic::catch_unwind(AssertUnwindSafe(hook)) {
+        Ok(result) => result.map_err(AppFailure::Error),
+        Err(_) => Err(AppFailure::Panic),
+    }
+}
+
+/// Placeholder application for the handshake, before a server connection is accepted.
+struct Handshaking;
+
+impl ApplicationOverQuic for Handshaking {
+    fn on_conn_established(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Ok(())
+    }
+    fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Ok(())
+    }
+    fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Ok(())
+    }
+}
+
+/// Keeps an established server connection alive (ACKs, timers) while it waits in the accept queue.
+struct AwaitingStart {
+    start: Option<oneshot::Receiver<StartFn>>,
+    started: Option<StartFn>,
+    refused: bool,
+}
+
+impl ApplicationOverQuic for AwaitingStart {
+    fn on_conn_established(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Ok(())
+    }
+
+    async fn wait_for_data(&mut self) -> Result<(), ApplicationError> {
+        let Some(start) = self.start.as_mut() else { return std::future::pending().await };
+        match start.await {
+            Ok(start_fn) => self.started = Some(start_fn),
+            Err(_) => self.refused = true,
+        }
+        self.start = None;
+        Ok(())
+    }
+
+    fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Ok(())
+    }
+
+    fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        if self.refused {
+            let _ = conn.close(false, CONNECTION_REFUSED, b"connection not accepted");
+        }
+        Ok(())
+    }
+}
+
+/// A server connection's task: handshake, wait in the accept queue, then run the application.
+pub(crate) async fn run_server(mut core: ConnectionCore, accept_queue: mpsc::Sender<IncomingConnection>) {
+    if let DriveExit::Closed = core.drive(&mut Handshaking, |_| true).await {
+        core.finish(&mut Handshaking).await;
+        return;
+    }
+    let Some(handle) = core.handle.clone() else {
+        core.finish(&mut Handshaking).await;
+        return;
+    };
+    let (start_tx, start_rx) = oneshot::channel();
+    let incoming = IncomingConnection::new(handle, start_tx);
+    let counters = &core.shared.counters;
+    let mut waiting = AwaitingStart { start: Some(start_rx), started: None, refused: false };
+    match accept_queue.try_send(incoming) {
+        Ok(()) => {
+            counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            counters.connections_refused_backlog.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("accept queue full; refusing connection");
+            waiting.start = None;
+            waiting.refused = true;
+        }
+    }
+    drop(accept_queue);
+    if let DriveExit::HandedOff = core.drive(&mut waiting, |waiting| waiting.started.is_some()).await {
+        if let Some(start) = waiting.started.take() {
+            start(core).await;
+            return;
+        }
+    }
+    core.finish(&mut waiting).await;
+}
+
+/// Wraps an application so [`IncomingConnection::start`] can hand it to an already running task.
+pub(crate) fn start_fn<A: ApplicationOverQuic>(app: A) -> StartFn {
+    Box::new(move |core: ConnectionCore| Box::pin(core.run(app)))
+}
+
+pub(crate) type StartSender = oneshot::Sender<StartFn>;

@@ -1,0 +1,412 @@
+//! [`Endpoint`]: the sockets, their routers, and the entry points for accepting and opening
+//! connections.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::Instrument;
+
+use crate::app::ApplicationOverQuic;
+use crate::cid::CidGenerator;
+use crate::config::{ClientConfig, ServerConfig};
+use crate::connection::{self, ConnectionCore, ConnectionHandle, CoreParts, StartSender};
+use crate::error::{ConnectError, ConnectionError, EndpointError};
+use crate::router::{ROUTER_COMMAND_QUEUE, Route, Router, RouterCommand, RouterHandle, ServerRole};
+use crate::socket::{BufferPool, QuicSocket};
+use crate::stats::{EndpointCounters, EndpointStats};
+
+/// State every router and connection task of one endpoint shares.
+#[derive(Debug)]
+pub(crate) struct EndpointShared {
+    pub(crate) counters: EndpointCounters,
+    pub(crate) buffers: BufferPool,
+    pub(crate) idle: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+impl EndpointShared {
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
+
+struct ClientRole {
+    config: ClientConfig,
+    quiche_config: Mutex<quiche::Config>,
+}
+
+struct EndpointInner {
+    shared: Arc<EndpointShared>,
+    routers: Vec<RouterHandle>,
+    accept_queue: tokio::sync::Mutex<mpsc::Receiver<IncomingConnection>>,
+    client: Option<ClientRole>,
+    next_router: std::sync::atomic::AtomicUsize,
+}
+
+impl Drop for EndpointInner {
+    fn drop(&mut self) {
+        self.shared.shutdown.send_replace(true);
+    }
+}
+
+/// A QUIC endpoint: one or more UDP sockets, each read by its own router task, serving as a server,
+/// a client, or both.
+///
+/// Cloning is cheap and shares the endpoint. When the last clone is dropped (or on
+/// [`close`](Self::close)), every connection is closed and the sockets are released.
+///
+/// ```no_run
+/// # async fn demo(app: impl quiver::ApplicationOverQuic + Clone) -> Result<(), Box<dyn std::error::Error>> {
+/// use quiver::{Endpoint, ServerConfig};
+///
+/// let config = ServerConfig::builder().alpn(["echo"]).self_signed(["localhost"]).build()?;
+/// let endpoint = Endpoint::server("127.0.0.1:4433".parse()?, config)?;
+/// while let Some(incoming) = endpoint.accept().await {
+///     incoming.start(app.clone());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<EndpointInner>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("local_addrs", &self.local_addrs()).finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`Endpoint`] with any number of sockets and either or both roles.
+///
+/// ```no_run
+/// # fn demo(server: quiver::ServerConfig, client: quiver::ClientConfig) -> Result<(), quiver::EndpointError> {
+/// # let rt = tokio::runtime::Runtime::new().unwrap(); let _guard = rt.enter();
+/// let endpoint = quiver::Endpoint::builder()
+///     .bind_reuseport("0.0.0.0:443".parse().unwrap(), 4) // four sockets, four routers
+///     .server(server)
+///     .client(client)
+///     .build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Default)]
+pub struct EndpointBuilder {
+    binds: Vec<(SocketAddr, bool)>,
+    server: Option<ServerConfig>,
+    client: Option<ClientConfig>,
+}
+
+impl EndpointBuilder {
+    /// Adds one socket bound to `addr` (port 0 picks a free port).
+    pub fn bind(mut self, addr: SocketAddr) -> Self {
+        self.binds.push((addr, false));
+        self
+    }
+
+    /// Adds `count` sockets sharing `addr` with `SO_REUSEPORT`, one router each, so the kernel spreads
+    /// clients across them. With port 0, the first socket picks the port and the others join it.
+    pub fn bind_reuseport(mut self, addr: SocketAddr, count: usize) -> Self {
+        for _ in 0..count.max(1) {
+            self.binds.push((addr, true));
+        }
+        self
+    }
+
+    /// Accepts connections with this configuration.
+    pub fn server(mut self, config: ServerConfig) -> Self {
+        self.server = Some(config);
+        self
+    }
+
+    /// Opens connections with this configuration.
+    pub fn client(mut self, config: ClientConfig) -> Self {
+        self.client = Some(config);
+        self
+    }
+
+    /// Binds the sockets and starts one router task per socket.
+    ///
+    /// # Errors
+    /// [`EndpointError::Bind`] naming the address, [`EndpointError::NoRuntime`] outside Tokio, and
+    /// configuration errors.
+    pub fn build(self) -> Result<Endpoint, EndpointError> {
+        if self.binds.is_empty() {
+            return Err(EndpointError::NoSocket);
+        }
+        if self.server.is_none() && self.client.is_none() {
+            return Err(EndpointError::NoRole);
+        }
+        if self.binds.len() > usize::from(u8::MAX) + 1 {
+            return Err(EndpointError::Bind {
+                addr: self.binds[0].0,
+                source: std::io::Error::other("at most 256 sockets per endpoint"),
+            });
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| EndpointError::NoRuntime)?;
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(EndpointShared {
+            counters: EndpointCounters::default(),
+            buffers: BufferPool::default(),
+            idle: Notify::new(),
+            shutdown,
+        });
+        let backlog = self.server.as_ref().map_or(1, |config| config.accept_backlog);
+        let (accept_tx, accept_rx) = mpsc::channel(backlog);
+        let server = self.server.map(Arc::new);
+
+        let mut sockets = Vec::with_capacity(self.binds.len());
+        let mut shared_port: Option<SocketAddr> = None;
+        for (addr, reuse_port) in &self.binds {
+            // Sockets after the first in a reuseport group join the port the first one got.
+            let target = match (reuse_port, shared_port) {
+                (true, Some(first)) if addr.port() == 0 && first.ip() == addr.ip() => first,
+                _ => *addr,
+            };
+            let socket =
+                QuicSocket::bind(target, *reuse_port).map_err(|source| EndpointError::Bind { addr: target, source })?;
+            if *reuse_port && shared_port.is_none() {
+                shared_port = Some(socket.local_addr());
+            }
+            sockets.push(Arc::new(socket));
+        }
+
+        let mut routers = Vec::with_capacity(sockets.len());
+        let mut tasks = Vec::with_capacity(sockets.len());
+        for (index, socket) in sockets.into_iter().enumerate() {
+            let (commands_tx, commands_rx) = mpsc::channel(ROUTER_COMMAND_QUEUE);
+            let handle = RouterHandle {
+                socket,
+                commands: commands_tx,
+                cids: CidGenerator::new(u8::try_from(index).unwrap_or(u8::MAX)),
+            };
+            let role = match &server {
+                Some(config) => Some(ServerRole {
+                    quiche_config: config.quiche_config()?,
+                    config: config.clone(),
+                    accept_queue: accept_tx.clone(),
+                }),
+                None => None,
+            };
+            tasks.push(Router::new(handle.clone(), commands_rx, role, shared.clone()));
+            routers.push(handle);
+        }
+        let client = match self.client {
+            Some(config) => Some(ClientRole { quiche_config: Mutex::new(config.quiche_config()?), config }),
+            None => None,
+        };
+        for (index, router) in tasks.into_iter().enumerate() {
+            let span = tracing::info_span!("router", index, addr = %routers[index].socket.local_addr());
+            runtime.spawn(router.run().instrument(span));
+        }
+        Ok(Endpoint {
+            inner: Arc::new(EndpointInner {
+                shared,
+                routers,
+                accept_queue: tokio::sync::Mutex::new(accept_rx),
+                client,
+                next_router: std::sync::atomic::AtomicUsize::new(0),
+            }),
+        })
+    }
+}
+
+impl Endpoint {
+    /// Starts building an endpoint.
+    pub fn builder() -> EndpointBuilder {
+        EndpointBuilder::default()
+    }
+
+    /// A server on one socket bound to `addr`.
+    ///
+    /// # Errors
+    /// See [`EndpointBuilder::build`].
+    pub fn server(addr: SocketAddr, config: ServerConfig) -> Result<Self, EndpointError> {
+        Self::builder().bind(addr).server(config).build()
+    }
+
+    /// A client on one socket bound to `addr` (for example `127.0.0.1:0` or `[::]:0`). Many connections
+    /// share the socket.
+    ///
+    /// # Errors
+    /// See [`EndpointBuilder::build`].
+    pub fn client(addr: SocketAddr, config: ClientConfig) -> Result<Self, EndpointError> {
+        Self::builder().bind(addr).client(config).build()
+    }
+
+    /// The address of the first socket.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.routers[0].socket.local_addr()
+    }
+
+    /// The addresses of every socket.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.inner.routers.iter().map(|router| router.socket.local_addr()).collect()
+    }
+
+    /// Waits for the next connection that completed its handshake. Returns `None` once the endpoint
+    /// is closed (or has no server role).
+    ///
+    /// Connections wait in a bounded queue (see
+    /// [`ServerConfigBuilder::accept_backlog`](crate::ServerConfigBuilder::accept_backlog)); while they
+    /// wait, their task keeps acknowledging packets. Drop an [`IncomingConnection`] to refuse it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a connection is only taken from the queue when this returns it.
+    pub async fn accept(&self) -> Option<IncomingConnection> {
+        let mut shutdown = self.inner.shared.shutdown_signal();
+        let mut queue = self.inner.accept_queue.lock().await;
+        tokio::select! {
+            incoming = queue.recv() => incoming,
+            _ = shutdown.wait_for(|stop| *stop) => None,
+        }
+    }
+
+    /// Opens a connection to `remote`, verifying its certificate for `server_name` (unless the client
+    /// configuration is insecure), and runs `app` on it. Returns once the handshake has completed.
+    ///
+    /// # Errors
+    /// [`ConnectError::TimedOut`] when the server does not answer within the handshake timeout (or the
+    /// idle timeout, if shorter), [`ConnectError::HandshakeFailed`] when the server refuses or TLS
+    /// fails, and configuration problems.
+    ///
+    /// # Cancel safety
+    /// Dropping the future does not stop the connection attempt; the task ends by itself on failure.
+    pub async fn connect<A: ApplicationOverQuic>(
+        &self,
+        remote: SocketAddr,
+        server_name: &str,
+        app: A,
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let client = self.inner.client.as_ref().ok_or(ConnectError::NotAClient)?;
+        if *self.inner.shared.shutdown.borrow() {
+            return Err(ConnectError::EndpointClosed);
+        }
+        let index = self.inner.next_router.fetch_add(1, Ordering::Relaxed) % self.inner.routers.len();
+        let router = self.inner.routers[index].clone();
+        let local = router.socket.local_addr();
+        if local.is_ipv4() != remote.is_ipv4() {
+            return Err(ConnectError::AddressFamily { local, remote });
+        }
+        if server_name.is_empty() || server_name.len() > 253 {
+            return Err(ConnectError::InvalidServerName(server_name.to_owned()));
+        }
+        let scid = router.cids.generate();
+        let mut conn = {
+            let mut quiche_config = client.quiche_config.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            quiche::connect(Some(server_name), &scid, local, remote, &mut quiche_config)?
+        };
+        if let Some(keylog) = &client.config.keylog {
+            conn.set_keylog(keylog.writer());
+        }
+        let (inbound_tx, inbound_rx) = mpsc::channel(client.config.transport.connection_queue_datagrams.max(1));
+        let route = Route { inbound: inbound_tx, queue_drops: Arc::default() };
+        // Mapped before the first Initial leaves, so the server's answer always finds the connection.
+        router
+            .commands
+            .send(RouterCommand::Register(scid.to_vec(), route.clone()))
+            .await
+            .map_err(|_| ConnectError::EndpointClosed)?;
+        let mut core = ConnectionCore::new(CoreParts {
+            conn,
+            inbound: inbound_rx,
+            route: &route,
+            router,
+            shared: self.inner.shared.clone(),
+            odcid: None,
+            handshake_timeout: Some(client.config.handshake_timeout),
+        });
+        drop(route);
+        self.inner.shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
+        let established = core.notify_when_established();
+        let mut closed = core.closed_signal();
+        let span = tracing::info_span!("conn", scid = %core.trace_id(), peer = %remote);
+        tokio::spawn(core.run(app).instrument(span));
+        let outcome = match established.await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(closed
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|reason| reason.clone())
+                .unwrap_or(ConnectionError::Aborted)),
+        };
+        outcome.map_err(|reason| match reason {
+            ConnectionError::HandshakeTimeout(timeout) => ConnectError::TimedOut(timeout),
+            ConnectionError::IdleTimeout => ConnectError::TimedOut(client.config.transport.idle_timeout),
+            ConnectionError::EndpointShutdown => ConnectError::EndpointClosed,
+            other => ConnectError::HandshakeFailed(other),
+        })
+    }
+
+    /// A snapshot of the endpoint's counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.inner.shared.counters.snapshot()
+    }
+
+    /// Stops accepting, closes every connection (CONNECTION_CLOSE with NO_ERROR) and stops the
+    /// routers. Use [`wait_idle`](Self::wait_idle) to wait until every connection task has ended.
+    pub fn close(&self) {
+        self.inner.shared.shutdown.send_replace(true);
+    }
+
+    /// Resolves when no connection task is running.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.inner.shared.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.shared.counters.active_connections.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A server connection that completed its handshake and waits for an application.
+///
+/// Call [`start`](Self::start) to run an application on it; drop it to refuse the connection
+/// (CONNECTION_REFUSED).
+pub struct IncomingConnection {
+    handle: ConnectionHandle,
+    start: StartSender,
+}
+
+impl std::fmt::Debug for IncomingConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IncomingConnection").field("connection", &self.handle).finish_non_exhaustive()
+    }
+}
+
+impl IncomingConnection {
+    pub(crate) fn new(handle: ConnectionHandle, start: StartSender) -> Self {
+        Self { handle, start }
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.handle.peer_addr()
+    }
+
+    /// The negotiated application protocol; pick the application by it when serving several.
+    pub fn alpn(&self) -> &[u8] {
+        self.handle.alpn()
+    }
+
+    /// The server name the client asked for (SNI).
+    pub fn server_name(&self) -> Option<&str> {
+        self.handle.server_name()
+    }
+
+    /// Runs `app` on this connection and returns its handle.
+    pub fn start<A: ApplicationOverQuic>(self, app: A) -> ConnectionHandle {
+        // If the connection died while waiting, the handle already reports it closed.
+        let _ = self.start.send(connection::start_fn(app));
+        self.handle
+    }
+}

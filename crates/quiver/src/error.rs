@@ -1,0 +1,215 @@
+//! Error types at the crate's API boundary.
+//!
+//! Each operation has its own enum so callers can tell a timeout from a refusal from a bad file without
+//! parsing strings. Messages say what failed and, where it helps, what to do about it.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A configuration could not be turned into a working QUIC/TLS setup.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A PEM file could not be read from disk.
+    #[error("cannot read {what} {path}: {source}")]
+    ReadFile {
+        /// What the file was supposed to hold ("certificate", "private key", "CA bundle").
+        what: &'static str,
+        /// The path as given.
+        path: PathBuf,
+        /// The underlying IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// A PEM file was read but its content is not usable.
+    #[error("invalid {what} in {path}: {reason}")]
+    InvalidPem {
+        /// What the file was supposed to hold.
+        what: &'static str,
+        /// The path (or `<memory>` for in-memory PEM).
+        path: PathBuf,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The private key does not belong to the first certificate of the chain.
+    #[error("private key does not match the certificate")]
+    KeyMismatch,
+    /// No ALPN protocol was configured; QUIC requires at least one.
+    #[error("no ALPN protocol configured: set at least one with `.alpn(...)`")]
+    MissingAlpn,
+    /// An ALPN identifier was empty or longer than 255 bytes.
+    #[error("invalid ALPN identifier {0:?}: must be 1 to 255 bytes")]
+    InvalidAlpn(String),
+    /// A server configuration has no certificate.
+    #[error("no TLS certificate configured: use `.certificate_pem_files(...)` or `.self_signed(...)`")]
+    MissingCertificate,
+    /// Generating a self-signed certificate failed.
+    #[error("cannot generate a self-signed certificate: {0}")]
+    SelfSigned(String),
+    /// The TLS library refused a setting.
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    /// quiche refused a transport setting.
+    #[error("QUIC setup failed: {0}")]
+    Quic(#[from] quiche::Error),
+    /// An unknown congestion control algorithm name.
+    #[error("unknown congestion control {0:?}: use \"cubic\", \"reno\" or \"bbr2\"")]
+    UnknownCongestionControl(String),
+    /// A TOML configuration could not be parsed.
+    #[error("invalid configuration {path}: {message}")]
+    Toml {
+        /// The file the configuration came from.
+        path: PathBuf,
+        /// What the parser said, with line and column.
+        message: String,
+    },
+    /// The keylog file could not be opened for appending.
+    #[error("cannot open keylog file {path}: {source}")]
+    Keylog {
+        /// The path as given.
+        path: PathBuf,
+        /// The underlying IO error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Creating an [`Endpoint`](crate::Endpoint) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// A socket could not be bound.
+    #[error("cannot bind UDP socket on {addr}: {source}")]
+    Bind {
+        /// The address that was asked for.
+        addr: std::net::SocketAddr,
+        /// The underlying IO error.
+        #[source]
+        source: io::Error,
+    },
+    /// The builder was asked for no socket.
+    #[error("an endpoint needs at least one socket: call `.bind(addr)`")]
+    NoSocket,
+    /// The endpoint has neither a server nor a client configuration.
+    #[error("an endpoint needs a server or a client configuration (or both)")]
+    NoRole,
+    /// A configuration was not usable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `Endpoint` must be built inside a Tokio runtime.
+    #[error("an endpoint must be created inside a Tokio runtime")]
+    NoRuntime,
+}
+
+/// Why a connection ended. Returned by [`ConnectionHandle::closed`](crate::ConnectionHandle::closed)
+/// and given to [`ApplicationOverQuic::on_conn_close`](crate::ApplicationOverQuic::on_conn_close).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// No packet was received for the negotiated idle timeout.
+    #[error("connection timed out: no packet from the peer within the idle timeout")]
+    IdleTimeout,
+    /// The handshake did not complete in time.
+    #[error("handshake did not complete within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+    /// The peer closed the connection.
+    #[error("closed by peer: {0}")]
+    PeerClosed(CloseReason),
+    /// This side closed the connection (the application or a handle asked for it, or a protocol error).
+    #[error("closed locally: {0}")]
+    LocallyClosed(CloseReason),
+    /// The endpoint shut down and took the connection with it.
+    #[error("endpoint shut down")]
+    EndpointShutdown,
+    /// The application's task ended without closing (it panicked or was dropped).
+    #[error("the connection task ended unexpectedly")]
+    Aborted,
+}
+
+/// The content of a CONNECTION_CLOSE frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    /// `true` for an application close (frame type 0x1d), `false` for a transport error (0x1c).
+    pub is_application: bool,
+    /// The error code.
+    pub code: u64,
+    /// The reason phrase, lossily decoded as UTF-8.
+    pub reason: String,
+}
+
+impl CloseReason {
+    /// Whether this close reports no error: application code 0 or transport NO_ERROR.
+    pub fn is_no_error(&self) -> bool {
+        self.code == 0
+    }
+
+    pub(crate) fn from_quiche(err: &quiche::ConnectionError) -> Self {
+        Self {
+            is_application: err.is_app,
+            code: err.error_code,
+            reason: String::from_utf8_lossy(&err.reason).into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.is_application { "application" } else { "transport" };
+        write!(f, "{kind} error 0x{:x}", self.code)?;
+        if !self.reason.is_empty() {
+            write!(f, " ({})", self.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`Endpoint::connect`](crate::Endpoint::connect) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// The endpoint has no client configuration.
+    #[error("this endpoint has no client configuration")]
+    NotAClient,
+    /// The server name is not valid for TLS SNI.
+    #[error("invalid server name {0:?}")]
+    InvalidServerName(String),
+    /// The remote address family does not match the local socket (IPv4 socket, IPv6 server or vice versa).
+    #[error("cannot reach {remote} from a socket bound to {local}")]
+    AddressFamily {
+        /// The local socket address.
+        local: std::net::SocketAddr,
+        /// The requested remote address.
+        remote: std::net::SocketAddr,
+    },
+    /// quiche refused to create the connection.
+    #[error("cannot create connection: {0}")]
+    Quic(#[from] quiche::Error),
+    /// No answer from the server within the handshake timeout or idle timeout.
+    #[error("timed out connecting: no handshake completed within {0:?}")]
+    TimedOut(std::time::Duration),
+    /// The connection closed before the handshake completed (e.g. TLS or ALPN failure, refusal).
+    #[error("connection failed during the handshake: {0}")]
+    HandshakeFailed(ConnectionError),
+    /// The endpoint is shutting down.
+    #[error("endpoint is shut down")]
+    EndpointClosed,
+}
+
+/// An [`ApplicationOverQuic`](crate::ApplicationOverQuic) hook asks the runtime to close the connection.
+///
+/// The runtime sends CONNECTION_CLOSE with this application error code and reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("application error 0x{code:x}: {reason}")]
+pub struct ApplicationError {
+    /// Application protocol error code (for example H3_INTERNAL_ERROR).
+    pub code: u64,
+    /// A short, human-readable reason sent to the peer.
+    pub reason: String,
+}
+
+impl ApplicationError {
+    /// Builds an error with the given code and reason.
+    pub fn new(code: u64, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+}

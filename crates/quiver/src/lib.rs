@@ -1,0 +1,66 @@
+//! # quiver
+//!
+//! Async QUIC for Tokio, driven by Cloudflare's [`quiche`] state machine.
+//!
+//! An [`Endpoint`] owns one or more UDP sockets. Each socket has a router task that reads every
+//! datagram, finds its connection by destination connection ID, and hands it to that connection's
+//! task. Each connection task owns one `quiche::Connection` and one application: anything that
+//! implements [`ApplicationOverQuic`] (HTTP/3, DNS over QUIC, or your own protocol).
+//!
+//! ```no_run
+//! use quiver::{ApplicationError, ApplicationOverQuic, Endpoint, QuicConnection, ServerConfig};
+//!
+//! /// Answers every stream with its own bytes (a simplified echo).
+//! #[derive(Clone)]
+//! struct Echo;
+//!
+//! impl ApplicationOverQuic for Echo {
+//!     fn on_conn_established(&mut self, _: &mut QuicConnection) -> Result<(), ApplicationError> { Ok(()) }
+//!     fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+//!         let mut buf = [0u8; 65536];
+//!         for stream in conn.readable() {
+//!             while let Ok((len, fin)) = conn.stream_recv(stream, &mut buf) {
+//!                 let _ = conn.stream_send(stream, &buf[..len], fin);
+//!             }
+//!         }
+//!         Ok(())
+//!     }
+//!     fn process_writes(&mut self, _: &mut QuicConnection) -> Result<(), ApplicationError> { Ok(()) }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = ServerConfig::builder().alpn(["echo"]).self_signed(["localhost"]).build()?;
+//! let endpoint = Endpoint::server("127.0.0.1:4433".parse()?, config)?;
+//! while let Some(incoming) = endpoint.accept().await {
+//!     incoming.start(Echo);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The full echo protocol, with flow-control backpressure, is in `examples/echo`.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+mod app;
+mod cid;
+mod config;
+mod connection;
+mod endpoint;
+mod error;
+mod router;
+mod socket;
+mod stats;
+
+pub use crate::app::{ApplicationOverQuic, QuicConnection};
+pub use crate::cid::LOCAL_CID_LEN;
+pub use crate::config::{
+    ClientConfig, ClientConfigBuilder, CongestionControl, DEFAULT_ACCEPT_BACKLOG, DEFAULT_CONNECTION_QUEUE_DATAGRAMS,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ServerConfig, ServerConfigBuilder, TlsIdentity,
+    TransportConfig,
+};
+pub use crate::connection::ConnectionHandle;
+pub use crate::endpoint::{Endpoint, EndpointBuilder, IncomingConnection};
+pub use crate::error::{ApplicationError, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError};
+pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};
+pub use quiche;
