@@ -157,6 +157,7 @@ pub(crate) struct ConnectionCore {
     queue_drops: Arc<AtomicU64>,
     router: RouterHandle,
     shared: Arc<EndpointShared>,
+    inbound_closed: bool,
     registered: Vec<Vec<u8>>,
     unregistered: bool,
     trace_id: String,
@@ -191,6 +192,7 @@ impl ConnectionCore {
             router: parts.router,
             shutdown: parts.shared.shutdown_signal(),
             shared: parts.shared,
+            inbound_closed: false,
             registered,
             unregistered: false,
             forced_reason: None,
@@ -251,12 +253,13 @@ impl ConnectionCore {
                 }
             }
             self.sync_cids().await;
-            if let Some((deadline, timeout)) = self.handshake_deadline {
-                if !self.conn.is_established() && Instant::now() >= deadline {
-                    // The peer never answered: there is nobody to send CONNECTION_CLOSE to.
-                    self.forced_reason = Some(ConnectionError::HandshakeTimeout(timeout));
-                    return DriveExit::Closed;
-                }
+            if let Some((deadline, timeout)) = self.handshake_deadline
+                && !self.conn.is_established()
+                && Instant::now() >= deadline
+            {
+                // The peer never answered: there is nobody to send CONNECTION_CLOSE to.
+                self.forced_reason = Some(ConnectionError::HandshakeTimeout(timeout));
+                return DriveExit::Closed;
             }
             self.flush().await;
             if self.conn.is_closed() {
@@ -267,14 +270,18 @@ impl ConnectionCore {
             self.timer.as_mut().reset(deadline);
             let wake = {
                 let app_waits = app_started;
+                // Branches that complete for good (closed queue, shutdown) are disabled once seen, or the
+                // biased select would spin on them and starve the timer.
+                let inbound_open = !self.inbound_closed;
+                let shutdown_pending = self.forced_reason.is_none();
                 let wait_for_app = AssertUnwindSafe(app.wait_for_data()).catch_unwind();
                 tokio::select! {
                     biased;
-                    datagram = self.inbound.recv() => Wake::Datagram(datagram),
+                    datagram = self.inbound.recv(), if inbound_open => Wake::Datagram(datagram),
                     _ = &mut self.timer => Wake::Timer,
                     _ = self.close_requests.changed() => Wake::CloseRequested,
                     request = self.stats_requests.recv() => Wake::StatsRequested(request),
-                    _ = self.shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
+                    _ = self.shutdown.wait_for(|stop| *stop), if shutdown_pending => Wake::Shutdown,
                     result = wait_for_app, if app_waits => match result {
                         Ok(result) => Wake::App(result),
                         Err(_) => Wake::AppPanicked,
@@ -284,7 +291,8 @@ impl ConnectionCore {
             match wake {
                 Wake::Datagram(Some(datagram)) => self.recv(datagram),
                 Wake::Datagram(None) => {
-                    // Unreachable while we hold the route; treat as shutdown.
+                    // The router stopped (endpoint shutdown): nothing more will arrive.
+                    self.inbound_closed = true;
                     self.close_transport(0, "endpoint shut down");
                     self.forced_reason.get_or_insert(ConnectionError::EndpointShutdown);
                 }
@@ -325,10 +333,10 @@ impl ConnectionCore {
 
     fn recv(&mut self, mut datagram: Datagram) {
         let info = quiche::RecvInfo { from: datagram.from, to: datagram.to };
-        if let Err(err) = self.conn.recv(&mut datagram.data, info) {
-            if err != quiche::Error::Done {
-                tracing::trace!(error = %err, "packet rejected by quiche");
-            }
+        if let Err(err) = self.conn.recv(&mut datagram.data, info)
+            && err != quiche::Error::Done
+        {
+            tracing::trace!(error = %err, "packet rejected by quiche");
         }
     }
 
@@ -634,11 +642,11 @@ pub(crate) async fn run_server(mut core: ConnectionCore, accept_queue: mpsc::Sen
         }
     }
     drop(accept_queue);
-    if let DriveExit::HandedOff = core.drive(&mut waiting, |waiting| waiting.started.is_some()).await {
-        if let Some(start) = waiting.started.take() {
-            start(core).await;
-            return;
-        }
+    if let DriveExit::HandedOff = core.drive(&mut waiting, |waiting| waiting.started.is_some()).await
+        && let Some(start) = waiting.started.take()
+    {
+        start(core).await;
+        return;
     }
     core.finish(&mut waiting).await;
 }

@@ -174,13 +174,13 @@ impl ApplicationOverQuic for EchoClient {
                 }
             }
         }
-        if self.exchanges.iter().all(|exchange| exchange.done) {
-            if let Some(results) = self.results.take() {
-                let _ = results
-                    .send(self.exchanges.iter_mut().map(|exchange| std::mem::take(&mut exchange.received)).collect());
-                if self.close_when_done {
-                    let _ = conn.close(true, 0, b"done");
-                }
+        if self.exchanges.iter().all(|exchange| exchange.done)
+            && let Some(results) = self.results.take()
+        {
+            let echoed = self.exchanges.iter_mut().map(|exchange| std::mem::take(&mut exchange.received)).collect();
+            let _ = results.send(echoed);
+            if self.close_when_done {
+                let _ = conn.close(true, 0, b"done");
             }
         }
         Ok(())
