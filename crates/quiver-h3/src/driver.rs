@@ -1,0 +1,630 @@
+//! The HTTP/3 driver: an [`ApplicationOverQuic`] over `quiche::h3`, one per connection, for both roles.
+//!
+//! It is the only code that calls quiche's HTTP/3 API. User code (request handlers, the client's
+//! callers) lives in other tasks and talks to it through:
+//! - per-stream body channels towards the user (bounded; a full one pauses reading that QUIC stream, so
+//!   flow control holds back the peer), and
+//! - one wake channel towards the driver, carrying outbound frames and read credit. It is unbounded
+//!   in type but bounded in fact: every outbound data frame holds permits of its stream's byte budget
+//!   until quiche has taken its bytes, each stream queues at most one head and one end marker, read
+//!   credit is one message per consumed chunk, and requests hold a per-connection request permit.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use quiver::quiche;
+use quiver::quiche::h3::{self, Header};
+use quiver::{ApplicationError, ApplicationOverQuic, ConnectionError, QuicConnection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::body::{BodyFrame, RecvBody};
+use crate::error::{Error, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR};
+use crate::headers;
+
+/// Bytes of one stream's outbound data that may wait for quiche at once: enough to keep a fast path
+/// busy between wake-ups, small enough that a thousand streams stay in the hundreds of MiB worst case.
+const STREAM_SEND_BUDGET: usize = 256 * 1024;
+/// Largest DATA frame we hand quiche in one piece.
+const MAX_DATA_CHUNK: usize = 64 * 1024;
+/// Finished streams remembered before checking which quiche has collected.
+const UNACKNOWLEDGED_PRUNE_AT: usize = 256;
+/// Bytes read from a stream per `recv_body` call (and so per body chunk).
+const RECV_CHUNK: usize = 16 * 1024;
+
+pub(crate) type WakeSender = mpsc::UnboundedSender<Wake>;
+
+/// Something for the driver to do that did not come from the network.
+pub(crate) enum Wake {
+    /// A frame to send on a stream.
+    Out { stream: u64, frame: OutFrame },
+    /// The reader consumed a body chunk: read more of the stream.
+    ReadMore { stream: u64 },
+    /// Reset our sending side of a stream (the body we were sending failed).
+    Abort { stream: u64, code: u64 },
+    /// Open a request stream (client).
+    Request(NewRequest),
+    /// Send GOAWAY and stop taking requests (server).
+    GoAway,
+}
+
+pub(crate) enum OutFrame {
+    Head { fields: Vec<Header>, end: bool },
+    Data { bytes: Bytes, _permit: OwnedSemaphorePermit },
+    Trailers(Vec<Header>),
+    End,
+}
+
+pub(crate) struct NewRequest {
+    pub(crate) fields: Vec<Header>,
+    pub(crate) end: bool,
+    pub(crate) opened: oneshot::Sender<StreamSink>,
+    pub(crate) response: oneshot::Sender<Result<Response<RecvBody>, Error>>,
+}
+
+/// The sending half of one stream, used by the task that produces its body.
+#[derive(Clone)]
+pub(crate) struct StreamSink {
+    stream: u64,
+    wake: WakeSender,
+    budget: Arc<Semaphore>,
+}
+
+/// The stream is gone (reset by the peer, or the connection closed).
+#[derive(Debug)]
+pub(crate) struct StreamGone;
+
+impl StreamSink {
+    pub(crate) fn stream_id(&self) -> u64 {
+        self.stream
+    }
+
+    pub(crate) fn frame(&self, frame: OutFrame) -> Result<(), StreamGone> {
+        if self.budget.is_closed() {
+            return Err(StreamGone);
+        }
+        self.wake.send(Wake::Out { stream: self.stream, frame }).map_err(|_| StreamGone)
+    }
+
+    /// Queues body bytes, waiting while the stream's budget is spent.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: a cancelled call may have queued a prefix of `bytes`.
+    pub(crate) async fn data(&self, mut bytes: Bytes) -> Result<(), StreamGone> {
+        while !bytes.is_empty() {
+            let chunk = bytes.split_to(bytes.len().min(MAX_DATA_CHUNK));
+            let permits = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+            let permit = self.budget.clone().acquire_many_owned(permits).await.map_err(|_| StreamGone)?;
+            self.frame(OutFrame::Data { bytes: chunk, _permit: permit })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn abort(&self, code: u64) {
+        let _ = self.wake.send(Wake::Abort { stream: self.stream, code });
+    }
+}
+
+/// Sends `body` on `sink` to its end (trailers included). A body error resets the stream.
+pub(crate) async fn send_body<B>(body: B, sink: &StreamSink) -> Result<(), String>
+where
+    B: Body,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    loop {
+        let frame = match body.frame().await {
+            None => return sink.frame(OutFrame::End).map_err(|_| "stream closed".to_owned()),
+            Some(Ok(frame)) => frame,
+            Some(Err(err)) => {
+                sink.abort(H3_INTERNAL_ERROR);
+                return Err(err.to_string());
+            }
+        };
+        match frame.into_data() {
+            Ok(mut data) => {
+                let bytes = data.copy_to_bytes(data.remaining());
+                sink.data(bytes).await.map_err(|_| "stream closed".to_owned())?;
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let fields = headers::trailer_fields(&trailers);
+                    return sink.frame(OutFrame::Trailers(fields)).map_err(|_| "stream closed".to_owned());
+                }
+            }
+        }
+    }
+}
+
+/// Hands a parsed request to user code (the server spawns a handler task).
+pub(crate) type Dispatch = Arc<dyn Fn(Request<RecvBody>, StreamSink) + Send + Sync>;
+
+enum Role {
+    /// `goaway`: the stream ID our GOAWAY announced; requests at or above it are refused.
+    Server {
+        dispatch: Dispatch,
+        goaway: Option<u64>,
+    },
+    Client {
+        deferred: VecDeque<NewRequest>,
+        going_away: bool,
+    },
+}
+
+#[derive(Default)]
+struct StreamState {
+    /// Towards the user; `None` once ended or when nobody reads (then data is discarded).
+    body_tx: Option<mpsc::Sender<BodyFrame>>,
+    /// Trailers and end markers waiting for room in `body_tx` (at most two).
+    inbound_pending: VecDeque<BodyFrame>,
+    inbound_done: bool,
+    outbound: VecDeque<OutFrame>,
+    outbound_done: bool,
+    budget: Option<Arc<Semaphore>>,
+    /// Client: the caller waiting for the response head.
+    response: Option<oneshot::Sender<Result<Response<RecvBody>, Error>>>,
+}
+
+impl StreamState {
+    fn deliver(&mut self, frame: BodyFrame) {
+        self.inbound_pending.push_back(frame);
+        self.flush_inbound();
+    }
+
+    /// Moves queued markers into the body channel; true if nothing is left queued.
+    fn flush_inbound(&mut self) -> bool {
+        while let Some(frame) = self.inbound_pending.pop_front() {
+            let Some(tx) = &self.body_tx else { continue };
+            match tx.try_send(frame) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    self.inbound_pending.push_front(frame);
+                    return false;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => self.body_tx = None,
+            }
+        }
+        true
+    }
+
+    fn close_outbound(&mut self) {
+        self.outbound.clear();
+        self.outbound_done = true;
+        if let Some(budget) = &self.budget {
+            budget.close();
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.inbound_done && self.outbound_done && self.inbound_pending.is_empty()
+    }
+}
+
+/// Settings of the HTTP/3 layer.
+#[derive(Debug, Clone)]
+pub struct H3Settings {
+    /// Largest header (or trailer) section we accept, in bytes of uncompressed fields
+    /// (`SETTINGS_MAX_FIELD_SECTION_SIZE`). Larger ones are rejected.
+    pub max_field_section_bytes: u64,
+    /// Advertise extended CONNECT (RFC 9220).
+    pub extended_connect: bool,
+}
+
+impl Default for H3Settings {
+    fn default() -> Self {
+        Self { max_field_section_bytes: 16 * 1024, extended_connect: false }
+    }
+}
+
+/// The HTTP/3 application for one connection. Build it with [`Server`](crate::Server) (server side) or
+/// let [`Client`](crate::Client) make it.
+pub struct H3Driver {
+    settings: H3Settings,
+    h3: Option<h3::Connection>,
+    wake_rx: mpsc::UnboundedReceiver<Wake>,
+    wake_tx: WakeSender,
+    woken: Vec<Wake>,
+    streams: HashMap<u64, StreamState>,
+    role: Role,
+    scratch: Vec<u8>,
+    stream_ids: Vec<u64>,
+    highest_request: Option<u64>,
+    /// Streams finished on our side whose data the peer may not have acknowledged yet.
+    unacknowledged: Vec<u64>,
+}
+
+impl H3Driver {
+    fn new(settings: H3Settings, role: Role) -> Self {
+        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
+        Self {
+            settings,
+            h3: None,
+            wake_rx,
+            wake_tx,
+            woken: Vec::new(),
+            streams: HashMap::new(),
+            role,
+            scratch: vec![0; RECV_CHUNK],
+            stream_ids: Vec::new(),
+            highest_request: None,
+            unacknowledged: Vec::new(),
+        }
+    }
+
+    pub(crate) fn server(settings: H3Settings, dispatch: Dispatch) -> Self {
+        Self::new(settings, Role::Server { dispatch, goaway: None })
+    }
+
+    pub(crate) fn client(settings: H3Settings) -> Self {
+        Self::new(settings, Role::Client { deferred: VecDeque::new(), going_away: false })
+    }
+
+    pub(crate) fn waker(&self) -> WakeSender {
+        self.wake_tx.clone()
+    }
+
+    fn on_headers(&mut self, conn: &mut QuicConnection, stream: u64, list: Vec<Header>, more_frames: bool) {
+        if let Some(state) = self.streams.get_mut(&stream) {
+            if let Some(response) = state.response.take() {
+                match headers::parse_response(&list) {
+                    Ok(head) if head.status().is_informational() => state.response = Some(response),
+                    Ok(head) => {
+                        let body = if more_frames {
+                            let (tx, body) = RecvBody::channel(stream, self.wake_tx.clone());
+                            state.body_tx = Some(tx);
+                            body
+                        } else {
+                            state.inbound_done = true;
+                            RecvBody::empty()
+                        };
+                        let _ = response.send(Ok(head.map(|()| body)));
+                    }
+                    Err(malformed) => {
+                        let _ = response.send(Err(Error::MalformedResponse(malformed.0)));
+                        reset_stream(conn, stream, H3_MESSAGE_ERROR);
+                        state.inbound_done = true;
+                        state.close_outbound();
+                    }
+                }
+            } else {
+                match headers::parse_trailers(&list) {
+                    Ok(trailers) => state.deliver(BodyFrame::Trailers(trailers)),
+                    Err(_) => {
+                        state.deliver(BodyFrame::Reset(H3_MESSAGE_ERROR));
+                        reset_stream(conn, stream, H3_MESSAGE_ERROR);
+                        state.close_outbound();
+                        state.inbound_done = true;
+                    }
+                }
+            }
+            self.remove_if_finished(stream);
+            return;
+        }
+        let Role::Server { dispatch, goaway } = &self.role else { return };
+        if goaway.is_some_and(|last| stream >= last) {
+            // RFC 9114 §5.2: not processed, safe for the client to retry elsewhere.
+            reset_stream(conn, stream, crate::error::H3_REQUEST_REJECTED);
+            return;
+        }
+        let request = match headers::parse_request(&list) {
+            Ok(request) => request,
+            Err(malformed) => {
+                tracing::debug!(stream, reason = %malformed, "malformed request");
+                reset_stream(conn, stream, H3_MESSAGE_ERROR);
+                return;
+            }
+        };
+        self.highest_request = self.highest_request.max(Some(stream));
+        let budget = Arc::new(Semaphore::new(STREAM_SEND_BUDGET));
+        let mut state = StreamState { budget: Some(budget.clone()), ..StreamState::default() };
+        let body = if more_frames {
+            let (tx, body) = RecvBody::channel(stream, self.wake_tx.clone());
+            state.body_tx = Some(tx);
+            body
+        } else {
+            state.inbound_done = true;
+            RecvBody::empty()
+        };
+        self.streams.insert(stream, state);
+        let sink = StreamSink { stream, wake: self.wake_tx.clone(), budget };
+        dispatch(request.map(|()| body), sink);
+    }
+
+    /// Reads body data while the reader has room.
+    fn read_body(&mut self, h3: &mut h3::Connection, conn: &mut QuicConnection, stream: u64) {
+        let Some(state) = self.streams.get_mut(&stream) else {
+            // Nobody tracks this stream: drain so quiche can release flow-control credit.
+            while matches!(h3.recv_body(conn, stream, &mut self.scratch), Ok(read) if read > 0) {}
+            return;
+        };
+        if !state.flush_inbound() {
+            return;
+        }
+        loop {
+            match &state.body_tx {
+                Some(tx) if tx.is_closed() => state.body_tx = None,
+                Some(tx) if tx.capacity() == 0 => return,
+                _ => {}
+            }
+            match h3.recv_body(conn, stream, &mut self.scratch) {
+                Ok(read) => {
+                    if let Some(tx) = &state.body_tx {
+                        let _ = tx.try_send(BodyFrame::Data(Bytes::copy_from_slice(&self.scratch[..read])));
+                    }
+                }
+                Err(h3::Error::Done) => return,
+                // Reading surfaced the peer's RESET_STREAM; quiche will not report it again as an event.
+                Err(h3::Error::TransportError(quiche::Error::StreamReset(code))) => {
+                    self.on_reset(stream, code);
+                    return;
+                }
+                Err(err) => {
+                    tracing::debug!(stream, error = %err, "reading body failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_finished(&mut self, stream: u64) {
+        if let Some(state) = self.streams.get_mut(&stream) {
+            if let Some(response) = state.response.take() {
+                let _ = response.send(Err(Error::MalformedResponse("stream ended before response headers".into())));
+                state.close_outbound();
+            } else if !state.inbound_done {
+                state.deliver(BodyFrame::End);
+            }
+            state.inbound_done = true;
+        }
+        self.remove_if_finished(stream);
+    }
+
+    fn on_reset(&mut self, stream: u64, code: u64) {
+        if let Some(state) = self.streams.get_mut(&stream) {
+            if let Some(response) = state.response.take() {
+                let _ = response.send(Err(Error::StreamReset(code)));
+                state.close_outbound();
+            }
+            state.inbound_pending.clear();
+            state.deliver(BodyFrame::Reset(code));
+            if !state.inbound_pending.is_empty() {
+                // No room to say so: dropping the sender makes the reader see an incomplete body.
+                state.inbound_pending.clear();
+                state.body_tx = None;
+            }
+            state.inbound_done = true;
+        }
+        self.remove_if_finished(stream);
+    }
+
+    fn remove_if_finished(&mut self, stream: u64) {
+        if self.streams.get(&stream).is_some_and(StreamState::finished) {
+            self.streams.remove(&stream);
+            self.unacknowledged.push(stream);
+        }
+    }
+
+    /// Forgets finished streams quiche has collected (everything sent was acknowledged). Pruned lazily:
+    /// the list only matters when draining.
+    fn prune_acknowledged(&mut self, conn: &mut QuicConnection, force: bool) {
+        if force || self.unacknowledged.len() > UNACKNOWLEDGED_PRUNE_AT {
+            self.unacknowledged
+                .retain(|stream| !matches!(conn.stream_capacity(*stream), Err(quiche::Error::InvalidStreamState(_))));
+        }
+    }
+
+    fn handle_wake(&mut self, h3: &mut h3::Connection, conn: &mut QuicConnection, wake: Wake) {
+        match wake {
+            Wake::Out { stream, frame } => {
+                if let Some(state) = self.streams.get_mut(&stream)
+                    && !state.outbound_done
+                {
+                    state.outbound.push_back(frame);
+                }
+            }
+            Wake::ReadMore { stream } => self.read_body(h3, conn, stream),
+            Wake::Abort { stream, code } => {
+                if let Some(state) = self.streams.get_mut(&stream) {
+                    state.close_outbound();
+                    let _ = conn.stream_shutdown(stream, quiche::Shutdown::Write, code);
+                }
+                self.remove_if_finished(stream);
+            }
+            Wake::Request(request) => match &mut self.role {
+                Role::Client { deferred, .. } => deferred.push_back(request),
+                Role::Server { .. } => {}
+            },
+            Wake::GoAway => {
+                if let Role::Server { goaway, .. } = &mut self.role
+                    && goaway.is_none()
+                {
+                    // Requests below the next stream ID we have not seen are still served.
+                    let last = self.highest_request.map_or(0, |id| id + 4);
+                    tracing::debug!(last, in_flight = self.streams.len(), "sending GOAWAY");
+                    *goaway = Some(last);
+                    let _ = h3.send_goaway(conn, last);
+                }
+            }
+        }
+    }
+
+    fn start_requests(&mut self, h3: &mut h3::Connection, conn: &mut QuicConnection) {
+        let Role::Client { deferred, going_away } = &mut self.role else { return };
+        while let Some(request) = deferred.pop_front() {
+            if *going_away {
+                let _ = request.response.send(Err(Error::GoingAway));
+                continue;
+            }
+            match h3.send_request(conn, &request.fields, request.end) {
+                Ok(stream) => {
+                    let budget = Arc::new(Semaphore::new(STREAM_SEND_BUDGET));
+                    let state = StreamState {
+                        budget: Some(budget.clone()),
+                        outbound_done: request.end,
+                        response: Some(request.response),
+                        ..StreamState::default()
+                    };
+                    self.streams.insert(stream, state);
+                    let _ = request.opened.send(StreamSink { stream, wake: self.wake_tx.clone(), budget });
+                }
+                Err(h3::Error::StreamBlocked | h3::Error::TransportError(quiche::Error::StreamLimit)) => {
+                    // Out of stream credit or room for the headers: try again when the peer grants more.
+                    deferred.push_front(request);
+                    return;
+                }
+                Err(err) => {
+                    let _ = request.response.send(Err(Error::Http3(err.to_string())));
+                }
+            }
+        }
+    }
+
+    fn flush_outbound(&mut self, h3: &mut h3::Connection, conn: &mut QuicConnection, stream: u64) {
+        let Some(state) = self.streams.get_mut(&stream) else { return };
+        while let Some(frame) = state.outbound.front_mut() {
+            let result = match frame {
+                OutFrame::Head { fields, end } => h3.send_response(conn, stream, fields, *end).map(|()| *end),
+                OutFrame::Data { bytes, .. } => match h3.send_body(conn, stream, bytes, false) {
+                    Ok(written) if written == bytes.len() => Ok(false),
+                    Ok(written) => {
+                        bytes.advance(written);
+                        Err(h3::Error::Done)
+                    }
+                    Err(err) => Err(err),
+                },
+                OutFrame::Trailers(fields) => {
+                    h3.send_additional_headers(conn, stream, fields, true, true).map(|()| true)
+                }
+                OutFrame::End => h3.send_body(conn, stream, b"", true).map(|_| true),
+            };
+            match result {
+                Ok(fin) => {
+                    state.outbound.pop_front();
+                    if fin {
+                        state.close_outbound();
+                    }
+                }
+                Err(h3::Error::Done | h3::Error::StreamBlocked) => break,
+                Err(err) => {
+                    tracing::debug!(stream, error = %err, "sending on stream failed");
+                    state.close_outbound();
+                }
+            }
+        }
+        self.remove_if_finished(stream);
+    }
+    /// Handles every event quiche has queued. Called on each wake-up and again after reads the driver
+    /// made on its own (read credit), because `recv_body` queues `Finished` for the next poll.
+    fn poll_events(&mut self, h3: &mut h3::Connection, conn: &mut QuicConnection) {
+        loop {
+            match h3.poll(conn) {
+                Ok((stream, h3::Event::Headers { list, more_frames })) => {
+                    self.on_headers(conn, stream, list, more_frames);
+                    // A request with a body may already have data buffered.
+                    if more_frames {
+                        self.read_body(h3, conn, stream);
+                    }
+                }
+                Ok((stream, h3::Event::Data)) => self.read_body(h3, conn, stream),
+                Ok((stream, h3::Event::Finished)) => self.on_finished(stream),
+                Ok((stream, h3::Event::Reset(code))) => self.on_reset(stream, code),
+                Ok((_, h3::Event::PriorityUpdate)) => {}
+                Ok((_, h3::Event::GoAway)) => {
+                    if let Role::Client { going_away, .. } = &mut self.role {
+                        *going_away = true;
+                    }
+                }
+                Err(h3::Error::Done) => break,
+                Err(err) => {
+                    // quiche has already closed the connection with the right error code.
+                    tracing::debug!(error = %err, "HTTP/3 connection error");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn reset_stream(conn: &mut QuicConnection, stream: u64, code: u64) {
+    let _ = conn.stream_shutdown(stream, quiche::Shutdown::Read, code);
+    let _ = conn.stream_shutdown(stream, quiche::Shutdown::Write, code);
+}
+
+impl ApplicationOverQuic for H3Driver {
+    fn on_conn_established(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        let mut config = h3::Config::new().map_err(|err| ApplicationError::new(H3_INTERNAL_ERROR, err.to_string()))?;
+        config.set_max_field_section_size(self.settings.max_field_section_bytes);
+        config.enable_extended_connect(self.settings.extended_connect);
+        let h3 = h3::Connection::with_transport(conn, &config)
+            .map_err(|err| ApplicationError::new(H3_INTERNAL_ERROR, err.to_string()))?;
+        self.h3 = Some(h3);
+        Ok(())
+    }
+
+    async fn wait_for_data(&mut self) -> Result<(), ApplicationError> {
+        // The driver's own sender keeps the channel open, so this only ends with a message.
+        if let Some(wake) = self.wake_rx.recv().await {
+            self.woken.push(wake);
+        }
+        Ok(())
+    }
+
+    fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        let Some(mut h3) = self.h3.take() else { return Ok(()) };
+        self.poll_events(&mut h3, conn);
+        self.h3 = Some(h3);
+        Ok(())
+    }
+
+    fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        let Some(mut h3) = self.h3.take() else { return Ok(()) };
+        let mut woken = std::mem::take(&mut self.woken);
+        for wake in woken.drain(..) {
+            self.handle_wake(&mut h3, conn, wake);
+        }
+        self.woken = woken;
+        while let Ok(wake) = self.wake_rx.try_recv() {
+            self.handle_wake(&mut h3, conn, wake);
+        }
+        self.poll_events(&mut h3, conn);
+        self.start_requests(&mut h3, conn);
+        let mut ids = std::mem::take(&mut self.stream_ids);
+        ids.extend(self.streams.iter().filter(|(_, state)| !state.outbound.is_empty()).map(|(id, _)| *id));
+        for stream in ids.drain(..) {
+            self.flush_outbound(&mut h3, conn, stream);
+        }
+        self.stream_ids = ids;
+        self.h3 = Some(h3);
+        let draining = matches!(self.role, Role::Server { goaway: Some(_), .. });
+        self.prune_acknowledged(conn, draining);
+        if draining && self.streams.is_empty() && self.unacknowledged.is_empty() {
+            // Every request answered and every answer acknowledged: closing now loses nothing.
+            let _ = conn.close(true, crate::error::H3_NO_ERROR, b"server shutting down");
+        }
+        Ok(())
+    }
+
+    fn on_conn_close(&mut self, _conn: &mut QuicConnection, reason: &ConnectionError) {
+        for (_, mut state) in self.streams.drain() {
+            state.close_outbound();
+            if let Some(response) = state.response.take() {
+                let _ = response.send(Err(Error::ConnectionClosed(reason.clone())));
+            }
+            // Dropping body senders makes readers see an incomplete body.
+        }
+        if let Role::Client { deferred, .. } = &mut self.role {
+            for request in deferred.drain(..) {
+                let _ = request.response.send(Err(Error::ConnectionClosed(reason.clone())));
+            }
+        }
+        self.wake_rx.close();
+        while let Ok(wake) = self.wake_rx.try_recv() {
+            if let Wake::Request(request) = wake {
+                let _ = request.response.send(Err(Error::ConnectionClosed(reason.clone())));
+            }
+        }
+    }
+}

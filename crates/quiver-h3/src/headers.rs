@@ -1,0 +1,266 @@
+//! Mapping between HTTP/3 field sections and `http` types, with the message checks of RFC 9114 §4.3:
+//! pseudo-headers first, once each, only the ones defined for the direction; lowercase names; no
+//! connection-specific fields. A violation is a malformed message (H3_MESSAGE_ERROR).
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use quiver::quiche::h3::{Header, NameValue};
+
+/// Why a field section is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Malformed(pub(crate) String);
+
+fn malformed(reason: impl Into<String>) -> Malformed {
+    Malformed(reason.into())
+}
+
+/// The `:protocol` of an extended CONNECT request (RFC 9220), kept in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protocol(pub String);
+
+const CONNECTION_SPECIFIC: [&str; 5] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"];
+
+fn regular_field(name: &[u8], value: &[u8], into: &mut HeaderMap) -> Result<(), Malformed> {
+    if name.iter().any(u8::is_ascii_uppercase) {
+        return Err(malformed("uppercase field name"));
+    }
+    let name = HeaderName::from_bytes(name).map_err(|_| malformed("invalid field name"))?;
+    if CONNECTION_SPECIFIC.contains(&name.as_str()) {
+        return Err(malformed(format!("connection-specific field {name}")));
+    }
+    if name == http::header::TE && value != b"trailers" {
+        return Err(malformed("TE other than \"trailers\""));
+    }
+    let value = HeaderValue::from_bytes(value).map_err(|_| malformed(format!("invalid value for {name}")))?;
+    into.append(name, value);
+    Ok(())
+}
+
+/// Builds a request head from a request field section.
+pub(crate) fn parse_request(fields: &[Header]) -> Result<Request<()>, Malformed> {
+    let mut method = None;
+    let mut scheme = None;
+    let mut authority = None;
+    let mut path = None;
+    let mut protocol = None;
+    let mut headers = HeaderMap::new();
+    let mut regular_seen = false;
+    for field in fields {
+        let (name, value) = (field.name(), field.value());
+        if let Some(pseudo) = name.strip_prefix(b":") {
+            if regular_seen {
+                return Err(malformed("pseudo-header after regular field"));
+            }
+            let slot = match pseudo {
+                b"method" => &mut method,
+                b"scheme" => &mut scheme,
+                b"authority" => &mut authority,
+                b"path" => &mut path,
+                b"protocol" => &mut protocol,
+                _ => return Err(malformed(format!("unknown pseudo-header :{}", String::from_utf8_lossy(pseudo)))),
+            };
+            if slot.replace(value).is_some() {
+                return Err(malformed("duplicate pseudo-header"));
+            }
+        } else {
+            regular_seen = true;
+            regular_field(name, value, &mut headers)?;
+        }
+    }
+    let method = Method::from_bytes(method.ok_or_else(|| malformed("missing :method"))?)
+        .map_err(|_| malformed("invalid :method"))?;
+    let is_connect = method == Method::CONNECT;
+    let uri = if is_connect && protocol.is_none() {
+        // Plain CONNECT: only :authority (RFC 9114 §4.4).
+        if scheme.is_some() || path.is_some() {
+            return Err(malformed("CONNECT with :scheme or :path"));
+        }
+        let authority = authority.ok_or_else(|| malformed("CONNECT without :authority"))?;
+        Uri::builder().authority(authority).build().map_err(|_| malformed("invalid :authority"))?
+    } else {
+        if protocol.is_some() && !is_connect {
+            return Err(malformed(":protocol on a method other than CONNECT"));
+        }
+        let scheme = scheme.ok_or_else(|| malformed("missing :scheme"))?;
+        let path = path.ok_or_else(|| malformed("missing :path"))?;
+        if path.is_empty() {
+            return Err(malformed("empty :path"));
+        }
+        let mut uri = Uri::builder().scheme(scheme).path_and_query(path);
+        if let Some(authority) = authority.or_else(|| headers.get(http::header::HOST).map(HeaderValue::as_bytes)) {
+            uri = uri.authority(authority);
+        }
+        uri.build().map_err(|_| malformed("invalid :scheme, :authority or :path"))?
+    };
+    let mut request = Request::builder().method(method).uri(uri).version(http::Version::HTTP_3);
+    if let Some(protocol) = protocol {
+        let protocol = String::from_utf8(protocol.to_vec()).map_err(|_| malformed("invalid :protocol"))?;
+        request = request.extension(Protocol(protocol));
+    }
+    let mut request = request.body(()).map_err(|err| malformed(err.to_string()))?;
+    *request.headers_mut() = headers;
+    Ok(request)
+}
+
+/// Builds a response head from a response field section.
+pub(crate) fn parse_response(fields: &[Header]) -> Result<Response<()>, Malformed> {
+    let mut status = None;
+    let mut headers = HeaderMap::new();
+    let mut regular_seen = false;
+    for field in fields {
+        let (name, value) = (field.name(), field.value());
+        if name.first() == Some(&b':') {
+            if regular_seen || name != b":status" || status.replace(value).is_some() {
+                return Err(malformed("invalid or repeated pseudo-header in response"));
+            }
+        } else {
+            regular_seen = true;
+            regular_field(name, value, &mut headers)?;
+        }
+    }
+    let status = StatusCode::from_bytes(status.ok_or_else(|| malformed("missing :status"))?)
+        .map_err(|_| malformed("invalid :status"))?;
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = http::Version::HTTP_3;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// Builds a trailer map; trailers may not carry pseudo-headers.
+pub(crate) fn parse_trailers(fields: &[Header]) -> Result<HeaderMap, Malformed> {
+    let mut trailers = HeaderMap::new();
+    for field in fields {
+        if field.name().first() == Some(&b':') {
+            return Err(malformed("pseudo-header in trailers"));
+        }
+        regular_field(field.name(), field.value(), &mut trailers)?;
+    }
+    Ok(trailers)
+}
+
+fn push_regular(fields: &mut Vec<Header>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        if CONNECTION_SPECIFIC.contains(&name.as_str()) || *name == http::header::HOST {
+            continue;
+        }
+        fields.push(Header::new(name.as_str().as_bytes(), value.as_bytes()));
+    }
+}
+
+/// The field section for a request head.
+pub(crate) fn request_fields<B>(request: &Request<B>) -> Result<Vec<Header>, String> {
+    let uri = request.uri();
+    let authority = uri
+        .authority()
+        .map(|authority| authority.as_str().to_owned())
+        .or_else(|| request.headers().get(http::header::HOST).and_then(|host| host.to_str().ok()).map(str::to_owned))
+        .ok_or_else(|| format!("request URI {uri} has no authority"))?;
+    let mut fields = vec![Header::new(b":method", request.method().as_str().as_bytes())];
+    let protocol = request.extensions().get::<Protocol>();
+    if request.method() != Method::CONNECT || protocol.is_some() {
+        let path = uri.path_and_query().map_or("/", |path| path.as_str());
+        fields.push(Header::new(b":scheme", uri.scheme_str().unwrap_or("https").as_bytes()));
+        fields.push(Header::new(b":path", path.as_bytes()));
+    }
+    fields.push(Header::new(b":authority", authority.as_bytes()));
+    if let Some(Protocol(protocol)) = protocol {
+        fields.push(Header::new(b":protocol", protocol.as_bytes()));
+    }
+    push_regular(&mut fields, request.headers());
+    Ok(fields)
+}
+
+/// The field section for a response head.
+pub(crate) fn response_fields(status: StatusCode, headers: &HeaderMap) -> Vec<Header> {
+    let mut fields = Vec::with_capacity(headers.len() + 1);
+    fields.push(Header::new(b":status", status.as_str().as_bytes()));
+    push_regular(&mut fields, headers);
+    fields
+}
+
+/// The field section for trailers.
+pub(crate) fn trailer_fields(trailers: &HeaderMap) -> Vec<Header> {
+    let mut fields = Vec::with_capacity(trailers.len());
+    push_regular(&mut fields, trailers);
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<Header> {
+        pairs.iter().map(|(name, value)| Header::new(name.as_bytes(), value.as_bytes())).collect()
+    }
+
+    #[test]
+    fn parses_a_get() {
+        let request = parse_request(&fields(&[
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", "example.com:4433"),
+            (":path", "/a?b=c"),
+            ("accept", "*/*"),
+        ]))
+        .unwrap();
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri(), "https://example.com:4433/a?b=c");
+        assert_eq!(request.headers()["accept"], "*/*");
+    }
+
+    #[test]
+    fn rejects_malformed_requests() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[(":scheme", "https"), (":path", "/")],
+            &[(":method", "GET"), (":scheme", "https")],
+            &[(":method", "GET"), (":scheme", "https"), (":path", "/"), (":path", "/x")],
+            &[(":method", "GET"), ("accept", "x"), (":scheme", "https"), (":path", "/")],
+            &[(":method", "GET"), (":scheme", "https"), (":path", "/"), (":bogus", "1")],
+            &[(":method", "GET"), (":scheme", "https"), (":path", "/"), ("Accept", "x")],
+            &[(":method", "GET"), (":scheme", "https"), (":path", "/"), ("connection", "close")],
+            &[(":method", "GET"), (":scheme", "https"), (":path", "/"), ("te", "gzip")],
+            &[(":method", "GET"), (":scheme", "https"), (":path", "")],
+            &[(":method", "GET"), (":scheme", "https"), (":path", "/"), (":protocol", "x")],
+            &[(":method", "CONNECT"), (":scheme", "https"), (":authority", "a:1")],
+            &[(":method", "G E T"), (":scheme", "https"), (":path", "/")],
+        ];
+        for case in cases {
+            assert!(parse_request(&fields(case)).is_err(), "accepted {case:?}");
+        }
+    }
+
+    #[test]
+    fn extended_connect_keeps_protocol() {
+        let request = parse_request(&fields(&[
+            (":method", "CONNECT"),
+            (":protocol", "connect-udp"),
+            (":scheme", "https"),
+            (":authority", "proxy:443"),
+            (":path", "/.well-known/masque/udp/a/53/"),
+        ]))
+        .unwrap();
+        assert_eq!(request.extensions().get::<Protocol>(), Some(&Protocol("connect-udp".into())));
+        let encoded = request_fields(&request).unwrap();
+        assert!(encoded.iter().any(|field| field.name() == b":protocol" && field.value() == b"connect-udp"));
+    }
+
+    #[test]
+    fn request_round_trips() {
+        let request = Request::post("https://h:1/p?q").header("x-a", "1").body(()).unwrap();
+        let parsed = parse_request(&request_fields(&request).unwrap()).unwrap();
+        assert_eq!(parsed.uri(), request.uri());
+        assert_eq!(parsed.method(), Method::POST);
+        assert_eq!(parsed.headers()["x-a"], "1");
+    }
+
+    #[test]
+    fn responses_need_a_valid_status() {
+        assert!(parse_response(&fields(&[(":status", "204")])).is_ok());
+        assert!(parse_response(&fields(&[("a", "b")])).is_err());
+        assert!(parse_response(&fields(&[(":status", "2000")])).is_err());
+        assert!(parse_response(&fields(&[(":status", "200"), (":path", "/")])).is_err());
+        assert!(parse_trailers(&fields(&[(":status", "200")])).is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! The HTTP/3 server: serves any `tower::Service<http::Request<RecvBody>>` over Quiver connections.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use quiver::Endpoint;
+use tower_service::Service;
+
+use crate::body::RecvBody;
+use crate::driver::{self, Dispatch, H3Driver, H3Settings, OutFrame, StreamSink, Wake, WakeSender};
+use crate::error::H3_INTERNAL_ERROR;
+use crate::headers;
+
+/// Serves a `tower` service over HTTP/3.
+///
+/// Each request runs in its own task; a handler that fails or panics is answered with 500 and the
+/// connection lives on.
+///
+/// ```no_run
+/// use http::{Request, Response};
+/// use quiver_h3::{RecvBody, Server};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = quiver_h3::server_config().self_signed(["localhost"]).build()?;
+/// let endpoint = quiver::Endpoint::server("127.0.0.1:4433".parse()?, config)?;
+/// let hello = tower::service_fn(|_request: Request<RecvBody>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(String::from("hello, HTTP/3\n")))
+/// });
+/// Server::new(hello).serve(endpoint).await;
+/// # Ok(()) }
+/// ```
+pub struct Server<S> {
+    service: S,
+    settings: H3Settings,
+}
+
+impl<S, B> Server<S>
+where
+    S: Service<Request<RecvBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: std::fmt::Display + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::fmt::Display,
+{
+    /// A server for `service` with default settings.
+    pub fn new(service: S) -> Self {
+        Self { service, settings: H3Settings::default() }
+    }
+
+    /// Replaces the HTTP/3 settings (header size limit, extended CONNECT).
+    pub fn settings(mut self, settings: H3Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// The application to start on one accepted connection; use it to mix HTTP/3 with other ALPNs.
+    pub fn application(&self) -> H3Driver {
+        let service = self.service.clone();
+        let dispatch: Dispatch = Arc::new(move |request, sink| {
+            tokio::spawn(handle(service.clone(), request, sink));
+        });
+        H3Driver::server(self.settings.clone(), dispatch)
+    }
+
+    /// Accepts connections on `endpoint` until it closes, serving HTTP/3 on those that negotiated
+    /// `h3` (others are refused).
+    pub async fn serve(self, endpoint: Endpoint) {
+        self.serve_with_graceful_shutdown(endpoint, std::future::pending(), Duration::ZERO).await;
+    }
+
+    /// As [`serve`](Self::serve), until `shutdown` resolves; then drains gracefully: stops accepting,
+    /// sends GOAWAY on every connection, lets requests already received finish, closes each connection
+    /// when it has none left, and closes whatever remains after `drain_deadline`. Returns when every
+    /// connection has ended.
+    pub async fn serve_with_graceful_shutdown(
+        self,
+        endpoint: Endpoint,
+        shutdown: impl std::future::Future<Output = ()>,
+        drain_deadline: Duration,
+    ) {
+        let mut drivers: Vec<WakeSender> = Vec::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => incoming,
+                () = &mut shutdown => break,
+            };
+            let Some(incoming) = incoming else { return };
+            if incoming.alpn() == crate::ALPN {
+                let driver = self.application();
+                drivers.retain(|waker| !waker.is_closed());
+                drivers.push(driver.waker());
+                incoming.start(driver);
+            }
+        }
+        tracing::info!(connections = drivers.len(), "draining: GOAWAY sent, finishing in-flight requests");
+        for driver in &drivers {
+            let _ = driver.send(Wake::GoAway);
+        }
+        if tokio::time::timeout(drain_deadline, endpoint.wait_idle()).await.is_err() {
+            tracing::warn!("drain deadline passed; closing remaining connections");
+        }
+        endpoint.close();
+        endpoint.wait_idle().await;
+    }
+}
+
+/// Resets the stream if the handler task ends (or unwinds) before the response was complete.
+struct ResponseGuard {
+    sink: StreamSink,
+    complete: bool,
+}
+
+impl Drop for ResponseGuard {
+    fn drop(&mut self) {
+        if !self.complete {
+            self.sink.abort(H3_INTERNAL_ERROR);
+        }
+    }
+}
+
+async fn handle<S, B>(mut service: S, request: Request<RecvBody>, sink: StreamSink)
+where
+    S: Service<Request<RecvBody>, Response = Response<B>>,
+    S::Error: std::fmt::Display,
+    B: Body,
+    B::Error: std::fmt::Display,
+{
+    let mut guard = ResponseGuard { sink, complete: false };
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let outcome = AssertUnwindSafe(async {
+        std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+        service.call(request).await
+    })
+    .catch_unwind()
+    .await;
+    let response = match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => {
+            tracing::warn!(%method, %path, error = %err, "handler failed; answering 500");
+            guard.complete = send_status(&guard.sink, StatusCode::INTERNAL_SERVER_ERROR);
+            return;
+        }
+        Err(_) => {
+            tracing::error!(%method, %path, "handler panicked; answering 500");
+            guard.complete = send_status(&guard.sink, StatusCode::INTERNAL_SERVER_ERROR);
+            return;
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let end = body.is_end_stream();
+    let fields = headers::response_fields(parts.status, &parts.headers);
+    if guard.sink.frame(OutFrame::Head { fields, end }).is_err() {
+        guard.complete = true;
+        return;
+    }
+    if end {
+        guard.complete = true;
+        return;
+    }
+    let sent = AssertUnwindSafe(driver::send_body(body, &guard.sink)).catch_unwind().await;
+    match sent {
+        Ok(Ok(())) => guard.complete = true,
+        // The stream was reset already (by send_body or the peer): nothing more to do.
+        Ok(Err(reason)) => {
+            tracing::debug!(stream = guard.sink.stream_id(), %reason, "response body not completed");
+            guard.complete = true;
+        }
+        Err(_) => tracing::error!(%method, %path, "response body panicked; resetting the stream"),
+    }
+}
+
+fn send_status(sink: &StreamSink, status: StatusCode) -> bool {
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+    let fields = headers::response_fields(status, &headers);
+    sink.frame(OutFrame::Head { fields, end: true }).is_ok()
+}
