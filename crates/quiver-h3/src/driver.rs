@@ -234,7 +234,12 @@ pub struct H3Driver {
     highest_request: Option<u64>,
     /// Streams finished on our side whose data the peer may not have acknowledged yet.
     unacknowledged: Vec<u64>,
+    peer_addr: Option<std::net::SocketAddr>,
 }
+
+/// The client's address, in every request's extensions on the server side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 impl H3Driver {
     fn new(settings: H3Settings, role: Role) -> Self {
@@ -251,6 +256,7 @@ impl H3Driver {
             stream_ids: Vec::new(),
             highest_request: None,
             unacknowledged: Vec::new(),
+            peer_addr: None,
         }
     }
 
@@ -330,7 +336,11 @@ impl H3Driver {
         };
         self.streams.insert(stream, state);
         let sink = StreamSink { stream, wake: self.wake_tx.clone(), budget };
-        dispatch(request.map(|()| body), sink);
+        let mut request = request.map(|()| body);
+        if let Some(peer) = self.peer_addr {
+            request.extensions_mut().insert(PeerAddr(peer));
+        }
+        dispatch(request, sink);
     }
 
     /// Reads body data while the reader has room.
@@ -561,6 +571,7 @@ impl ApplicationOverQuic for H3Driver {
         let h3 = h3::Connection::with_transport(conn, &config)
             .map_err(|err| ApplicationError::new(H3_INTERNAL_ERROR, err.to_string()))?;
         self.h3 = Some(h3);
+        self.peer_addr = conn.path_stats().next().map(|path| path.peer_addr);
         Ok(())
     }
 

@@ -152,8 +152,48 @@ impl CloseReason {
     }
 }
 
+/// Transport error codes 0x100-0x1ff carry a TLS alert (RFC 9001 §4.8).
+const CRYPTO_ERROR_BASE: u64 = 0x100;
+
+fn tls_alert_name(alert: u64) -> &'static str {
+    match alert {
+        40 => "handshake failure",
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired",
+        46 => "certificate unknown",
+        48 => "unknown CA: the certificate is not trusted",
+        51 => "decrypt error",
+        70 => "protocol version",
+        80 => "internal error",
+        109 => "missing extension",
+        112 => "unrecognized name",
+        116 => "certificate required",
+        120 => "no application protocol: ALPN mismatch",
+        _ => "TLS alert",
+    }
+}
+
+impl CloseReason {
+    /// The TLS alert number, when this is a transport close caused by TLS.
+    pub fn tls_alert(&self) -> Option<u8> {
+        if self.is_application || !(CRYPTO_ERROR_BASE..CRYPTO_ERROR_BASE + 0x100).contains(&self.code) {
+            return None;
+        }
+        u8::try_from(self.code - CRYPTO_ERROR_BASE).ok()
+    }
+}
+
 impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(alert) = self.tls_alert() {
+            write!(f, "TLS alert {alert} ({})", tls_alert_name(u64::from(alert)))?;
+            if !self.reason.is_empty() {
+                write!(f, " ({})", self.reason)?;
+            }
+            return Ok(());
+        }
         let kind = if self.is_application { "application" } else { "transport" };
         write!(f, "{kind} error 0x{:x}", self.code)?;
         if !self.reason.is_empty() {
@@ -211,5 +251,20 @@ impl ApplicationError {
     /// Builds an error with the given code and reason.
     pub fn new(code: u64, reason: impl Into<String>) -> Self {
         Self { code, reason: reason.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_alerts_are_named() {
+        let close = CloseReason { is_application: false, code: 0x130, reason: String::new() };
+        assert_eq!(close.tls_alert(), Some(48));
+        assert_eq!(close.to_string(), "TLS alert 48 (unknown CA: the certificate is not trusted)");
+        let app = CloseReason { is_application: true, code: 0x130, reason: "x".into() };
+        assert_eq!(app.tls_alert(), None);
+        assert_eq!(app.to_string(), "application error 0x130 (x)");
     }
 }

@@ -1,0 +1,122 @@
+//! The `quiver` binary end to end: `quiver serve` on 127.0.0.1 port 0, fetched with `quiver get`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
+
+/// A running `quiver serve`; killed on drop.
+struct Served {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(extra: &[&str]) -> Served {
+    let mut child = Command::new(QUIVER)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start quiver serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut reader = BufReader::new(stdout);
+    let mut first = String::new();
+    reader.read_line(&mut first).expect("read the banner");
+    // Keep draining so the server never writes into a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    // "quiver serving HTTP/3 on https://127.0.0.1:PORT/ (...)"
+    let base = first
+        .split_whitespace()
+        .find(|word| word.starts_with("https://"))
+        .map(|url| url.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|| panic!("no URL in banner {first:?}"));
+    Served { child, base }
+}
+
+fn get(args: &[&str]) -> Output {
+    Command::new(QUIVER).arg("get").args(args).output().expect("run quiver get")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("quiver-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn demo_site_serves_index_and_bytes() {
+    let served = serve(&[]);
+    let index = get(&["-k", &format!("{}/", served.base)]);
+    assert!(index.status.success(), "{index:?}");
+    assert!(String::from_utf8_lossy(&index.stdout).contains("You are talking HTTP/3"));
+
+    let dir = temp_dir("bytes");
+    let out = dir.join("bytes.bin");
+    let fetched = get(&["-k", "-o", out.to_str().unwrap(), &format!("{}/bytes/1234567", served.base)]);
+    assert!(fetched.status.success(), "{fetched:?}");
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 1_234_567);
+
+    let head = get(&["-k", "-i", "-X", "HEAD", &format!("{}/bytes/99", served.base)]);
+    let text = String::from_utf8_lossy(&head.stdout);
+    assert!(text.starts_with("HTTP/3 200") && text.contains("content-length: 99"), "{text}");
+    assert!(text.ends_with("\n\n"), "HEAD has no body: {text:?}");
+
+    let missing = get(&["-k", "-f", &format!("{}/nope", served.base)]);
+    assert_eq!(missing.status.code(), Some(1));
+    let untrusted = get(&[&format!("{}/", served.base)]);
+    assert_eq!(untrusted.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&untrusted.stderr).contains("not trusted"), "{untrusted:?}");
+    let bad_usage = get(&["ftp://example"]);
+    assert_eq!(bad_usage.status.code(), Some(2));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+fn write(dir: &Path, name: &str, contents: &[u8]) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, contents).unwrap();
+}
+
+#[test]
+fn directory_serving_with_types_ranges_and_confinement() {
+    let dir = temp_dir("site");
+    write(&dir, "index.html", b"<h1>home</h1>");
+    write(&dir, "style/main.css", b"body{}");
+    let data: Vec<u8> = (0..300_000u32).map(|index| (index % 253) as u8).collect();
+    write(&dir, "data.bin", &data);
+    let served = serve(&["--dir", dir.to_str().unwrap()]);
+
+    let index = get(&["-k", "-i", &format!("{}/", served.base)]);
+    let text = String::from_utf8_lossy(&index.stdout);
+    assert!(text.contains("content-type: text/html") && text.ends_with("<h1>home</h1>"), "{text}");
+    let css = get(&["-k", "-i", &format!("{}/style/main.css", served.base)]);
+    assert!(String::from_utf8_lossy(&css.stdout).contains("content-type: text/css"));
+
+    let whole = get(&["-k", &format!("{}/data.bin", served.base)]);
+    assert!(whole.stdout == data, "whole file differs");
+    let range = get(&["-k", "-i", "-H", "Range: bytes=1000-1009", &format!("{}/data.bin", served.base)]);
+    let text = String::from_utf8_lossy(&range.stdout);
+    assert!(text.starts_with("HTTP/3 206") && text.contains("content-range: bytes 1000-1009/300000"), "{text}");
+    assert!(range.stdout.ends_with(&data[1000..1010]));
+    let beyond = get(&["-k", "-i", "-H", "Range: bytes=400000-", &format!("{}/data.bin", served.base)]);
+    assert!(String::from_utf8_lossy(&beyond.stdout).starts_with("HTTP/3 416"));
+
+    for escape in ["/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/nope.txt"] {
+        let refused = get(&["-k", "-i", &format!("{}{escape}", served.base)]);
+        assert!(String::from_utf8_lossy(&refused.stdout).starts_with("HTTP/3 404"), "{escape}: {refused:?}");
+    }
+    let post = get(&["-k", "-i", "-d", "x", &format!("{}/", served.base)]);
+    assert!(String::from_utf8_lossy(&post.stdout).starts_with("HTTP/3 405"));
+    drop(served);
+    std::fs::remove_dir_all(dir).ok();
+}
