@@ -120,3 +120,58 @@ fn directory_serving_with_types_ranges_and_confinement() {
     drop(served);
     std::fs::remove_dir_all(dir).ok();
 }
+
+/// Chromium, forced onto QUIC for the demo's origin and trusting the printed SPKI pin, loads the demo
+/// page. The server speaks only QUIC, so any page content proves an HTTP/3 exchange. Skipped (with a
+/// note) where Chromium is not installed; `.ci/run` installs it.
+#[test]
+fn chromium_loads_the_demo_page_over_http3() {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|name| Command::new(name).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
+    else {
+        eprintln!("skipped: no chromium on PATH");
+        return;
+    };
+    let mut child = Command::new(QUIVER)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start quiver serve");
+    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
+    let (mut banner, mut pin_line) = (String::new(), String::new());
+    reader.read_line(&mut banner).unwrap();
+    reader.read_line(&mut pin_line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let served = Served { child, base: String::new() };
+    let origin = banner.split("https://").nth(1).and_then(|rest| rest.split('/').next()).expect("origin").to_owned();
+    let pin = pin_line.rsplit("pin: ").next().expect("pin").trim().to_owned();
+    let profile = temp_dir("chromium-profile");
+    let output = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("--origin-to-force-quic-on={origin}"),
+            &format!("--ignore-certificate-errors-spki-list={pin}"),
+            "--timeout=20000",
+            "--dump-dom",
+            &format!("https://{origin}/"),
+        ])
+        .output()
+        .expect("run chromium");
+    drop(served);
+    std::fs::remove_dir_all(profile).ok();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        dom.contains("You are talking HTTP/3"),
+        "chromium did not get the page: {dom}\n{}",
+        String::from_utf8_lossy(&output.stderr).lines().rev().take(10).collect::<Vec<_>>().join("\n")
+    );
+}

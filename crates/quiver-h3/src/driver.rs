@@ -463,9 +463,19 @@ impl H3Driver {
 
     fn start_requests(&mut self, h3: &mut h3::Connection, conn: &mut QuicConnection) {
         let Role::Client { deferred, going_away } = &mut self.role else { return };
+        let peer_limit = h3
+            .peer_settings_raw()
+            .and_then(|settings| settings.iter().find(|(id, _)| *id == SETTINGS_MAX_FIELD_SECTION_SIZE))
+            .map(|(_, limit)| *limit);
         while let Some(request) = deferred.pop_front() {
             if *going_away {
                 let _ = request.response.send(Err(Error::GoingAway));
+                continue;
+            }
+            // RFC 9114 §4.2.2: do not send more than the server said it accepts.
+            let size = field_section_size(&request.fields);
+            if let Some(limit) = peer_limit.filter(|limit| size > *limit) {
+                let _ = request.response.send(Err(Error::HeaderTooLarge { size, limit }));
                 continue;
             }
             match h3.send_request(conn, &request.fields, request.end) {
@@ -479,6 +489,12 @@ impl H3Driver {
                     };
                     self.streams.insert(stream, state);
                     let _ = request.opened.send(StreamSink { stream, wake: self.wake_tx.clone(), budget });
+                }
+                Err(h3::Error::StreamBlocked) if self.streams.is_empty() => {
+                    // quiche writes a header block in one piece, within the congestion window. With
+                    // nothing in flight the window cannot grow, so waiting would stall forever.
+                    let limit = u64::try_from(conn.send_quantum()).unwrap_or(u64::MAX);
+                    let _ = request.response.send(Err(Error::HeaderTooLarge { size, limit }));
                 }
                 Err(h3::Error::StreamBlocked | h3::Error::TransportError(quiche::Error::StreamLimit)) => {
                     // Out of stream credit or room for the headers: try again when the peer grants more.
@@ -556,6 +572,15 @@ impl H3Driver {
             }
         }
     }
+}
+
+/// SETTINGS_MAX_FIELD_SECTION_SIZE (RFC 9114 §7.2.4.1).
+const SETTINGS_MAX_FIELD_SECTION_SIZE: u64 = 0x6;
+
+/// A field section's size as RFC 9114 §4.2.2 counts it: each field's name and value plus 32 bytes.
+fn field_section_size(fields: &[Header]) -> u64 {
+    use quiver::quiche::h3::NameValue;
+    fields.iter().map(|field| (field.name().len() + field.value().len() + 32) as u64).sum()
 }
 
 fn reset_stream(conn: &mut QuicConnection, stream: u64, code: u64) {

@@ -61,6 +61,15 @@ pub enum Error {
     /// The request headers could not be encoded (for example a header value that is not valid).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The request's header section is larger than the server accepts (its
+    /// SETTINGS_MAX_FIELD_SECTION_SIZE), or larger than quiche can ever send in one piece.
+    #[error("request header section of {size} bytes exceeds the limit of {limit} bytes")]
+    HeaderTooLarge {
+        /// Size as RFC 9114 §4.2.2 counts it (name + value + 32 per field).
+        size: u64,
+        /// The limit that applies.
+        limit: u64,
+    },
     /// No response within the configured timeout.
     #[error("request timed out after {0:?}")]
     TimedOut(std::time::Duration),

@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use quiver::{Endpoint, TlsIdentity};
-use quiver_h3::{Client, RecvBody, Server};
+use quiver_h3::{Client, H3Settings, RecvBody, Server};
 
 const GUARD: Duration = Duration::from_secs(60);
 
@@ -21,12 +21,40 @@ fn rustls_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A quinn endpoint that trusts `identity` and offers ALPN h3.
+fn quinn_h3_client(identity: &TlsIdentity) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(identity.certificate_der())).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(rustls_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    endpoint
+}
+
 /// `GET /bytes/N` answers N pattern bytes; anything else answers "METHOD PATH BODY_LEN".
 async fn answer(method: &http::Method, path: &str, body_len: usize) -> Bytes {
     match path.strip_prefix("/bytes/").and_then(|len| len.parse().ok()) {
         Some(len) => Bytes::from(pattern(len)),
         None => Bytes::from(format!("{method} {path} {body_len}")),
     }
+}
+
+/// Reads an `h3` client stream's response: asserts 200 and returns the whole body.
+async fn read_response<S: h3::quic::RecvStream>(stream: &mut h3::client::RequestStream<S, Bytes>) -> Vec<u8> {
+    let response = stream.recv_response().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    body
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,18 +69,7 @@ async fn h3_quinn_client_against_quiver_server() {
     });
     tokio::spawn(Server::new(service).serve(endpoint.clone()));
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(identity.certificate_der())).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(rustls_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let mut quinn_client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    quinn_client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    )));
+    let quinn_client = quinn_h3_client(&identity);
     let run = async {
         let connection = quinn_client.connect(endpoint.local_addr(), "localhost").unwrap().await.unwrap();
         let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(connection)).await.unwrap();
@@ -63,13 +80,7 @@ async fn h3_quinn_client_against_quiver_server() {
         let request = Request::get(format!("https://{authority}/bytes/300000")).body(()).unwrap();
         let mut stream = send_request.send_request(request).await.unwrap();
         stream.finish().await.unwrap();
-        let response = stream.recv_response().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let mut body = Vec::new();
-        while let Some(mut chunk) = stream.recv_data().await.unwrap() {
-            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-        }
-        assert!(body == pattern(300_000), "download differs");
+        assert!(read_response(&mut stream).await == pattern(300_000), "download differs");
 
         // Upload.
         let request = Request::post(format!("https://{authority}/upload")).body(()).unwrap();
@@ -78,13 +89,7 @@ async fn h3_quinn_client_against_quiver_server() {
             stream.send_data(Bytes::from(pattern(100_000))).await.unwrap();
         }
         stream.finish().await.unwrap();
-        let response = stream.recv_response().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let mut body = Vec::new();
-        while let Some(mut chunk) = stream.recv_data().await.unwrap() {
-            body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
-        }
-        assert_eq!(String::from_utf8_lossy(&body), "POST /upload 1000000");
+        assert_eq!(String::from_utf8_lossy(&read_response(&mut stream).await), "POST /upload 1000000");
     };
     tokio::time::timeout(GUARD, run).await.expect("h3 client run timed out");
 }
@@ -148,4 +153,104 @@ async fn quiver_client_against_h3_quinn_server() {
         assert_eq!(body, "PUT /upload 2000000");
     };
     tokio::time::timeout(GUARD, run).await.expect("quiver client run timed out");
+}
+
+/// QPACK prefixed integer (RFC 9204 §4.1.1) with `prefix_bits` bits in the first byte, OR-ed with `flags`.
+fn qpack_int(out: &mut Vec<u8>, flags: u8, prefix_bits: u32, mut value: usize) {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        out.push(flags | value as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// QUIC variable-length integer (RFC 9000 §16), up to 2^30.
+fn quic_varint(out: &mut Vec<u8>, value: usize) {
+    match value {
+        0..=63 => out.push(value as u8),
+        64..=16383 => out.extend_from_slice(&(0x4000 | value as u16).to_be_bytes()),
+        _ => out.extend_from_slice(&(0x8000_0000 | value as u32).to_be_bytes()),
+    }
+}
+
+/// A GET request HEADERS frame with one extra literal (not Huffman-coded) header of `value_len` bytes.
+/// Hand-encoded because well-behaved clients (ours, `h3`) refuse to send more than the server allows.
+fn oversized_headers_frame(authority: &str, value_len: usize) -> Vec<u8> {
+    let mut block = vec![0x00, 0x00]; // Required Insert Count 0, Base 0: static table only.
+    block.push(0xc0 | 17); // :method GET (static index 17)
+    block.push(0xc0 | 23); // :scheme https (23)
+    block.push(0xc0 | 1); // :path / (1)
+    qpack_int(&mut block, 0x50, 4, 0); // :authority (static name 0), literal value
+    qpack_int(&mut block, 0x00, 7, authority.len());
+    block.extend_from_slice(authority.as_bytes());
+    qpack_int(&mut block, 0x20, 3, 6); // literal name, literal value
+    block.extend_from_slice(b"x-huge");
+    qpack_int(&mut block, 0x00, 7, value_len);
+    block.extend(std::iter::repeat_n(b'a', value_len));
+    let mut frame = vec![0x01]; // HEADERS
+    quic_varint(&mut frame, block.len());
+    frame.extend_from_slice(&block);
+    frame
+}
+
+/// A client that ignores the server's SETTINGS_MAX_FIELD_SECTION_SIZE: the server must refuse the
+/// header section (quiche closes with H3_EXCESSIVE_LOAD), never run the handler, and keep serving others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiver_server_rejects_oversized_headers_from_a_raw_client() {
+    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
+    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
+    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = {
+        let served = served.clone();
+        tower::service_fn(move |_request: Request<RecvBody>| {
+            served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok")))) }
+        })
+    };
+    let settings = H3Settings { max_field_section_bytes: 4096, ..H3Settings::default() };
+    tokio::spawn(Server::new(service).settings(settings).serve(endpoint.clone()));
+
+    let quinn_client = quinn_h3_client(&identity);
+    let authority = format!("localhost:{}", endpoint.local_addr().port());
+    let run = async {
+        let connection = quinn_client.connect(endpoint.local_addr(), "localhost").unwrap().await.unwrap();
+        let mut control = connection.open_uni().await.unwrap();
+        control.write_all(&[0x00, 0x04, 0x00]).await.unwrap(); // control stream, empty SETTINGS
+        let (mut send, _recv) = connection.open_bi().await.unwrap();
+        send.write_all(&oversized_headers_frame(&authority, 8 * 1024)).await.unwrap();
+        let _ = send.finish();
+        match connection.closed().await {
+            quinn::ConnectionError::ApplicationClosed(close) => {
+                assert_eq!(close.error_code.into_inner(), quiver_h3::H3_EXCESSIVE_LOAD);
+            }
+            other => panic!("expected H3_EXCESSIVE_LOAD, got {other:?}"),
+        }
+    };
+    tokio::time::timeout(GUARD, run).await.expect("oversized header run timed out");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0, "the handler never saw the request");
+
+    // The same raw encoding under the limit is answered, so the rejection was about size alone.
+    let run = async {
+        let connection = quinn_client.connect(endpoint.local_addr(), "localhost").unwrap().await.unwrap();
+        let mut control = connection.open_uni().await.unwrap();
+        control.write_all(&[0x00, 0x04, 0x00]).await.unwrap();
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(&oversized_headers_frame(&authority, 100)).await.unwrap();
+        send.finish().unwrap();
+        let response = recv.read_to_end(64 * 1024).await.unwrap();
+        // quiche may put a GREASE frame first; then HEADERS with `:status 200` (static index 25, so the
+        // field line 0xd9) and a DATA frame "ok".
+        assert!(response.contains(&0xd9), "no :status 200 in {response:?}");
+        assert!(response.windows(4).any(|frame| frame == [0x00, 0x02, b'o', b'k']), "no body in {response:?}");
+    };
+    tokio::time::timeout(GUARD, run).await.expect("small header run timed out");
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
