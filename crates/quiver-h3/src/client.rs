@@ -83,13 +83,14 @@ impl H3Connection {
         B::Error: std::fmt::Display,
     {
         let fields = headers::request_fields(&request).map_err(Error::InvalidRequest)?;
+        let is_connect = request.method() == http::Method::CONNECT;
         let body = request.into_body();
         let end = body.is_end_stream();
         let _permit = self.permits.acquire().await.map_err(|_| self.closed_error())?;
         let (opened_tx, opened_rx) = oneshot::channel();
         let (response_tx, response_rx) = oneshot::channel();
         self.wake
-            .send(Wake::Request(NewRequest { fields, end, opened: opened_tx, response: response_tx }))
+            .send(Wake::Request(NewRequest { fields, end, is_connect, opened: opened_tx, response: response_tx }))
             .map_err(|_| self.closed_error())?;
         if !end {
             tokio::spawn(async move {

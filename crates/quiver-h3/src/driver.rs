@@ -17,11 +17,12 @@ use http::{Request, Response};
 use http_body::Body;
 use http_body_util::BodyExt;
 use quiver::quiche;
-use quiver::quiche::h3::{self, Header};
+use quiver::quiche::h3::{self, Header, NameValue};
 use quiver::{ApplicationError, ApplicationOverQuic, ConnectionError, QuicConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::body::{BodyFrame, RecvBody};
+use crate::datagram::{DATAGRAM_SEND_QUEUE, DatagramFlow, DatagramShared, get_varint};
 use crate::error::{Error, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR};
 use crate::headers;
 
@@ -49,6 +50,8 @@ pub(crate) enum Wake {
     Request(NewRequest),
     /// Send GOAWAY and stop taking requests (server).
     GoAway,
+    /// Send an HTTP datagram (quarter stream ID already prefixed); the permit bounds the queue.
+    Datagram { frame: Bytes, _permit: OwnedSemaphorePermit },
 }
 
 pub(crate) enum OutFrame {
@@ -61,6 +64,8 @@ pub(crate) enum OutFrame {
 pub(crate) struct NewRequest {
     pub(crate) fields: Vec<Header>,
     pub(crate) end: bool,
+    /// CONNECT requests get a [`DatagramFlow`] on their response.
+    pub(crate) is_connect: bool,
     pub(crate) opened: oneshot::Sender<StreamSink>,
     pub(crate) response: oneshot::Sender<Result<Response<RecvBody>, Error>>,
 }
@@ -166,6 +171,10 @@ struct StreamState {
     budget: Option<Arc<Semaphore>>,
     /// Client: the caller waiting for the response head.
     response: Option<oneshot::Sender<Result<Response<RecvBody>, Error>>>,
+    /// Client: whether the request was a CONNECT (its response gets a datagram flow).
+    is_connect: bool,
+    /// HTTP datagrams towards the user.
+    datagram_tx: Option<mpsc::Sender<Bytes>>,
 }
 
 impl StreamState {
@@ -235,6 +244,8 @@ pub struct H3Driver {
     /// Streams finished on our side whose data the peer may not have acknowledged yet.
     unacknowledged: Vec<u64>,
     peer_addr: Option<std::net::SocketAddr>,
+    datagram_permits: Arc<Semaphore>,
+    datagrams: Arc<DatagramShared>,
 }
 
 /// The client's address, in every request's extensions on the server side.
@@ -257,6 +268,8 @@ impl H3Driver {
             highest_request: None,
             unacknowledged: Vec::new(),
             peer_addr: None,
+            datagram_permits: Arc::new(Semaphore::new(DATAGRAM_SEND_QUEUE)),
+            datagrams: Arc::default(),
         }
     }
 
@@ -270,6 +283,25 @@ impl H3Driver {
 
     pub(crate) fn waker(&self) -> WakeSender {
         self.wake_tx.clone()
+    }
+
+    /// A datagram flow for `stream` if QUIC datagrams are on for this connection.
+    fn datagram_flow(&self, conn: &QuicConnection, stream: u64) -> Option<(DatagramFlow, mpsc::Sender<Bytes>)> {
+        conn.dgram_max_writable_len()?;
+        Some(DatagramFlow::new(stream, self.wake_tx.clone(), self.datagram_permits.clone(), self.datagrams.clone()))
+    }
+
+    /// Routes received QUIC datagrams to their streams' flows; drops (and counts) the rest.
+    fn recv_datagrams(&mut self, conn: &mut QuicConnection) {
+        while let Ok(len) = conn.dgram_recv(&mut self.scratch) {
+            let routed = get_varint(&self.scratch[..len]).and_then(|(quarter, prefix)| {
+                let tx = self.streams.get(&quarter.checked_mul(4)?)?.datagram_tx.as_ref()?;
+                tx.try_send(Bytes::copy_from_slice(&self.scratch[prefix..len])).ok()
+            });
+            if routed.is_none() {
+                self.datagrams.recv_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     fn on_headers(&mut self, conn: &mut QuicConnection, stream: u64, list: Vec<Header>, more_frames: bool) {
@@ -286,7 +318,22 @@ impl H3Driver {
                             state.inbound_done = true;
                             RecvBody::empty()
                         };
-                        let _ = response.send(Ok(head.map(|()| body)));
+                        let mut head = head.map(|()| body);
+                        if state.is_connect && head.status().is_success() {
+                            let flow = conn.dgram_max_writable_len().map(|_| {
+                                DatagramFlow::new(
+                                    stream,
+                                    self.wake_tx.clone(),
+                                    self.datagram_permits.clone(),
+                                    self.datagrams.clone(),
+                                )
+                            });
+                            if let Some((flow, tx)) = flow {
+                                state.datagram_tx = Some(tx);
+                                head.extensions_mut().insert(flow.into_slot());
+                            }
+                        }
+                        let _ = response.send(Ok(head));
                     }
                     Err(malformed) => {
                         let _ = response.send(Err(Error::MalformedResponse(malformed.0)));
@@ -339,6 +386,14 @@ impl H3Driver {
         let mut request = request.map(|()| body);
         if let Some(peer) = self.peer_addr {
             request.extensions_mut().insert(PeerAddr(peer));
+        }
+        if request.method() == http::Method::CONNECT
+            && let Some((flow, tx)) = self.datagram_flow(conn, stream)
+        {
+            if let Some(state) = self.streams.get_mut(&stream) {
+                state.datagram_tx = Some(tx);
+            }
+            request.extensions_mut().insert(flow.into_slot());
         }
         dispatch(request, sink);
     }
@@ -447,6 +502,11 @@ impl H3Driver {
                 Role::Client { deferred, .. } => deferred.push_back(request),
                 Role::Server { .. } => {}
             },
+            Wake::Datagram { frame, .. } => {
+                if conn.dgram_send(&frame).is_err() {
+                    self.datagrams.send_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
             Wake::GoAway => {
                 if let Role::Server { goaway, .. } = &mut self.role
                     && goaway.is_none()
@@ -472,6 +532,19 @@ impl H3Driver {
                 let _ = request.response.send(Err(Error::GoingAway));
                 continue;
             }
+            // RFC 9220 §3: extended CONNECT only once the server has said it supports it.
+            if request.fields.iter().any(|field| field.name() == b":protocol") {
+                if h3.peer_settings_raw().is_none() {
+                    // SETTINGS not here yet; they arrive on the control stream and wake us.
+                    deferred.push_front(request);
+                    return;
+                }
+                if !h3.extended_connect_enabled_by_peer() {
+                    let reason = "the server does not support extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)";
+                    let _ = request.response.send(Err(Error::InvalidRequest(reason.into())));
+                    continue;
+                }
+            }
             // RFC 9114 §4.2.2: do not send more than the server said it accepts.
             let size = field_section_size(&request.fields);
             if let Some(limit) = peer_limit.filter(|limit| size > *limit) {
@@ -485,14 +558,20 @@ impl H3Driver {
                         budget: Some(budget.clone()),
                         outbound_done: request.end,
                         response: Some(request.response),
+                        is_connect: request.is_connect,
                         ..StreamState::default()
                     };
                     self.streams.insert(stream, state);
                     let _ = request.opened.send(StreamSink { stream, wake: self.wake_tx.clone(), budget });
                 }
-                Err(h3::Error::StreamBlocked) if self.streams.is_empty() => {
+                Err(h3::Error::StreamBlocked)
+                    if self.streams.is_empty()
+                        && size > UNSENDABLE_HEADER_BYTES
+                        && h3.peer_settings_raw().is_some() =>
+                {
                     // quiche writes a header block in one piece, within the congestion window. With
-                    // nothing in flight the window cannot grow, so waiting would stall forever.
+                    // nothing in flight the window cannot grow, so waiting would stall forever. (Before
+                    // the server's SETTINGS arrive we wait for them: they may set a smaller limit.)
                     let limit = u64::try_from(conn.send_quantum()).unwrap_or(u64::MAX);
                     let _ = request.response.send(Err(Error::HeaderTooLarge { size, limit }));
                 }
@@ -574,12 +653,16 @@ impl H3Driver {
     }
 }
 
+/// Header sections above this may never fit quiche's one-piece header write within a congestion window
+/// that has nothing in flight to grow from (10 packets of 1350 bytes, less framing). Smaller blocked
+/// requests wait: they are blocked by flow control, which a packet from the peer will lift.
+const UNSENDABLE_HEADER_BYTES: u64 = 10_000;
+
 /// SETTINGS_MAX_FIELD_SECTION_SIZE (RFC 9114 §7.2.4.1).
 const SETTINGS_MAX_FIELD_SECTION_SIZE: u64 = 0x6;
 
 /// A field section's size as RFC 9114 §4.2.2 counts it: each field's name and value plus 32 bytes.
 fn field_section_size(fields: &[Header]) -> u64 {
-    use quiver::quiche::h3::NameValue;
     fields.iter().map(|field| (field.name().len() + field.value().len() + 32) as u64).sum()
 }
 
@@ -612,6 +695,7 @@ impl ApplicationOverQuic for H3Driver {
         let Some(mut h3) = self.h3.take() else { return Ok(()) };
         self.poll_events(&mut h3, conn);
         self.h3 = Some(h3);
+        self.recv_datagrams(conn);
         Ok(())
     }
 
@@ -634,6 +718,9 @@ impl ApplicationOverQuic for H3Driver {
         }
         self.stream_ids = ids;
         self.h3 = Some(h3);
+        if let Some(max) = conn.dgram_max_writable_len() {
+            self.datagrams.max_writable.store(max, std::sync::atomic::Ordering::Relaxed);
+        }
         let draining = matches!(self.role, Role::Server { goaway: Some(_), .. });
         self.prune_acknowledged(conn, draining);
         if draining && self.streams.is_empty() && self.unacknowledged.is_empty() {
