@@ -309,3 +309,23 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     guarded("server drained", server).await.unwrap();
     assert_eq!(endpoint.stats().active_connections, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_timeout_fires_when_the_server_never_answers() {
+    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
+    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
+    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let service = tower::service_fn(|_request: Request<RecvBody>| async {
+        std::future::pending::<()>().await;
+        Ok::<_, Infallible>(Response::new(full("never")))
+    });
+    tokio::spawn(Server::new(service).serve(endpoint.clone()));
+    let client_config =
+        quiver_h3::client_config().without_system_roots().trust_certificate_der(identity.certificate_der());
+    let timeout = Duration::from_millis(300);
+    let client = Client::new(client_config.build().unwrap()).with_timeout(timeout);
+    let url = format!("https://localhost:{}/", endpoint.local_addr().port());
+    let outcome =
+        guarded("request", client.send_request(Request::get(url).body(Full::new(Bytes::new())).unwrap())).await;
+    assert!(matches!(outcome, Err(Error::TimedOut(waited)) if waited == timeout), "{outcome:?}");
+}

@@ -254,3 +254,50 @@ async fn quiver_server_rejects_oversized_headers_from_a_raw_client() {
     tokio::time::timeout(GUARD, run).await.expect("small header run timed out");
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// A request without `:path` is malformed (RFC 9114 §4.3.1): the server resets that stream with
+/// H3_MESSAGE_ERROR and keeps serving other requests on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_resets_only_its_stream() {
+    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
+    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
+    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let service = tower::service_fn(|_request: Request<RecvBody>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    });
+    tokio::spawn(Server::new(service).serve(endpoint.clone()));
+    let quinn_client = quinn_h3_client(&identity);
+    let authority = format!("localhost:{}", endpoint.local_addr().port());
+    let run = async {
+        let connection = quinn_client.connect(endpoint.local_addr(), "localhost").unwrap().await.unwrap();
+        let mut control = connection.open_uni().await.unwrap();
+        control.write_all(&[0x00, 0x04, 0x00]).await.unwrap();
+
+        // :method GET, :scheme https, :authority, but no :path.
+        let mut block = vec![0x00, 0x00, 0xc0 | 17, 0xc0 | 23];
+        qpack_int(&mut block, 0x50, 4, 0);
+        qpack_int(&mut block, 0x00, 7, authority.len());
+        block.extend_from_slice(authority.as_bytes());
+        let mut frame = vec![0x01];
+        quic_varint(&mut frame, block.len());
+        frame.extend_from_slice(&block);
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(&frame).await.unwrap();
+        send.finish().unwrap();
+        match recv.read_to_end(64 * 1024).await {
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+                assert_eq!(code.into_inner(), quiver_h3::H3_MESSAGE_ERROR);
+            }
+            other => panic!("expected a reset with H3_MESSAGE_ERROR, got {other:?}"),
+        }
+
+        // A well-formed request on the same connection is still answered.
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(&oversized_headers_frame(&authority, 10)).await.unwrap();
+        send.finish().unwrap();
+        let response = recv.read_to_end(64 * 1024).await.unwrap();
+        assert!(response.windows(4).any(|frame| frame == [0x00, 0x02, b'o', b'k']), "no body in {response:?}");
+        assert!(connection.close_reason().is_none(), "the connection stays open");
+    };
+    tokio::time::timeout(GUARD, run).await.expect("malformed request run timed out");
+}
