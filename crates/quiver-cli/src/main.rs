@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage.
 
+mod bench;
 mod get;
 mod serve;
 
@@ -26,6 +27,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Fetch a URL over HTTP/3 and write the body to standard output.
     Get(get::GetArgs),
+    /// Load-test an HTTP/3 server (h2load-style); checks every status and body length.
+    Bench(bench::BenchArgs),
     /// Print the version of quiver and of the QUIC protocol it speaks.
     Version,
 }
@@ -42,27 +45,30 @@ fn main() -> ExitCode {
         }
     };
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("quiver: cannot start the async runtime: {err}");
-            return ExitCode::from(1);
+    let result = match cli.command {
+        // The load generator sizes its own runtime (-t).
+        Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => with_runtime(serve::run(args)),
+        Command::Get(args) => with_runtime(get::run(args)),
+        Command::Version => {
+            println!(
+                "quiver {} (QUIC version 0x{:08x}, HTTP/3)",
+                env!("CARGO_PKG_VERSION"),
+                quiver::quiche::PROTOCOL_VERSION
+            );
+            Ok(())
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve(args) => serve::run(args).await,
-            Command::Get(args) => get::run(args).await,
-            Command::Version => {
-                println!(
-                    "quiver {} (QUIC version 0x{:08x}, HTTP/3)",
-                    env!("CARGO_PKG_VERSION"),
-                    quiver::quiche::PROTOCOL_VERSION
-                );
-                Ok(())
-            }
-        }
-    });
+    exit_code(result)
+}
+
+fn with_runtime(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|err| anyhow::anyhow!("cannot start the async runtime: {err}"))?;
+    runtime.block_on(work)
+}
+
+fn exit_code(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is::<get::UsageError>() => {

@@ -175,3 +175,29 @@ fn chromium_loads_the_demo_page_over_http3() {
         String::from_utf8_lossy(&output.stderr).lines().rev().take(10).collect::<Vec<_>>().join("\n")
     );
 }
+
+#[test]
+fn bench_counts_validated_requests_and_fails_on_errors() {
+    let served = serve(&[]);
+    let ok = Command::new(QUIVER)
+        .args(["bench", "-k", "-c", "2", "-m", "4", "-n", "300", &format!("{}/bytes/1000", served.base)])
+        .output()
+        .expect("run quiver bench");
+    let report = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{report}\n{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(report.contains("requests: 300 succeeded, 0 failed"), "{report}");
+    assert!(report.contains("throughput:") && report.contains("p99"), "{report}");
+
+    let handshakes = Command::new(QUIVER)
+        .args(["bench", "-k", "--hs-only", "-n", "20", &format!("{}/", served.base)])
+        .output()
+        .expect("run quiver bench --hs-only");
+    assert!(handshakes.status.success());
+    assert!(String::from_utf8_lossy(&handshakes.stdout).contains("handshakes: 20"));
+
+    let failing = Command::new(QUIVER)
+        .args(["bench", "-k", "-n", "5", &format!("{}/missing", served.base)])
+        .output()
+        .expect("run quiver bench on a 404");
+    assert_eq!(failing.status.code(), Some(1), "a 404 is a failed request");
+}
