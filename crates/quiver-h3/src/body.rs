@@ -49,6 +49,19 @@ impl RecvBody {
     }
 }
 
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        // Dropped before the end: the connection task may have stopped reading because our channel
+        // was full, and quiche will not raise another event for that data. Wake it so it discards the
+        // rest and the stream can finish (otherwise the stream would hold a stream slot forever).
+        if self.frames.is_some()
+            && let Some((stream, wake)) = &self.credit
+        {
+            let _ = wake.send(Wake::ReadMore { stream: *stream });
+        }
+    }
+}
+
 impl http_body::Body for RecvBody {
     type Data = Bytes;
     type Error = BodyError;

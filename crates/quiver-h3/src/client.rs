@@ -25,6 +25,7 @@ pub struct H3Connection {
     wake: WakeSender,
     handle: ConnectionHandle,
     permits: Arc<Semaphore>,
+    going_away: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for H3Connection {
@@ -55,8 +56,9 @@ impl H3Connection {
     ) -> Result<Self, Error> {
         let driver = H3Driver::client(settings);
         let wake = driver.waker();
+        let going_away = driver.going_away_flag();
         let handle = endpoint.connect(addr, server_name, driver).await?;
-        Ok(Self { wake, handle, permits: Arc::new(Semaphore::new(MAX_PENDING_REQUESTS)) })
+        Ok(Self { wake, handle, permits: Arc::new(Semaphore::new(MAX_PENDING_REQUESTS)), going_away })
     }
 
     /// The underlying QUIC connection.
@@ -64,9 +66,15 @@ impl H3Connection {
         &self.handle
     }
 
-    /// Whether the connection has closed (new requests would fail).
+    /// Whether new requests would fail: the connection closed, or the server sent GOAWAY. [`Client`]
+    /// opens a new connection then.
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed() || self.wake.is_closed()
+        self.handle.is_closed() || self.wake.is_closed() || self.is_going_away()
+    }
+
+    /// Whether the server announced it is shutting down (GOAWAY). Requests already sent still complete.
+    pub fn is_going_away(&self) -> bool {
+        self.going_away.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sends a request and waits for the response head; the body streams in after.
@@ -86,11 +94,18 @@ impl H3Connection {
         let is_connect = request.method() == http::Method::CONNECT;
         let body = request.into_body();
         let end = body.is_end_stream();
-        let _permit = self.permits.acquire().await.map_err(|_| self.closed_error())?;
+        let permit = self.permits.clone().acquire_owned().await.map_err(|_| self.closed_error())?;
         let (opened_tx, opened_rx) = oneshot::channel();
         let (response_tx, response_rx) = oneshot::channel();
         self.wake
-            .send(Wake::Request(NewRequest { fields, end, is_connect, opened: opened_tx, response: response_tx }))
+            .send(Wake::Request(NewRequest {
+                fields,
+                end,
+                is_connect,
+                opened: opened_tx,
+                response: response_tx,
+                _permit: permit,
+            }))
             .map_err(|_| self.closed_error())?;
         if !end {
             tokio::spawn(async move {

@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
@@ -68,6 +69,8 @@ pub(crate) struct NewRequest {
     pub(crate) is_connect: bool,
     pub(crate) opened: oneshot::Sender<StreamSink>,
     pub(crate) response: oneshot::Sender<Result<Response<RecvBody>, Error>>,
+    /// Bounds the requests queued per connection until this one has its response head.
+    pub(crate) _permit: OwnedSemaphorePermit,
 }
 
 /// The sending half of one stream, used by the task that produces its body.
@@ -155,7 +158,7 @@ enum Role {
     },
     Client {
         deferred: VecDeque<NewRequest>,
-        going_away: bool,
+        going_away: Arc<AtomicBool>,
     },
 }
 
@@ -220,11 +223,15 @@ pub struct H3Settings {
     pub max_field_section_bytes: u64,
     /// Advertise extended CONNECT (RFC 9220).
     pub extended_connect: bool,
+    /// Requests one connection may have in flight on the server, counting those the peer reset whose
+    /// handler still runs; more are refused with H3_REQUEST_REJECTED. Keep it above the transport's
+    /// stream limit (`initial_max_streams_bidi`) so it only ever stops abuse.
+    pub max_live_requests: usize,
 }
 
 impl Default for H3Settings {
     fn default() -> Self {
-        Self { max_field_section_bytes: 16 * 1024, extended_connect: false }
+        Self { max_field_section_bytes: 16 * 1024, extended_connect: false, max_live_requests: 2048 }
     }
 }
 
@@ -278,7 +285,15 @@ impl H3Driver {
     }
 
     pub(crate) fn client(settings: H3Settings) -> Self {
-        Self::new(settings, Role::Client { deferred: VecDeque::new(), going_away: false })
+        Self::new(settings, Role::Client { deferred: VecDeque::new(), going_away: Arc::default() })
+    }
+
+    /// Set once the server sent GOAWAY (client role): new requests must go to a new connection.
+    pub(crate) fn going_away_flag(&self) -> Arc<AtomicBool> {
+        match &self.role {
+            Role::Client { going_away, .. } => going_away.clone(),
+            Role::Server { .. } => Arc::default(),
+        }
     }
 
     pub(crate) fn waker(&self) -> WakeSender {
@@ -299,7 +314,7 @@ impl H3Driver {
                 tx.try_send(Bytes::copy_from_slice(&self.scratch[prefix..len])).ok()
             });
             if routed.is_none() {
-                self.datagrams.recv_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.datagrams.recv_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -362,6 +377,13 @@ impl H3Driver {
             reset_stream(conn, stream, crate::error::H3_REQUEST_REJECTED);
             return;
         }
+        if self.streams.len() >= self.settings.max_live_requests {
+            // Requests whose peer already reset them still count while their handler runs: without
+            // this cap, reset-and-reopen would grow tasks and state without bound.
+            tracing::debug!(stream, live = self.streams.len(), "too many live requests; rejecting");
+            reset_stream(conn, stream, crate::error::H3_REQUEST_REJECTED);
+            return;
+        }
         let request = match headers::parse_request(&list) {
             Ok(request) => request,
             Err(malformed) => {
@@ -398,8 +420,14 @@ impl H3Driver {
         dispatch(request, sink);
     }
 
-    /// Reads body data while the reader has room.
+    /// Reads body data while the reader has room (discarding it if the reader is gone), then forgets
+    /// the stream if that finished it.
     fn read_body(&mut self, h3: &mut h3::Connection, conn: &mut QuicConnection, stream: u64) {
+        self.read_body_data(h3, conn, stream);
+        self.remove_if_finished(stream);
+    }
+
+    fn read_body_data(&mut self, h3: &mut h3::Connection, conn: &mut QuicConnection, stream: u64) {
         let Some(state) = self.streams.get_mut(&stream) else {
             // Nobody tracks this stream: drain so quiche can release flow-control credit.
             while matches!(h3.recv_body(conn, stream, &mut self.scratch), Ok(read) if read > 0) {}
@@ -504,7 +532,7 @@ impl H3Driver {
             },
             Wake::Datagram { frame, .. } => {
                 if conn.dgram_send(&frame).is_err() {
-                    self.datagrams.send_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.datagrams.send_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
             Wake::GoAway => {
@@ -528,7 +556,11 @@ impl H3Driver {
             .and_then(|settings| settings.iter().find(|(id, _)| *id == SETTINGS_MAX_FIELD_SECTION_SIZE))
             .map(|(_, limit)| *limit);
         while let Some(request) = deferred.pop_front() {
-            if *going_away {
+            // The caller gave up (timeout, cancellation): do not send what nobody waits for.
+            if request.response.is_closed() {
+                continue;
+            }
+            if going_away.load(Ordering::Relaxed) {
                 let _ = request.response.send(Err(Error::GoingAway));
                 continue;
             }
@@ -638,8 +670,8 @@ impl H3Driver {
                 Ok((stream, h3::Event::Reset(code))) => self.on_reset(stream, code),
                 Ok((_, h3::Event::PriorityUpdate)) => {}
                 Ok((_, h3::Event::GoAway)) => {
-                    if let Role::Client { going_away, .. } = &mut self.role {
-                        *going_away = true;
+                    if let Role::Client { going_away, .. } = &self.role {
+                        going_away.store(true, Ordering::Relaxed);
                     }
                 }
                 Err(h3::Error::Done) => break,
@@ -719,7 +751,7 @@ impl ApplicationOverQuic for H3Driver {
         self.stream_ids = ids;
         self.h3 = Some(h3);
         if let Some(max) = conn.dgram_max_writable_len() {
-            self.datagrams.max_writable.store(max, std::sync::atomic::Ordering::Relaxed);
+            self.datagrams.max_writable.store(max, Ordering::Relaxed);
         }
         let draining = matches!(self.role, Role::Server { goaway: Some(_), .. });
         self.prune_acknowledged(conn, draining);

@@ -102,8 +102,20 @@ where
         for driver in &drivers {
             let _ = driver.send(Wake::GoAway);
         }
-        if tokio::time::timeout(drain_deadline, endpoint.wait_idle()).await.is_err() {
-            tracing::warn!("drain deadline passed; closing remaining connections");
+        // Connections that finish their handshake during the drain are refused (dropping them sends
+        // CONNECTION_REFUSED) instead of waiting in the accept queue until the deadline.
+        let refuse_new = async {
+            while let Some(incoming) = endpoint.accept().await {
+                drop(incoming);
+            }
+        };
+        tokio::select! {
+            idle = tokio::time::timeout(drain_deadline, endpoint.wait_idle()) => {
+                if idle.is_err() {
+                    tracing::warn!("drain deadline passed; closing remaining connections");
+                }
+            }
+            () = refuse_new => {}
         }
         endpoint.close();
         endpoint.wait_idle().await;

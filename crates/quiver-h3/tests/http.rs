@@ -329,3 +329,79 @@ async fn client_timeout_fires_when_the_server_never_answers() {
         guarded("request", client.send_request(Request::get(url).body(Full::new(Bytes::new())).unwrap())).await;
     assert!(matches!(outcome, Err(Error::TimedOut(waited)) if waited == timeout), "{outcome:?}");
 }
+
+/// Bodies dropped unread, on either side, must not pin their streams: 150 requests on one connection
+/// whose stream limit is 100 all complete only if every dropped body's stream is finished and freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_bodies_do_not_leak_streams() {
+    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
+    // Default transport: at most 100 concurrent bidirectional streams.
+    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
+    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let service = tower::service_fn(|request: Request<RecvBody>| async move {
+        let reply = if request.uri().path() == "/big" {
+            Response::new(full(pattern(1024 * 1024)))
+        } else {
+            // Answers without reading the upload; the body is dropped with data still buffered.
+            Response::builder().status(StatusCode::PAYLOAD_TOO_LARGE).body(full("no")).unwrap()
+        };
+        Ok::<_, Infallible>(reply)
+    });
+    tokio::spawn(Server::new(service).serve(endpoint.clone()));
+    let client_config = quiver_h3::client_config()
+        .without_system_roots()
+        .trust_certificate_der(identity.certificate_der())
+        .build()
+        .unwrap();
+    let client = Client::new(client_config);
+    let base = format!("https://localhost:{}", endpoint.local_addr().port());
+    let connection = client.connection(&base.parse().unwrap()).await.unwrap();
+    let run = async {
+        for index in 0..150 {
+            let upload =
+                Request::post(format!("{base}/upload")).body(Full::new(Bytes::from(pattern(512 * 1024)))).unwrap();
+            let response = connection.send_request(upload).await.unwrap();
+            assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE, "request {index}");
+            // And the client drops a large response body after reading only the head.
+            let download = Request::get(format!("{base}/big")).body(Full::new(Bytes::new())).unwrap();
+            let response = connection.send_request(download).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK, "request {index}");
+            drop(response);
+        }
+    };
+    guarded("150 requests with unread bodies", run).await;
+    assert_eq!(endpoint.stats().connections_accepted, 1, "all on one connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_requests_per_connection_are_capped() {
+    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
+    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
+    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (started_tx, mut started_rx) = mpsc::channel::<()>(16);
+    let service = tower::service_fn(move |_request: Request<RecvBody>| {
+        let started = started_tx.clone();
+        async move {
+            let _ = started.send(()).await;
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(Response::new(full("never")))
+        }
+    });
+    let settings = quiver_h3::H3Settings { max_live_requests: 3, ..quiver_h3::H3Settings::default() };
+    tokio::spawn(Server::new(service).settings(settings).serve(endpoint.clone()));
+    let client_config =
+        quiver_h3::client_config().without_system_roots().trust_certificate_der(identity.certificate_der());
+    let client = Client::new(client_config.build().unwrap());
+    let url = format!("https://localhost:{}/", endpoint.local_addr().port());
+    for _ in 0..3 {
+        let client = client.clone();
+        let url = url.clone();
+        tokio::spawn(
+            async move { client.send_request(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await },
+        );
+        guarded("handler start", started_rx.recv()).await.unwrap();
+    }
+    let outcome =
+        guarded("fourth request", client.send_request(Request::get(url).body(Full::new(Bytes::new())).unwrap())).await;
+    assert!(matches!(outcome, Err(Error::StreamReset(code)) if code == quiver_h3::H3_REQUEST_REJECTED), "{outcome:?}");
+}

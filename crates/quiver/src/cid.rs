@@ -2,7 +2,9 @@
 //!
 //! Every CID we issue is [`LOCAL_CID_LEN`] bytes: one byte naming the router (socket) that owns the
 //! connection, then random bytes. The fixed length lets the router read a short header's DCID without a
-//! full parse; the router byte lets a packet that lands on another socket be forwarded to its owner.
+//! full parse; the router byte names the socket that owns the connection, so that multi-socket
+//! endpoints can forward a packet that lands on the wrong socket (not implemented yet: today such a
+//! packet is dropped as `unknown_connection`).
 
 use rand::RngCore;
 

@@ -420,7 +420,8 @@ impl ConnectionCore {
         let mut buffer = self.shared.buffers.take();
         let socket = self.router.socket.clone();
         let max_segments = socket.max_gso_segments().max(1);
-        let mtu = self.conn.max_send_udp_payload_size();
+        // quiche accepts any configured payload size; one datagram must still fit the batch buffer.
+        let mtu = self.conn.max_send_udp_payload_size().min(buffer.len());
         let mut exhausted = false;
         while !exhausted {
             let mut len = 0;

@@ -175,9 +175,10 @@ impl Router {
                     counters.drop(DropReason::QueueFull);
                 }
                 Err(TrySendError::Closed(_)) => {
-                    // The task ended without unregistering (it panicked): heal the table.
-                    let dcid = dcid.to_vec();
-                    self.routes.remove(&dcid);
+                    // The task ended without unregistering (it panicked, or its last command was lost):
+                    // heal the table, dropping every CID of that connection, not just this one.
+                    let dead = route.inbound.clone();
+                    self.routes.retain(|_, route| !route.inbound.same_channel(&dead));
                     counters.drop(DropReason::ConnectionGone);
                 }
             }
