@@ -170,3 +170,24 @@ async fn endpoint_close_ends_every_connection() {
     assert!(matches!(guarded("client close", connection.closed()).await, ConnectionError::PeerClosed(_)));
     assert!(server.accept().await.is_none());
 }
+
+#[tokio::test]
+async fn keylog_file_receives_tls_secrets() {
+    let identity = identity();
+    let path = std::env::temp_dir().join(format!("quiver-keylog-{}.txt", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let server = spawn_echo_server(server_builder(&identity).keylog_path(&path).build().unwrap());
+    let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
+    let (app, results) = EchoClient::new(vec![b"secret".to_vec()]);
+    guarded("connect", client.connect(server.local_addr(), "localhost", app)).await.unwrap();
+    guarded("echo", results).await.unwrap();
+    let keylog = std::fs::read_to_string(&path).unwrap();
+    // NSS key log format: one "LABEL <client_random hex> <secret hex>" line per secret.
+    for label in ["CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET", "CLIENT_TRAFFIC_SECRET_0"] {
+        let line = keylog.lines().find(|line| line.starts_with(label)).unwrap_or_else(|| panic!("no {label}"));
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert_eq!(fields.len(), 3, "{line}");
+        assert_eq!(fields[1].len(), 64, "client random is 32 bytes of hex: {line}");
+    }
+    std::fs::remove_file(&path).ok();
+}
