@@ -202,6 +202,18 @@ impl StreamState {
         true
     }
 
+    /// The body the user reads for this stream: a channel when frames follow the head, else empty.
+    fn open_body(&mut self, stream: u64, more_frames: bool, wake: &WakeSender) -> RecvBody {
+        if more_frames {
+            let (tx, body) = RecvBody::channel(stream, wake.clone());
+            self.body_tx = Some(tx);
+            body
+        } else {
+            self.inbound_done = true;
+            RecvBody::empty()
+        }
+    }
+
     fn close_outbound(&mut self) {
         self.outbound.clear();
         self.outbound_done = true;
@@ -300,12 +312,6 @@ impl H3Driver {
         self.wake_tx.clone()
     }
 
-    /// A datagram flow for `stream` if QUIC datagrams are on for this connection.
-    fn datagram_flow(&self, conn: &QuicConnection, stream: u64) -> Option<(DatagramFlow, mpsc::Sender<Bytes>)> {
-        conn.dgram_max_writable_len()?;
-        Some(DatagramFlow::new(stream, self.wake_tx.clone(), self.datagram_permits.clone(), self.datagrams.clone()))
-    }
-
     /// Routes received QUIC datagrams to their streams' flows; drops (and counts) the rest.
     fn recv_datagrams(&mut self, conn: &mut QuicConnection) {
         while let Ok(len) = conn.dgram_recv(&mut self.scratch) {
@@ -325,28 +331,15 @@ impl H3Driver {
                 match headers::parse_response(&list) {
                     Ok(head) if head.status().is_informational() => state.response = Some(response),
                     Ok(head) => {
-                        let body = if more_frames {
-                            let (tx, body) = RecvBody::channel(stream, self.wake_tx.clone());
-                            state.body_tx = Some(tx);
-                            body
-                        } else {
-                            state.inbound_done = true;
-                            RecvBody::empty()
-                        };
+                        let body = state.open_body(stream, more_frames, &self.wake_tx);
                         let mut head = head.map(|()| body);
-                        if state.is_connect && head.status().is_success() {
-                            let flow = conn.dgram_max_writable_len().map(|_| {
-                                DatagramFlow::new(
-                                    stream,
-                                    self.wake_tx.clone(),
-                                    self.datagram_permits.clone(),
-                                    self.datagrams.clone(),
-                                )
-                            });
-                            if let Some((flow, tx)) = flow {
-                                state.datagram_tx = Some(tx);
-                                head.extensions_mut().insert(flow.into_slot());
-                            }
+                        if state.is_connect
+                            && head.status().is_success()
+                            && let Some((flow, tx)) =
+                                datagram_flow(conn, stream, &self.wake_tx, &self.datagram_permits, &self.datagrams)
+                        {
+                            state.datagram_tx = Some(tx);
+                            head.extensions_mut().insert(flow.into_slot());
                         }
                         let _ = response.send(Ok(head));
                     }
@@ -384,7 +377,7 @@ impl H3Driver {
             reset_stream(conn, stream, crate::error::H3_REQUEST_REJECTED);
             return;
         }
-        let request = match headers::parse_request(&list) {
+        let mut request = match headers::parse_request(&list) {
             Ok(request) => request,
             Err(malformed) => {
                 tracing::debug!(stream, reason = %malformed, "malformed request");
@@ -395,27 +388,19 @@ impl H3Driver {
         self.highest_request = self.highest_request.max(Some(stream));
         let budget = Arc::new(Semaphore::new(STREAM_SEND_BUDGET));
         let mut state = StreamState { budget: Some(budget.clone()), ..StreamState::default() };
-        let body = if more_frames {
-            let (tx, body) = RecvBody::channel(stream, self.wake_tx.clone());
-            state.body_tx = Some(tx);
-            body
-        } else {
-            state.inbound_done = true;
-            RecvBody::empty()
-        };
+        let body = state.open_body(stream, more_frames, &self.wake_tx);
+        if request.method() == http::Method::CONNECT
+            && let Some((flow, tx)) =
+                datagram_flow(conn, stream, &self.wake_tx, &self.datagram_permits, &self.datagrams)
+        {
+            state.datagram_tx = Some(tx);
+            request.extensions_mut().insert(flow.into_slot());
+        }
         self.streams.insert(stream, state);
         let sink = StreamSink { stream, wake: self.wake_tx.clone(), budget };
         let mut request = request.map(|()| body);
         if let Some(peer) = self.peer_addr {
             request.extensions_mut().insert(PeerAddr(peer));
-        }
-        if request.method() == http::Method::CONNECT
-            && let Some((flow, tx)) = self.datagram_flow(conn, stream)
-        {
-            if let Some(state) = self.streams.get_mut(&stream) {
-                state.datagram_tx = Some(tx);
-            }
-            request.extensions_mut().insert(flow.into_slot());
         }
         dispatch(request, sink);
     }
@@ -683,6 +668,19 @@ impl H3Driver {
             }
         }
     }
+}
+
+/// A datagram flow for `stream` if QUIC datagrams are on for this connection. A free function so the
+/// caller can hold a stream's state mutably while passing the driver's shared parts.
+fn datagram_flow(
+    conn: &QuicConnection,
+    stream: u64,
+    wake: &WakeSender,
+    permits: &Arc<Semaphore>,
+    shared: &Arc<DatagramShared>,
+) -> Option<(DatagramFlow, mpsc::Sender<Bytes>)> {
+    conn.dgram_max_writable_len()?;
+    Some(DatagramFlow::new(stream, wake.clone(), permits.clone(), shared.clone()))
 }
 
 /// Header sections above this may never fit quiche's one-piece header write within a congestion window

@@ -121,14 +121,22 @@ async fn wrong_certificate_fails_the_handshake() {
     assert!(matches!(err, ConnectError::HandshakeFailed(_)), "{err:?}");
 }
 
-#[tokio::test]
-async fn dropping_an_incoming_connection_refuses_it() {
+/// A server and a client endpoint, and one idle connection between them: the client's handle (or error)
+/// and the server's not yet started `IncomingConnection`. The endpoints must outlive the connection.
+async fn connect_idle_pair()
+-> (Endpoint, Endpoint, Result<quiver::ConnectionHandle, ConnectError>, Option<quiver::IncomingConnection>) {
     let identity = identity();
     let server = Endpoint::server(loopback(), server_builder(&identity).build().unwrap()).unwrap();
     let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
     let (app, _) = EchoClient::new(vec![]);
     let (connected, incoming) =
         tokio::join!(client.connect(server.local_addr(), "localhost", app.keep_open()), server.accept());
+    (server, client, connected, incoming)
+}
+
+#[tokio::test]
+async fn dropping_an_incoming_connection_refuses_it() {
+    let (_server, _client, connected, incoming) = connect_idle_pair().await;
     drop(incoming.expect("incoming"));
     let reason = guarded("close", connected.unwrap().closed()).await;
     match reason {
@@ -139,12 +147,7 @@ async fn dropping_an_incoming_connection_refuses_it() {
 
 #[tokio::test]
 async fn handle_close_sends_the_application_code_to_the_peer() {
-    let identity = identity();
-    let server = Endpoint::server(loopback(), server_builder(&identity).build().unwrap()).unwrap();
-    let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
-    let (app, _) = EchoClient::new(vec![]);
-    let (connected, incoming) =
-        tokio::join!(client.connect(server.local_addr(), "localhost", app.keep_open()), server.accept());
+    let (_server, _client, connected, incoming) = connect_idle_pair().await;
     let server_side = incoming.unwrap().start(EchoServer::new());
     let client_side = connected.unwrap();
     assert!(server_side.stats().await.is_some());
