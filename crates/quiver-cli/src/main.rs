@@ -2,8 +2,18 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 bad usage.
 
+/// Prints a line to standard output, ignoring errors: a server must not die because whoever started
+/// it closed its output (`println!` panics on a closed pipe).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod get;
+mod identity;
 mod serve;
 
 use std::process::ExitCode;

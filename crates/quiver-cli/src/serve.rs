@@ -13,9 +13,11 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
-use quiver::{Endpoint, TlsIdentity};
+use quiver::Endpoint;
 use quiver_h3::{PeerAddr, RecvBody, Server};
 use tokio::io::AsyncRead;
+
+use crate::identity::IdentityArgs;
 
 /// Options of `quiver serve`.
 #[derive(Debug, clap::Args)]
@@ -26,24 +28,11 @@ pub struct ServeArgs {
     /// Serve files from this directory (default: the embedded demo site).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// PEM certificate chain (with --key); without both, a self-signed certificate is generated.
-    #[arg(long, requires = "key")]
-    pub cert: Option<PathBuf>,
-    /// PEM private key (with --cert).
-    #[arg(long, requires = "cert")]
-    pub key: Option<PathBuf>,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
     /// Seconds to let in-flight requests finish after Ctrl-C.
     #[arg(long, default_value_t = 10)]
     pub drain_seconds: u64,
-}
-
-/// Prints a line to standard output, ignoring errors: a server must not die because whoever started
-/// it closed its output (`println!` panics on a closed pipe).
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
 }
 
 const INDEX_HTML: &str = include_str!("site/index.html");
@@ -53,10 +42,8 @@ const MAX_DEMO_BYTES: u64 = 1 << 40;
 const FILE_CHUNK_BYTES: usize = 64 * 1024;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let identity = match (&args.cert, &args.key) {
-        (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key)?,
-        _ => TlsIdentity::self_signed(&["localhost", "127.0.0.1", "::1"])?,
-    };
+    let server_identity = args.identity.load()?;
+    let identity = server_identity.identity.clone();
     let root = match &args.dir {
         Some(dir) => Some(
             dir.canonicalize().with_context(|| format!("cannot serve {}: not a readable directory", dir.display()))?,
@@ -74,9 +61,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "quiver serving HTTP/3 on https://{addr}/ ({})",
         root.as_ref().map_or("embedded demo site".into(), |root| root.display().to_string())
     );
-    if args.cert.is_none() {
+    if let Some(notice) = server_identity.self_signed_notice() {
         let pin = identity.spki_sha256_base64();
-        say!("self-signed certificate for localhost, 127.0.0.1, ::1; SPKI SHA-256 pin: {pin}");
+        say!("{notice}");
         say!("  chromium --origin-to-force-quic-on={addr} --ignore-certificate-errors-spki-list={pin} https://{addr}/");
         say!("  quiver get -k https://{addr}/");
     }
