@@ -1,0 +1,344 @@
+//! The CONNECT-UDP client: [`MasqueClient`] holds one HTTP/3 connection to a proxy (reopened when it
+//! closes) and opens [`UdpTunnel`]s on it, as many as the proxy allows.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::BodyExt;
+use quiver::{ClientConfig, ConnectionError};
+use quiver_h3::datagram::{CAPSULE_DATAGRAM, CapsuleDecoder, encode_capsule};
+use quiver_h3::{BodyError, DatagramError, DatagramFlow, H3Connection, Protocol, RecvBody};
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::body::{BodySender, ChannelBody};
+use crate::target::Target;
+use crate::template::UriTemplate;
+use crate::{CAPSULE_QUEUE, CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_CAPSULE_BYTES, MAX_UDP_PAYLOAD, udp_datagram};
+
+/// How long a tunnel that saw its stream end unexpectedly waits for the connection's close reason.
+const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);
+
+/// A client configuration builder for talking to a proxy: ALPN `h3` and QUIC datagrams on.
+pub fn client_config() -> quiver::ClientConfigBuilder {
+    quiver_h3::client_config().datagrams(true)
+}
+
+/// The proxy URL or template given to [`MasqueClient::new`] is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Not `https://host[:port]`.
+    #[error("invalid proxy URL {0:?}: need https://HOST[:PORT]")]
+    InvalidProxy(String),
+}
+
+/// Opening or using a tunnel failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TunnelError {
+    /// The proxy could not be reached, or the request failed before a response.
+    #[error("cannot reach the proxy: {0}")]
+    Proxy(#[source] quiver_h3::Error),
+    /// No response within the configured timeout.
+    #[error("the proxy did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// The proxy answered with a non-2xx status.
+    #[error("the proxy refused the tunnel to {target}: {status}{}", proxy_status.as_ref().map(|status| format!(" ({status})")).unwrap_or_default())]
+    Refused {
+        /// The target asked for.
+        target: String,
+        /// The proxy's status code.
+        status: StatusCode,
+        /// The proxy's `Proxy-Status` header, which says why (RFC 9209).
+        proxy_status: Option<String>,
+    },
+    /// The proxy closed the tunnel (it finished the stream: idle timeout, or its target socket went).
+    #[error("the proxy closed the tunnel")]
+    Closed,
+    /// The proxy reset the tunnel's stream with this HTTP/3 error code.
+    #[error("the proxy reset the tunnel (HTTP/3 error 0x{0:x})")]
+    Reset(u64),
+    /// The connection to the proxy ended, taking every tunnel on it.
+    #[error("connection to the proxy lost: {0}")]
+    ConnectionLost(ConnectionError),
+    /// The payload does not fit: in one QUIC datagram on this path, or in a UDP datagram at all.
+    #[error("payload of {size} bytes exceeds the {max} bytes this tunnel carries")]
+    TooLarge {
+        /// The payload size.
+        size: usize,
+        /// The largest payload that fits now.
+        max: usize,
+    },
+    /// The send queue is full: the datagram was dropped.
+    #[error("tunnel send queue full; datagram dropped")]
+    QueueFull,
+    /// The proxy sent a capsule larger than any UDP payload.
+    #[error("the proxy sent a malformed capsule stream: {0}")]
+    Malformed(String),
+}
+
+/// A handle on a CONNECT-UDP proxy; cheap to clone. Tunnels share one HTTP/3 connection, which is
+/// opened on first use and reopened after it closes.
+#[derive(Clone)]
+pub struct MasqueClient {
+    http: quiver_h3::Client,
+    authority: Authority,
+    template: UriTemplate,
+    bearer_token: Option<String>,
+    open_timeout: Option<Duration>,
+    /// Whether our configuration offers QUIC datagrams. A flow exists whenever the *proxy* offers them,
+    /// but RFC 9297 wants both sides to agree before HTTP Datagrams are used.
+    datagrams: bool,
+}
+
+impl std::fmt::Debug for MasqueClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasqueClient")
+            .field("proxy", &self.authority)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MasqueClient {
+    /// A client for the proxy at `proxy` (`https://HOST[:PORT]`, port 443 by default). `config`
+    /// should come from [`client_config`]; without QUIC datagrams, tunnels use capsules.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidProxy`] when `proxy` is not an https URL with a host.
+    pub fn new(proxy: &str, config: ClientConfig) -> Result<Self, ClientError> {
+        let invalid = || ClientError::InvalidProxy(proxy.to_owned());
+        let uri: Uri = proxy.parse().map_err(|_| invalid())?;
+        if uri.scheme_str() != Some("https") || uri.host().is_none() || uri.path_and_query().is_some_and(|p| p != "/") {
+            return Err(invalid());
+        }
+        let authority = uri.authority().cloned().ok_or_else(invalid)?;
+        Ok(Self {
+            datagrams: config.transport().datagrams,
+            http: quiver_h3::Client::new(config),
+            authority,
+            template: UriTemplate::default(),
+            bearer_token: None,
+            open_timeout: None,
+        })
+    }
+
+    /// Uses `template` instead of the default `/.well-known/masque/udp/{target_host}/{target_port}/`.
+    pub fn with_template(mut self, template: UriTemplate) -> Self {
+        self.template = template;
+        self
+    }
+
+    /// Sends `Proxy-Authorization: Bearer <token>` with every tunnel request.
+    pub fn with_bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.bearer_token = Some(token.into());
+        self
+    }
+
+    /// Gives up opening a tunnel (connecting included) after `timeout`.
+    pub fn with_open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = Some(timeout);
+        self
+    }
+
+    /// The proxy's `host:port`.
+    pub fn proxy(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Opens a tunnel to `target` and waits for the proxy's answer.
+    ///
+    /// # Errors
+    /// [`TunnelError::Proxy`] (connection or request failure), [`TunnelError::TimedOut`],
+    /// [`TunnelError::Refused`] with the proxy's status and `Proxy-Status`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a tunnel whose opening is cancelled is closed.
+    pub async fn open(&self, target: &Target) -> Result<UdpTunnel, TunnelError> {
+        let opening = self.open_now(target);
+        match self.open_timeout {
+            Some(timeout) => {
+                tokio::time::timeout(timeout, opening).await.map_err(|_| TunnelError::TimedOut(timeout))?
+            }
+            None => opening.await,
+        }
+    }
+
+    async fn open_now(&self, target: &Target) -> Result<UdpTunnel, TunnelError> {
+        let uri: Uri = format!("https://{}{}", self.authority, self.template.expand(target))
+            .parse()
+            .map_err(|_| TunnelError::Proxy(quiver_h3::Error::InvalidUri(target.to_string())))?;
+        let connection = self.http.connection(&uri).await.map_err(TunnelError::Proxy)?;
+        let (uploads, body) = ChannelBody::channel(CAPSULE_QUEUE);
+        let mut request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(uri)
+            .header("capsule-protocol", "?1")
+            .extension(Protocol(CONNECT_UDP.into()));
+        if let Some(token) = &self.bearer_token {
+            request = request.header(http::header::PROXY_AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request =
+            request.body(body).map_err(|err| TunnelError::Proxy(quiver_h3::Error::InvalidRequest(err.to_string())))?;
+        let response = connection.send_request(request).await.map_err(TunnelError::Proxy)?;
+        if !response.status().is_success() {
+            let proxy_status = response
+                .headers()
+                .get("proxy-status")
+                .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+            return Err(TunnelError::Refused { target: target.to_string(), status: response.status(), proxy_status });
+        }
+        let flow = DatagramFlow::take_from(response.extensions()).filter(|_| self.datagrams);
+        Ok(UdpTunnel {
+            _client: self.http.clone(),
+            target: target.clone(),
+            flow,
+            uploads,
+            downloads: response.into_body(),
+            decoder: CapsuleDecoder::new(MAX_CAPSULE_BYTES),
+            connection,
+            dropped_on_receive: 0,
+        })
+    }
+}
+
+/// One CONNECT-UDP tunnel: send UDP payloads to the target and receive its answers.
+///
+/// Dropping it closes the tunnel (the request stream is finished).
+pub struct UdpTunnel {
+    /// Keeps the client's endpoint (its socket) alive as long as a tunnel uses it.
+    _client: quiver_h3::Client,
+    target: Target,
+    /// QUIC datagrams, when the connection has them; otherwise everything goes as capsules.
+    flow: Option<DatagramFlow>,
+    uploads: BodySender,
+    downloads: RecvBody,
+    decoder: CapsuleDecoder,
+    connection: H3Connection,
+    dropped_on_receive: u64,
+}
+
+impl std::fmt::Debug for UdpTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpTunnel")
+            .field("target", &self.target)
+            .field("quic_datagrams", &self.flow.is_some())
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UdpTunnel {
+    /// Where this tunnel goes.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Whether payloads travel as QUIC datagrams (else as capsules on the stream).
+    pub fn uses_quic_datagrams(&self) -> bool {
+        self.flow.is_some()
+    }
+
+    /// The largest UDP payload [`send`](Self::send) accepts now.
+    pub fn max_payload(&self) -> usize {
+        match &self.flow {
+            // One byte of context ID.
+            Some(flow) => flow.max_payload().saturating_sub(1),
+            None => MAX_UDP_PAYLOAD,
+        }
+    }
+
+    /// Sends one UDP payload to the target. Never waits: a payload that does not fit or finds the
+    /// queue full is refused (and not sent), as UDP would drop it.
+    ///
+    /// # Errors
+    /// [`TunnelError::TooLarge`], [`TunnelError::QueueFull`], [`TunnelError::Closed`] once the tunnel or
+    /// its connection is gone.
+    pub fn send(&self, payload: &[u8]) -> Result<(), TunnelError> {
+        if payload.len() > MAX_UDP_PAYLOAD {
+            return Err(TunnelError::TooLarge { size: payload.len(), max: self.max_payload() });
+        }
+        let frame = udp_datagram(payload);
+        match &self.flow {
+            Some(flow) => flow.send(&frame).map_err(|err| match err {
+                DatagramError::TooLarge { max, .. } => {
+                    TunnelError::TooLarge { size: payload.len(), max: max.saturating_sub(1) }
+                }
+                DatagramError::QueueFull => TunnelError::QueueFull,
+                _ => TunnelError::Closed,
+            }),
+            None => self.uploads.try_send(Ok(encode_capsule(CAPSULE_DATAGRAM, &frame))).map_err(|err| match err {
+                TrySendError::Full(_) => TunnelError::QueueFull,
+                TrySendError::Closed(_) => TunnelError::Closed,
+            }),
+        }
+    }
+
+    /// The next UDP payload from the target.
+    ///
+    /// # Errors
+    /// Why the tunnel ended: [`TunnelError::Closed`], [`TunnelError::Reset`],
+    /// [`TunnelError::ConnectionLost`] (with the connection's close reason), [`TunnelError::Malformed`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: no payload is lost when the future is dropped.
+    pub async fn recv(&mut self) -> Result<Bytes, TunnelError> {
+        loop {
+            while let Some(capsule) =
+                self.decoder.next_capsule().map_err(|err| TunnelError::Malformed(err.to_string()))?
+            {
+                if capsule.capsule_type == CAPSULE_DATAGRAM {
+                    match self.udp_payload(&capsule.value) {
+                        Some(payload) => return Ok(payload),
+                        None => continue,
+                    }
+                }
+            }
+            tokio::select! {
+                datagram = crate::next_datagram(&mut self.flow) => match datagram {
+                    Some(datagram) => {
+                        if let Some(payload) = self.udp_payload(&datagram) {
+                            return Ok(payload);
+                        }
+                    }
+                    None => self.flow = None,
+                },
+                frame = self.downloads.frame() => match frame {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            self.decoder.push(data);
+                        }
+                    }
+                    None => return Err(TunnelError::Closed),
+                    Some(Err(BodyError::Reset(code))) => return Err(TunnelError::Reset(code)),
+                    Some(Err(_)) => return Err(self.connection_lost().await),
+                },
+            }
+        }
+    }
+
+    /// Datagrams this tunnel dropped on receive because their context ID was not 0.
+    pub fn dropped_on_receive(&self) -> u64 {
+        self.dropped_on_receive
+    }
+
+    /// The UDP payload of a context-0 datagram; counts and drops the rest.
+    fn udp_payload(&mut self, datagram: &Bytes) -> Option<Bytes> {
+        match crate::split_context(datagram) {
+            Some((CONTEXT_UDP_PAYLOAD, payload)) => Some(datagram.slice(datagram.len() - payload.len()..)),
+            _ => {
+                self.dropped_on_receive += 1;
+                None
+            }
+        }
+    }
+
+    async fn connection_lost(&self) -> TunnelError {
+        match tokio::time::timeout(CLOSE_REASON_WAIT, self.connection.quic().closed()).await {
+            Ok(reason) => TunnelError::ConnectionLost(reason),
+            Err(_) => TunnelError::Closed,
+        }
+    }
+}

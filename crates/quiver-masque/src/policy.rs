@@ -1,0 +1,329 @@
+//! Which targets the proxy may reach: an explicit allow-list of hosts or networks and ports.
+//!
+//! Rules are written `HOST:PORTS`:
+//! - `HOST` is `*` (any public address), a DNS name (`dns.example`), an IP address (`192.0.2.1`,
+//!   `[2001:db8::1]`) or a network in CIDR form (`10.0.0.0/8`, `[fd00::/8]`);
+//! - `PORTS` is `*` or a comma-separated list of ports and ranges (`53`, `53,443`, `8000-9000`).
+//!
+//! Loopback, private, link-local, multicast and other special-purpose addresses are denied unless an
+//! IP or CIDR rule covers them explicitly: neither `*` nor a DNS name rule ever opens them, so a name
+//! that resolves (or is re-pointed) to `127.0.0.1` cannot reach the proxy's own host. Every resolved
+//! address is checked, not the name.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use crate::target::{TargetHost, parse_port};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum HostPattern {
+    /// Any address outside the special-purpose ranges.
+    AnyPublic,
+    /// An exact DNS name (lowercase); its addresses must be public.
+    Name(String),
+    /// A network; may open special-purpose ranges.
+    Network { base: IpAddr, prefix: u8 },
+}
+
+/// One `HOST:PORTS` allow rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowRule {
+    host: HostPattern,
+    ports: Vec<RangeInclusive<u16>>,
+    source: String,
+}
+
+/// Why a rule string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid --allow rule {rule:?}: {reason} (expected HOST:PORTS, e.g. 127.0.0.1/32:1-65535, *:53,443 or dns.example:53)"
+)]
+pub struct RuleError {
+    /// The rule as given.
+    pub rule: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl FromStr for AllowRule {
+    type Err = RuleError;
+
+    fn from_str(rule: &str) -> Result<Self, RuleError> {
+        let error = |reason: &str| RuleError { rule: rule.to_owned(), reason: reason.to_owned() };
+        let (host, ports) = rule.rsplit_once(':').ok_or_else(|| error("no ':PORTS'"))?;
+        let ports = parse_ports(ports).map_err(|reason| error(&reason))?;
+        let host = host.strip_prefix('[').and_then(|inner| inner.strip_suffix(']')).unwrap_or(host);
+        let host = if host == "*" {
+            HostPattern::AnyPublic
+        } else if let Some((address, prefix)) = host.split_once('/') {
+            let base: IpAddr = address.parse().map_err(|_| error("the network address is not an IP address"))?;
+            let max = if base.is_ipv4() { 32 } else { 128 };
+            let prefix = prefix.parse::<u8>().ok().filter(|prefix| *prefix <= max);
+            let prefix = prefix.ok_or_else(|| error(&format!("the prefix length must be 0 to {max}")))?;
+            // `::ffff:a.b.c.d/N` is the IPv4 network a.b.c.d/(N - 96): addresses are compared canonically.
+            let canonical = base.to_canonical();
+            let (base, prefix) =
+                if canonical != base && prefix >= 96 { (canonical, prefix - 96) } else { (base, prefix) };
+            HostPattern::Network { base, prefix }
+        } else {
+            match TargetHost::parse(host)
+                .map_err(|_| error("the host is not *, a DNS name, an IP address or a CIDR"))?
+            {
+                TargetHost::Ip(ip) => {
+                    let ip = ip.to_canonical();
+                    HostPattern::Network { base: ip, prefix: if ip.is_ipv4() { 32 } else { 128 } }
+                }
+                TargetHost::Name(name) => HostPattern::Name(name),
+            }
+        };
+        Ok(Self { host, ports, source: rule.to_owned() })
+    }
+}
+
+fn parse_ports(text: &str) -> Result<Vec<RangeInclusive<u16>>, String> {
+    if text == "*" {
+        return Ok(vec![1..=u16::MAX]);
+    }
+    text.split(',')
+        .map(|item| {
+            let (low, high) = item.split_once('-').unwrap_or((item, item));
+            let (low, high) = (parse_port(low), parse_port(high));
+            match (low, high) {
+                (Ok(low), Ok(high)) if low <= high => Ok(low..=high),
+                _ => Err(format!("{item:?} is not a port or a range of ports from 1 to 65535")),
+            }
+        })
+        .collect()
+}
+
+impl fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
+/// Why the policy refused a target address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Denied {
+    /// No rule allows this host and port.
+    #[error("not in the allow-list")]
+    NotAllowed,
+    /// A loopback, private or other special-purpose address that no IP or CIDR rule covers.
+    #[error("a special-purpose (loopback, private, link-local, ...) address that no IP/CIDR rule allows")]
+    SpecialPurpose,
+}
+
+/// The proxy's target policy: an allow-list of [`AllowRule`]s; anything they do not allow is denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetPolicy {
+    rules: Vec<AllowRule>,
+}
+
+impl Default for TargetPolicy {
+    /// Any public address on any port (`*:*`); special-purpose ranges stay closed.
+    fn default() -> Self {
+        Self::new(vec![AllowRule { host: HostPattern::AnyPublic, ports: vec![1..=u16::MAX], source: "*:*".into() }])
+    }
+}
+
+impl TargetPolicy {
+    /// A policy that allows exactly what `rules` allow (nothing, if empty).
+    pub fn new(rules: Vec<AllowRule>) -> Self {
+        Self { rules }
+    }
+
+    /// Parses each rule.
+    ///
+    /// # Errors
+    /// The first [`RuleError`].
+    pub fn parse<S: AsRef<str>>(rules: &[S]) -> Result<Self, RuleError> {
+        rules.iter().map(|rule| rule.as_ref().parse()).collect::<Result<_, _>>().map(Self::new)
+    }
+
+    /// The rules, for display.
+    pub fn rules(&self) -> &[AllowRule] {
+        &self.rules
+    }
+
+    /// Whether any rule allows `port` at all: checked before resolving a name, so a denied port costs
+    /// no DNS lookup.
+    pub fn allows_port(&self, port: u16) -> bool {
+        self.rules.iter().any(|rule| rule.ports.iter().any(|range| range.contains(&port)))
+    }
+
+    /// Whether the tunnel may go to `address`:`port`; `name` is the DNS name it was resolved from.
+    ///
+    /// # Errors
+    /// [`Denied`] says why not.
+    pub fn check(&self, name: Option<&str>, address: IpAddr, port: u16) -> Result<(), Denied> {
+        let address = address.to_canonical();
+        let special = is_special_purpose(address);
+        let mut blocked_by_special = false;
+        for rule in self.rules.iter().filter(|rule| rule.ports.iter().any(|range| range.contains(&port))) {
+            let matches = match &rule.host {
+                HostPattern::Network { base, prefix } => {
+                    if in_network(address, *base, *prefix) {
+                        return Ok(());
+                    }
+                    false
+                }
+                HostPattern::AnyPublic => true,
+                HostPattern::Name(allowed) => name.is_some_and(|name| name.eq_ignore_ascii_case(allowed)),
+            };
+            if matches && !special {
+                return Ok(());
+            }
+            blocked_by_special |= matches;
+        }
+        Err(if blocked_by_special { Denied::SpecialPurpose } else { Denied::NotAllowed })
+    }
+}
+
+fn in_network(address: IpAddr, base: IpAddr, prefix: u8) -> bool {
+    match (address, base) {
+        (IpAddr::V4(address), IpAddr::V4(base)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(address) & mask == u32::from(base) & mask
+        }
+        (IpAddr::V6(address), IpAddr::V6(base)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(address) & mask == u128::from(base) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Addresses a proxy must not reach unless told to: this host, private networks, link-local,
+/// multicast, broadcast, documentation and other special-purpose ranges (RFC 6890 and successors).
+pub fn is_special_purpose(address: IpAddr) -> bool {
+    const V4: &[(Ipv4Addr, u8)] = &[
+        (Ipv4Addr::new(0, 0, 0, 0), 8),
+        (Ipv4Addr::new(10, 0, 0, 0), 8),
+        (Ipv4Addr::new(100, 64, 0, 0), 10),
+        (Ipv4Addr::new(127, 0, 0, 0), 8),
+        (Ipv4Addr::new(169, 254, 0, 0), 16),
+        (Ipv4Addr::new(172, 16, 0, 0), 12),
+        (Ipv4Addr::new(192, 0, 0, 0), 24),
+        (Ipv4Addr::new(192, 0, 2, 0), 24),
+        (Ipv4Addr::new(192, 168, 0, 0), 16),
+        (Ipv4Addr::new(198, 18, 0, 0), 15),
+        (Ipv4Addr::new(198, 51, 100, 0), 24),
+        (Ipv4Addr::new(203, 0, 113, 0), 24),
+        (Ipv4Addr::new(224, 0, 0, 0), 4),
+        (Ipv4Addr::new(240, 0, 0, 0), 4),
+    ];
+    const V6: &[(Ipv6Addr, u8)] = &[
+        (Ipv6Addr::UNSPECIFIED, 128),
+        (Ipv6Addr::LOCALHOST, 128),
+        (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
+        (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),
+        (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23),
+        (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32),
+        (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
+        (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+        (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
+    ];
+    match address.to_canonical() {
+        IpAddr::V4(v4) => V4.iter().any(|(base, prefix)| in_network(IpAddr::V4(v4), IpAddr::V4(*base), *prefix)),
+        IpAddr::V6(v6) => V6.iter().any(|(base, prefix)| in_network(IpAddr::V6(v6), IpAddr::V6(*base), *prefix)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn default_policy_allows_public_addresses_only() {
+        let policy = TargetPolicy::default();
+        assert_eq!(policy.check(None, ip("8.8.8.8"), 53), Ok(()));
+        assert_eq!(policy.check(None, ip("2606:4700::1111"), 443), Ok(()));
+        for special in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.31.0.1",
+            "169.254.1.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert_eq!(policy.check(None, ip(special), 53), Err(Denied::SpecialPurpose), "{special}");
+        }
+    }
+
+    #[test]
+    fn cidr_rules_open_special_ranges_explicitly() {
+        let policy = TargetPolicy::parse(&["127.0.0.1/32:1-65535", "[fd00::/8]:53", "10.0.0.0/8:53,5353"]).unwrap();
+        assert_eq!(policy.check(None, ip("127.0.0.1"), 9), Ok(()));
+        assert_eq!(policy.check(None, ip("::ffff:127.0.0.1"), 9), Ok(()), "mapped IPv4");
+        assert_eq!(policy.check(None, ip("127.0.0.2"), 9), Err(Denied::NotAllowed));
+        assert_eq!(policy.check(None, ip("fd12::1"), 53), Ok(()));
+        assert_eq!(policy.check(None, ip("fd12::1"), 54), Err(Denied::NotAllowed));
+        assert_eq!(policy.check(None, ip("10.9.9.9"), 5353), Ok(()));
+        assert_eq!(policy.check(None, ip("8.8.8.8"), 53), Err(Denied::NotAllowed), "only what is listed");
+        assert!(policy.allows_port(65535));
+    }
+
+    #[test]
+    fn name_rules_match_the_name_and_never_open_special_addresses() {
+        let policy = TargetPolicy::parse(&["dns.example:53"]).unwrap();
+        assert_eq!(policy.check(Some("DNS.example"), ip("192.0.2.53").to_canonical(), 53), Err(Denied::SpecialPurpose));
+        assert_eq!(policy.check(Some("dns.example"), ip("9.9.9.9"), 53), Ok(()));
+        assert_eq!(policy.check(Some("other.example"), ip("9.9.9.9"), 53), Err(Denied::NotAllowed));
+        assert_eq!(policy.check(None, ip("9.9.9.9"), 53), Err(Denied::NotAllowed));
+        assert!(!policy.allows_port(54));
+    }
+
+    #[test]
+    fn rules_parse_or_say_why_not() {
+        for good in [
+            "*:*",
+            "*:53",
+            "1.2.3.4:1-10,20",
+            "[::1]:53",
+            "::1:53",
+            "2001:db8::/32:443",
+            "0.0.0.0/0:1-65535",
+            "a.example:7",
+        ] {
+            assert!(good.parse::<AllowRule>().is_ok(), "refused {good:?}");
+        }
+        for bad in [
+            "",
+            "*",
+            "1.2.3.4",
+            "1.2.3.4:0",
+            "1.2.3.4:10-1",
+            "1.2.3.4:x",
+            "1.2.3.0/33:53",
+            "::/129:53",
+            "a b:53",
+            "1.2.3.4/x:5",
+        ] {
+            let err = bad.parse::<AllowRule>().expect_err(bad);
+            assert!(err.to_string().contains("expected HOST:PORTS"), "{err}");
+        }
+        assert!(TargetPolicy::parse(&Vec::<String>::new()).unwrap().check(None, ip("8.8.8.8"), 53).is_err());
+    }
+
+    #[test]
+    fn prefix_zero_and_mapped_networks() {
+        let everything = TargetPolicy::parse(&["0.0.0.0/0:*"]).unwrap();
+        assert_eq!(everything.check(None, ip("127.0.0.1"), 1), Ok(()));
+        assert_eq!(everything.check(None, ip("::1"), 1), Err(Denied::NotAllowed), "v4 network, v6 address");
+        let mapped = TargetPolicy::parse(&["[::ffff:127.0.0.0/104]:*"]).unwrap();
+        assert_eq!(mapped.check(None, ip("127.1.2.3"), 1), Ok(()));
+    }
+}

@@ -1,0 +1,640 @@
+//! The CONNECT-UDP proxy: an HTTP/3 application that opens one connected UDP socket per tunnel and
+//! relays payloads between it and the client.
+//!
+//! Each accepted request is checked in a fixed order, each failure with its own status and
+//! `Proxy-Status` (RFC 9209): authentication (407), extended CONNECT with `connect-udp` and
+//! `Capsule-Protocol: ?1` (400), the template (404 when the path is not ours, 400 when its values are
+//! bad), the port policy (403), the tunnel limits (429 per connection, 503 overall), name resolution
+//! (502 `dns_error`, 504 `dns_timeout`), the address policy (403 `destination_ip_prohibited`), the
+//! socket (502 `destination_ip_unroutable`). Then 200, and one relay task per tunnel until the client
+//! closes the stream, the connection goes, or the tunnel is idle for [`ProxyConfig::idle_timeout`].
+
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use quiver::Endpoint;
+use quiver_h3::datagram::{CAPSULE_DATAGRAM, CapsuleDecoder, encode_capsule};
+use quiver_h3::{BodyError, DatagramError, DatagramFlow, H3Driver, H3Settings, PeerAddr, Protocol, RecvBody, Server};
+use tokio::net::UdpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::body::{BodySender, ChannelBody, TunnelAborted};
+use crate::policy::{Denied, TargetPolicy};
+use crate::target::{Target, TargetHost};
+use crate::template::{MatchError, UriTemplate};
+use crate::{CAPSULE_QUEUE, CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_CAPSULE_BYTES, capsule_protocol_enabled};
+
+/// Tunnels one client connection may hold open: enough for a busy client (a DNS forwarder opens one
+/// per source port), few enough that one client cannot take every socket of the proxy.
+pub const DEFAULT_MAX_TUNNELS_PER_CONNECTION: usize = 256;
+/// Tunnels the whole proxy holds open: each is a UDP socket (a file descriptor) and a task; 8192 stays
+/// under the usual 10k+ descriptor limits of a service with headroom for the QUIC socket and logs.
+pub const DEFAULT_MAX_TUNNELS: usize = 8192;
+/// A tunnel with no datagram either way for this long is closed and its socket freed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Resolving a target name takes at most this long (then 504 `dns_timeout`).
+pub const DEFAULT_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Datagrams a relay reads from its socket per wake-up before letting other tunnels run.
+const RECV_BATCH: usize = 64;
+/// QUIC bidirectional streams granted beyond the tunnel limit, so requests the proxy refuses (and their
+/// still-closing streams) do not eat into the streams of tunnels.
+const EXTRA_STREAMS: u64 = 16;
+/// The name this proxy gives itself in `Proxy-Status`.
+const PROXY_STATUS_NAME: &str = "quiver";
+
+/// What the proxy allows and how long tunnels live.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The URI template requests must match (path and query).
+    pub template: UriTemplate,
+    /// Which targets may be reached.
+    pub policy: TargetPolicy,
+    /// Tunnels one connection may hold open; more are refused with 429.
+    pub max_tunnels_per_connection: usize,
+    /// Tunnels the proxy holds open in total; more are refused with 503.
+    pub max_tunnels: usize,
+    /// Close a tunnel after this long without a datagram either way.
+    pub idle_timeout: Duration,
+    /// Longest time to resolve a target name.
+    pub dns_timeout: Duration,
+    /// When set, requests must carry `Proxy-Authorization: Bearer <token>` (else 407).
+    pub bearer_token: Option<String>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            template: UriTemplate::default(),
+            policy: TargetPolicy::default(),
+            max_tunnels_per_connection: DEFAULT_MAX_TUNNELS_PER_CONNECTION,
+            max_tunnels: DEFAULT_MAX_TUNNELS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            dns_timeout: DEFAULT_DNS_TIMEOUT,
+            bearer_token: None,
+        }
+    }
+}
+
+/// A QUIC server configuration fit for the proxy: ALPN `h3`, QUIC datagrams on, and enough streams
+/// for `config`'s tunnel limit. Add the certificate and build.
+pub fn proxy_server_config(config: &ProxyConfig) -> quiver::ServerConfigBuilder {
+    let streams = u64::try_from(config.max_tunnels_per_connection).unwrap_or(u64::MAX).saturating_add(EXTRA_STREAMS);
+    quiver_h3::server_config().datagrams(true).max_streams(streams, 100)
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// The proxy's counters since it started: every refused request and every dropped datagram
+        /// ends in exactly one of them.
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct ProxyStats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        #[derive(Debug, Default)]
+        struct Counters {
+            $($name: AtomicU64,)*
+        }
+
+        impl Counters {
+            fn snapshot(&self) -> ProxyStats {
+                ProxyStats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Tunnels answered with 2xx.
+    tunnels_opened,
+    /// Tunnels open now.
+    tunnels_active,
+    /// Tunnels closed because they were idle.
+    tunnels_idle_closed,
+    /// Requests refused with 407 (missing or wrong token).
+    refused_unauthorized,
+    /// Requests refused with 400 (not CONNECT-UDP, no `Capsule-Protocol`, bad host or port).
+    refused_malformed,
+    /// Requests refused with 404 (the path is not an expansion of the template).
+    refused_not_found,
+    /// Requests refused with 403 (target policy).
+    refused_policy,
+    /// Requests refused with 429 or 503 (tunnel limits).
+    refused_limit,
+    /// Requests refused with 502 or 504 because the target name did not resolve.
+    refused_resolve,
+    /// Requests refused with 502 because no socket could be connected to the target.
+    refused_unreachable,
+    /// UDP payloads sent to targets.
+    datagrams_to_target,
+    /// Bytes of UDP payload sent to targets.
+    bytes_to_target,
+    /// UDP payloads from targets relayed to clients.
+    datagrams_from_target,
+    /// Bytes of UDP payload relayed to clients.
+    bytes_from_target,
+    /// Datagrams from clients with a context ID other than 0, dropped.
+    dropped_unknown_context,
+    /// Payloads from targets larger than the client's path carries in one QUIC datagram, dropped.
+    dropped_too_large,
+    /// Payloads dropped because a queue was full (towards the client, or the target socket's buffer).
+    dropped_queue_full,
+    /// Datagrams or capsules from clients without a valid context ID, dropped.
+    dropped_malformed,
+    /// Payloads the target socket refused (for example after an ICMP port unreachable), dropped.
+    dropped_send_failed,
+}
+
+struct ProxyInner {
+    config: ProxyConfig,
+    counters: Counters,
+    tunnels: Arc<Semaphore>,
+}
+
+/// A CONNECT-UDP proxy; cheap to clone (clones share counters and limits).
+#[derive(Clone)]
+pub struct Proxy {
+    inner: Arc<ProxyInner>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy with this configuration.
+    pub fn new(config: ProxyConfig) -> Self {
+        let tunnels = Arc::new(Semaphore::new(config.max_tunnels));
+        Self { inner: Arc::new(ProxyInner { config, counters: Counters::default(), tunnels }) }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ProxyStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The HTTP/3 application for one accepted connection (each connection gets its own tunnel
+    /// limit). Use it to serve the proxy next to other protocols; [`serve`](Self::serve) does this for
+    /// every connection of an endpoint.
+    pub fn application(&self) -> H3Driver {
+        let connection_tunnels = Arc::new(Semaphore::new(self.inner.config.max_tunnels_per_connection));
+        let inner = self.inner.clone();
+        let service = tower::service_fn(move |request: Request<RecvBody>| {
+            let inner = inner.clone();
+            let connection_tunnels = connection_tunnels.clone();
+            async move { Ok::<_, Infallible>(inner.open_tunnel(request, connection_tunnels).await) }
+        });
+        let settings = H3Settings { extended_connect: true, ..H3Settings::default() };
+        Server::new(service).settings(settings).application()
+    }
+
+    /// Serves every `h3` connection `endpoint` accepts until the endpoint closes.
+    pub async fn serve(&self, endpoint: Endpoint) {
+        self.serve_until(endpoint, std::future::pending()).await;
+    }
+
+    /// As [`serve`](Self::serve) until `shutdown` resolves; then closes the endpoint (every client
+    /// gets CONNECTION_CLOSE, so its tunnels end at once with a clear reason) and returns when every
+    /// connection has ended.
+    pub async fn serve_until(&self, endpoint: Endpoint, shutdown: impl Future<Output = ()>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let incoming = tokio::select! {
+                incoming = endpoint.accept() => incoming,
+                () = &mut shutdown => break,
+            };
+            let Some(incoming) = incoming else { return };
+            if incoming.alpn() == quiver_h3::ALPN {
+                incoming.start(self.application());
+            }
+        }
+        endpoint.close();
+        endpoint.wait_idle().await;
+    }
+}
+
+/// A refused request: its status, RFC 9209 error type, and what to say about it.
+struct Refusal {
+    status: StatusCode,
+    error: Option<&'static str>,
+    details: String,
+    counter: fn(&Counters) -> &AtomicU64,
+}
+
+impl Refusal {
+    fn new(
+        status: StatusCode,
+        error: Option<&'static str>,
+        details: impl Into<String>,
+        counter: fn(&Counters) -> &AtomicU64,
+    ) -> Self {
+        Self { status, error, details: details.into(), counter }
+    }
+
+    fn into_response(self) -> Response<ChannelBody> {
+        let mut response = Response::new(ChannelBody::empty());
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        if self.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            headers.insert(http::header::PROXY_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(error) = self.error
+            && let Ok(value) = HeaderValue::try_from(proxy_status(error, &self.details))
+        {
+            headers.insert(HeaderName::from_static("proxy-status"), value);
+        }
+        response
+    }
+}
+
+/// A `Proxy-Status` value (RFC 9209): `quiver; error=<type>; details="<text>"`, the details reduced to
+/// what an sf-string may hold.
+fn proxy_status(error: &str, details: &str) -> String {
+    let mut value = format!("{PROXY_STATUS_NAME}; error={error}");
+    if !details.is_empty() {
+        value.push_str("; details=\"");
+        for character in details.chars() {
+            match character {
+                '"' | '\\' => {
+                    value.push('\\');
+                    value.push(character);
+                }
+                ' '..='~' => value.push(character),
+                _ => value.push('?'),
+            }
+        }
+        value.push('"');
+    }
+    value
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a guess was right.
+fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    left.len() == right.len() && left.iter().zip(right).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
+}
+
+fn bearer_token(request: &Request<RecvBody>) -> Option<&[u8]> {
+    let value = request.headers().get(http::header::PROXY_AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at(value.iter().position(|byte| *byte == b' ')?);
+    scheme.eq_ignore_ascii_case(b"bearer").then(|| token.trim_ascii())
+}
+
+impl ProxyInner {
+    async fn open_tunnel(
+        self: Arc<Self>,
+        request: Request<RecvBody>,
+        connection_tunnels: Arc<Semaphore>,
+    ) -> Response<ChannelBody> {
+        let peer = request.extensions().get::<PeerAddr>().map(|peer| peer.0);
+        let path = request.uri().path_and_query().map_or("/", |path| path.as_str()).to_owned();
+        match self.clone().try_open(request, connection_tunnels).await {
+            Ok(response) => response,
+            Err(refusal) => {
+                (refusal.counter)(&self.counters).fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(?peer, %path, status = %refusal.status, details = %refusal.details, "tunnel refused");
+                refusal.into_response()
+            }
+        }
+    }
+
+    async fn try_open(
+        self: Arc<Self>,
+        request: Request<RecvBody>,
+        connection_tunnels: Arc<Semaphore>,
+    ) -> Result<Response<ChannelBody>, Refusal> {
+        let config = &self.config;
+        if let Some(expected) = &config.bearer_token
+            && !bearer_token(&request).is_some_and(|token| constant_time_eq(token, expected.as_bytes()))
+        {
+            let details = "a valid Proxy-Authorization: Bearer token is required";
+            return Err(Refusal::new(StatusCode::PROXY_AUTHENTICATION_REQUIRED, None, details, |c| {
+                &c.refused_unauthorized
+            }));
+        }
+        let path = request.uri().path_and_query().map_or("/", |path| path.as_str());
+        let target = match config.template.match_path(path) {
+            Ok(target) => target,
+            Err(MatchError::NoMatch) => {
+                let details = format!("{path} is not a CONNECT-UDP path of this proxy ({})", config.template);
+                return Err(Refusal::new(StatusCode::NOT_FOUND, None, details, |c| &c.refused_not_found));
+            }
+            Err(bad) => {
+                return Err(Refusal::new(StatusCode::BAD_REQUEST, Some("http_request_error"), bad.to_string(), |c| {
+                    &c.refused_malformed
+                }));
+            }
+        };
+        let is_connect_udp = request.method() == Method::CONNECT
+            && request.extensions().get::<Protocol>().is_some_and(|protocol| protocol.0 == CONNECT_UDP);
+        if !is_connect_udp {
+            let details = "CONNECT-UDP needs extended CONNECT with :protocol connect-udp";
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, Some("http_request_error"), details, |c| {
+                &c.refused_malformed
+            }));
+        }
+        let capsules =
+            request.headers().get("capsule-protocol").is_some_and(|value| capsule_protocol_enabled(value.as_bytes()));
+        if !capsules {
+            let details = "CONNECT-UDP needs Capsule-Protocol: ?1";
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, Some("http_request_error"), details, |c| {
+                &c.refused_malformed
+            }));
+        }
+        if !config.policy.allows_port(target.port) {
+            let details = format!("port {} is not allowed", target.port);
+            return Err(Refusal::new(StatusCode::FORBIDDEN, Some("http_request_denied"), details, |c| {
+                &c.refused_policy
+            }));
+        }
+        let connection_permit = connection_tunnels.try_acquire_owned().map_err(|_| {
+            let details = format!("this connection already has {} tunnels open", config.max_tunnels_per_connection);
+            Refusal::new(StatusCode::TOO_MANY_REQUESTS, Some("connection_limit_reached"), details, |c| &c.refused_limit)
+        })?;
+        let proxy_permit = self.tunnels.clone().try_acquire_owned().map_err(|_| {
+            let details = format!("the proxy already has {} tunnels open", config.max_tunnels);
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, Some("connection_limit_reached"), details, |c| {
+                &c.refused_limit
+            })
+        })?;
+        let address = self.resolve(&target).await?;
+        let socket = connect_socket(address).await.map_err(|err| {
+            let details = format!("cannot open a UDP socket to {address}: {err}");
+            Refusal::new(StatusCode::BAD_GATEWAY, Some("destination_ip_unroutable"), details, |c| {
+                &c.refused_unreachable
+            })
+        })?;
+        let flow = DatagramFlow::take_from(request.extensions());
+        let (downloads, body) = ChannelBody::channel(CAPSULE_QUEUE);
+        let relay = Relay { proxy: self.clone(), socket, flow, downloads, _permits: (connection_permit, proxy_permit) };
+        self.counters.tunnels_opened.fetch_add(1, Ordering::Relaxed);
+        self.counters.tunnels_active.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%target, %address, datagrams = relay.flow.is_some(), "tunnel open");
+        tokio::spawn(relay.run(request.into_body()));
+        let mut response = Response::new(body);
+        response.headers_mut().insert(HeaderName::from_static("capsule-protocol"), HeaderValue::from_static("?1"));
+        Ok(response)
+    }
+
+    /// The first address of `target` the policy allows.
+    async fn resolve(&self, target: &Target) -> Result<SocketAddr, Refusal> {
+        let (name, addresses) = match &target.host {
+            TargetHost::Ip(ip) => (None, vec![SocketAddr::new(*ip, target.port)]),
+            TargetHost::Name(name) => {
+                let lookup = tokio::net::lookup_host((name.as_str(), target.port));
+                let addresses = match tokio::time::timeout(self.config.dns_timeout, lookup).await {
+                    Err(_) => {
+                        let details = format!("resolving {name} took longer than {:?}", self.config.dns_timeout);
+                        return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, Some("dns_timeout"), details, |c| {
+                            &c.refused_resolve
+                        }));
+                    }
+                    Ok(Err(err)) => {
+                        let details = format!("cannot resolve {name}: {err}");
+                        return Err(Refusal::new(StatusCode::BAD_GATEWAY, Some("dns_error"), details, |c| {
+                            &c.refused_resolve
+                        }));
+                    }
+                    Ok(Ok(addresses)) => addresses.collect::<Vec<_>>(),
+                };
+                if addresses.is_empty() {
+                    let details = format!("{name} has no addresses");
+                    return Err(Refusal::new(StatusCode::BAD_GATEWAY, Some("dns_error"), details, |c| {
+                        &c.refused_resolve
+                    }));
+                }
+                (Some(name.as_str()), addresses)
+            }
+        };
+        let mut denied = Denied::NotAllowed;
+        for address in &addresses {
+            match self.config.policy.check(name, address.ip(), address.port()) {
+                Ok(()) => return Ok(*address),
+                Err(reason) => denied = reason,
+            }
+        }
+        let details = format!("{target} ({}) is denied: {denied}", addresses[0].ip());
+        Err(Refusal::new(StatusCode::FORBIDDEN, Some("destination_ip_prohibited"), details, |c| &c.refused_policy))
+    }
+}
+
+async fn connect_socket(address: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: IpAddr = if address.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() };
+    let socket = UdpSocket::bind(SocketAddr::new(local, 0)).await?;
+    socket.connect(address).await?;
+    Ok(socket)
+}
+
+thread_local! {
+    /// One receive buffer per worker thread, large enough for any UDP datagram (so a read is never
+    /// truncated) without a 64 KiB buffer per tunnel: relays use it only between awaits.
+    static RECV_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; 65_536]);
+}
+
+/// One tunnel: its socket on one side, its datagram flow and stream on the other.
+struct Relay {
+    proxy: Arc<ProxyInner>,
+    socket: UdpSocket,
+    /// `None` when the connection has no QUIC datagrams: then everything goes as capsules.
+    flow: Option<DatagramFlow>,
+    downloads: BodySender,
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+/// Why a relay ended.
+#[derive(Debug)]
+enum RelayEnd {
+    ClientClosed,
+    ClientReset(u64),
+    Idle,
+    Malformed(String),
+}
+
+impl Relay {
+    async fn run(mut self, uploads: RecvBody) {
+        let end = self.relay(uploads).await;
+        tracing::debug!(?end, "tunnel closed");
+        let counters = &self.proxy.counters;
+        counters.tunnels_active.fetch_sub(1, Ordering::Relaxed);
+        match end {
+            RelayEnd::Idle => {
+                counters.tunnels_idle_closed.fetch_add(1, Ordering::Relaxed);
+            }
+            RelayEnd::Malformed(reason) => {
+                // RFC 9297 §3.3: a malformed capsule stream is a malformed request: reset it.
+                let _ = self.downloads.try_send(Err(TunnelAborted(reason)));
+            }
+            RelayEnd::ClientReset(code) => tracing::debug!(code, "client reset the tunnel"),
+            RelayEnd::ClientClosed => {}
+        }
+        // Dropping `downloads` finishes our side of the stream (FIN) unless it was aborted above;
+        // dropping the socket frees its port.
+    }
+
+    async fn relay(&mut self, mut uploads: RecvBody) -> RelayEnd {
+        let idle_timeout = self.proxy.config.idle_timeout;
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        let mut decoder = CapsuleDecoder::new(MAX_CAPSULE_BYTES);
+        let mut flow = self.flow.take();
+        let end = loop {
+            tokio::select! {
+                datagram = crate::next_datagram(&mut flow) => match datagram {
+                    Some(datagram) => {
+                        self.relay_to_target(&datagram);
+                        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                    }
+                    // The stream's datagram side is gone; its end arrives on the stream.
+                    None => flow = None,
+                },
+                frame = uploads.frame() => match frame {
+                    Some(Ok(frame)) => {
+                        let Some(data) = frame.data_ref() else { continue };
+                        decoder.push(data);
+                        loop {
+                            match decoder.next_capsule() {
+                                Ok(Some(capsule)) if capsule.capsule_type == CAPSULE_DATAGRAM => {
+                                    self.relay_to_target(&capsule.value);
+                                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                                }
+                                // Unknown capsule types are skipped (RFC 9297 §3.2).
+                                Ok(Some(_)) => {}
+                                Ok(None) => break,
+                                Err(too_large) => return RelayEnd::Malformed(too_large.to_string()),
+                            }
+                        }
+                    }
+                    None => break RelayEnd::ClientClosed,
+                    Some(Err(BodyError::Reset(code))) => break RelayEnd::ClientReset(code),
+                    Some(Err(_)) => break RelayEnd::ClientReset(quiver_h3::H3_REQUEST_INCOMPLETE),
+                },
+                readable = self.socket.readable() => {
+                    if readable.is_ok() && self.relay_from_target(flow.as_ref()) {
+                        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                    }
+                    if self.downloads.is_closed() {
+                        break RelayEnd::ClientClosed;
+                    }
+                }
+                () = &mut idle => break RelayEnd::Idle,
+            }
+        };
+        self.flow = flow;
+        end
+    }
+
+    /// Sends one HTTP Datagram payload from the client to the target.
+    fn relay_to_target(&self, payload: &[u8]) {
+        let counters = &self.proxy.counters;
+        match crate::split_context(payload) {
+            Some((CONTEXT_UDP_PAYLOAD, udp)) => match self.socket.try_send(udp) {
+                Ok(_) => {
+                    counters.datagrams_to_target.fetch_add(1, Ordering::Relaxed);
+                    counters.bytes_to_target.fetch_add(udp.len() as u64, Ordering::Relaxed);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    counters.dropped_send_failed.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            Some(_) => {
+                counters.dropped_unknown_context.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                counters.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Relays what the target sent, up to a batch; true if anything arrived.
+    fn relay_from_target(&self, flow: Option<&DatagramFlow>) -> bool {
+        let counters = &self.proxy.counters;
+        let mut received = false;
+        for _ in 0..RECV_BATCH {
+            let frame = RECV_BUFFER.with_borrow_mut(|buffer| match self.socket.try_recv(buffer) {
+                Ok(length) => Some(Ok(crate::udp_datagram(&buffer[..length]))),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => None,
+                Err(err) => Some(Err(err)),
+            });
+            let frame = match frame {
+                None => break,
+                // An ICMP error for an earlier send (port unreachable): the tunnel stays, the
+                // client's next datagram may find the target up.
+                Some(Err(err)) => {
+                    tracing::trace!(error = %err, "target socket error");
+                    continue;
+                }
+                Some(Ok(frame)) => frame,
+            };
+            received = true;
+            let udp_length = frame.len() - 1;
+            let sent = match flow {
+                Some(flow) => flow.send(&frame).map_err(|err| match err {
+                    DatagramError::TooLarge { .. } => &counters.dropped_too_large,
+                    _ => &counters.dropped_queue_full,
+                }),
+                None => self
+                    .downloads
+                    .try_send(Ok(encode_capsule(CAPSULE_DATAGRAM, &frame)))
+                    .map_err(|_| &counters.dropped_queue_full),
+            };
+            match sent {
+                Ok(()) => {
+                    counters.datagrams_from_target.fetch_add(1, Ordering::Relaxed);
+                    counters.bytes_from_target.fetch_add(udp_length as u64, Ordering::Relaxed);
+                }
+                Err(counter) => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        received
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_status_values_are_structured_fields() {
+        assert_eq!(proxy_status("dns_error", ""), "quiver; error=dns_error");
+        assert_eq!(
+            proxy_status("dns_error", "cannot resolve \"x\\y\": é"),
+            "quiver; error=dns_error; details=\"cannot resolve \\\"x\\\\y\\\": ?\""
+        );
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn refusals_carry_status_and_proxy_status() {
+        let response = Refusal::new(StatusCode::BAD_GATEWAY, Some("dns_error"), "no such host", |c| &c.refused_resolve)
+            .into_response();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(response.headers()["proxy-status"], "quiver; error=dns_error; details=\"no such host\"");
+        let auth = Refusal::new(StatusCode::PROXY_AUTHENTICATION_REQUIRED, None, "", |c| &c.refused_unauthorized)
+            .into_response();
+        assert_eq!(auth.headers()["proxy-authenticate"], "Bearer");
+        assert!(auth.headers().get("proxy-status").is_none());
+    }
+}

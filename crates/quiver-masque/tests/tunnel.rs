@@ -1,0 +1,298 @@
+//! CONNECT-UDP end to end on loopback, Quiver on both sides: relaying, limits, refusals, idle timeout.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use quiver_h3::{DatagramFlow, Protocol};
+use quiver_masque::{ProxyConfig, Target, TargetPolicy, TunnelError};
+use support::{GUARD, echo_exchange, loopback_config, start_proxy, udp_echo};
+
+fn target(addr: std::net::SocketAddr) -> Target {
+    addr.to_string().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_datagrams_of_mixed_sizes_echo_byte_exact() {
+    let proxy = start_proxy(loopback_config());
+    let echo = udp_echo().await;
+    let run = async {
+        let mut tunnel = proxy.client(true).open(&target(echo)).await.unwrap();
+        assert!(tunnel.uses_quic_datagrams());
+        let max = tunnel.max_payload();
+        assert!(max > 1000, "max payload {max}");
+        // The empty datagram is a datagram too.
+        tunnel.send(b"").unwrap();
+        assert_eq!(tunnel.recv().await.unwrap(), Bytes::new());
+        let resent = echo_exchange(&mut tunnel, 10_000, 32, |index| 4 + (index as usize * 7919) % (max - 3)).await;
+        // The largest size that fits, exactly.
+        let largest = support::payload(u32::MAX, max);
+        tunnel.send(&largest).unwrap();
+        assert_eq!(tunnel.recv().await.unwrap(), largest);
+        assert!(matches!(tunnel.send(&vec![0; max + 1]), Err(TunnelError::TooLarge { .. })));
+        let stats = proxy.proxy.stats();
+        assert!(stats.datagrams_to_target >= 10_002, "{stats:?}");
+        assert_eq!(stats.datagrams_from_target, stats.datagrams_to_target, "{stats:?}");
+        eprintln!("10k echo: {resent} resent; proxy {stats:?}; endpoint {:?}", proxy.endpoint.stats());
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capsules_carry_the_tunnel_without_quic_datagrams() {
+    let proxy = start_proxy(loopback_config());
+    let echo = udp_echo().await;
+    let run = async {
+        let mut tunnel = proxy.client(false).open(&target(echo)).await.unwrap();
+        assert!(!tunnel.uses_quic_datagrams());
+        assert_eq!(tunnel.max_payload(), quiver_masque::MAX_UDP_PAYLOAD);
+        // Sizes far beyond one QUIC packet: the stream carries whole UDP datagrams.
+        let sizes = [4usize, 1200, 5000, 20_000, 60_000, 65_000];
+        echo_exchange(&mut tunnel, 300, 8, |index| sizes[index as usize % sizes.len()]).await;
+        // Over IPv4 the target socket refuses more than 65507 bytes: dropped and counted, not cut.
+        tunnel.send(&vec![1u8; 65_527]).unwrap();
+        tunnel.send(b"\0\0\0\x01x").unwrap();
+        assert_eq!(&tunnel.recv().await.unwrap()[..], b"\0\0\0\x01x");
+        assert_eq!(proxy.proxy.stats().dropped_send_failed, 1);
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_tunnels_share_one_connection() {
+    const TUNNELS: usize = 100;
+    let proxy = start_proxy(loopback_config());
+    let client = proxy.client(true);
+    let all_open = Arc::new(tokio::sync::Barrier::new(TUNNELS));
+    let mut tasks = tokio::task::JoinSet::new();
+    for tunnel_index in 0..TUNNELS {
+        let (client, all_open) = (client.clone(), all_open.clone());
+        tasks.spawn(async move {
+            // One echo socket per tunnel: a single socket's default receive buffer holds only about a
+            // hundred datagrams, and 800 arrive at once.
+            let echo = udp_echo().await;
+            let mut tunnel = client.open(&target(echo)).await.unwrap();
+            all_open.wait().await;
+            echo_exchange(&mut tunnel, 50, 8, |index| 4 + (index as usize * 13 + tunnel_index) % 1100).await;
+            tunnel
+        });
+    }
+    let run = async {
+        let mut tunnels = Vec::new();
+        while let Some(tunnel) = tasks.join_next().await {
+            match tunnel {
+                Ok(tunnel) => tunnels.push(tunnel),
+                Err(err) => panic!("{err}: proxy {:?}; endpoint {:?}", proxy.proxy.stats(), proxy.endpoint.stats()),
+            }
+        }
+        let stats = proxy.proxy.stats();
+        eprintln!("100 tunnels: proxy {stats:?}; endpoint {:?}", proxy.endpoint.stats());
+        assert_eq!((stats.tunnels_opened, stats.tunnels_active), (TUNNELS as u64, TUNNELS as u64), "{stats:?}");
+        assert_eq!(proxy.endpoint.stats().connections_accepted, 1, "one connection for every tunnel");
+        // Closing tunnels frees their sockets on the proxy.
+        drop(tunnels);
+        while proxy.proxy.stats().tunnels_active > 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
+
+/// Sends a hand-made request and returns the status and `Proxy-Status`.
+async fn raw_request(
+    proxy: &support::TestProxy,
+    request: Request<http_body_util::Empty<Bytes>>,
+) -> (StatusCode, String) {
+    let response = proxy.h3_client().send_request(request).await.unwrap();
+    let proxy_status = response.headers().get("proxy-status").map(|value| value.to_str().unwrap().to_owned());
+    (response.status(), proxy_status.unwrap_or_default())
+}
+
+fn connect_udp(url: &str, path: &str) -> http::request::Builder {
+    Request::builder().method(Method::CONNECT).uri(format!("{url}{path}")).extension(Protocol("connect-udp".into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_have_status_codes_and_proxy_status() {
+    let config = ProxyConfig {
+        policy: TargetPolicy::parse(&["127.0.0.1/32:1000-2000", "*:53"]).unwrap(),
+        max_tunnels_per_connection: 1,
+        ..ProxyConfig::default()
+    };
+    let proxy = start_proxy(config);
+    let echo = udp_echo().await;
+    let url = proxy.url();
+    let client = proxy.client(true);
+    let run = async {
+        // The echo port is outside 1000-2000: the port check refuses it before anything else.
+        match client.open(&target(echo)).await {
+            Err(TunnelError::Refused { status: StatusCode::FORBIDDEN, proxy_status: Some(status), .. }) => {
+                assert!(status.contains("error=http_request_denied"), "{status}");
+            }
+            other => panic!("expected 403, got {other:?}"),
+        }
+        // An allowed port on a loopback address no CIDR rule covers ("*" never opens loopback).
+        match client.open(&"127.0.0.2:53".parse().unwrap()).await {
+            Err(TunnelError::Refused { status: StatusCode::FORBIDDEN, proxy_status: Some(status), .. }) => {
+                assert!(status.contains("error=destination_ip_prohibited"), "{status}");
+            }
+            other => panic!("expected 403, got {other:?}"),
+        }
+        let bad_host = connect_udp(&url, "/.well-known/masque/udp/bad%20host/53/").header("capsule-protocol", "?1");
+        let (status, proxy_status) = raw_request(&proxy, bad_host.body(Default::default()).unwrap()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(proxy_status.contains("error=http_request_error"), "{proxy_status}");
+        let not_ours = connect_udp(&url, "/elsewhere/127.0.0.1/1500/").header("capsule-protocol", "?1");
+        assert_eq!(raw_request(&proxy, not_ours.body(Default::default()).unwrap()).await.0, StatusCode::NOT_FOUND);
+        let no_capsules = connect_udp(&url, "/.well-known/masque/udp/127.0.0.1/1500/");
+        assert_eq!(raw_request(&proxy, no_capsules.body(Default::default()).unwrap()).await.0, StatusCode::BAD_REQUEST);
+        let get = Request::get(format!("{url}/.well-known/masque/udp/127.0.0.1/1500/"));
+        assert_eq!(raw_request(&proxy, get.body(Default::default()).unwrap()).await.0, StatusCode::BAD_REQUEST);
+
+        // One tunnel per connection: the second is refused with 429 while the first is open.
+        let first = client.open(&"127.0.0.1:1500".parse().unwrap()).await.unwrap();
+        match client.open(&"127.0.0.1:1501".parse().unwrap()).await {
+            Err(TunnelError::Refused { status: StatusCode::TOO_MANY_REQUESTS, .. }) => {}
+            other => panic!("expected 429, got {other:?}"),
+        }
+        drop(first);
+        let stats = proxy.proxy.stats();
+        assert_eq!((stats.refused_policy, stats.refused_malformed, stats.refused_not_found), (2, 3, 1), "{stats:?}");
+        assert_eq!(stats.refused_limit, 1, "{stats:?}");
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_policy_keeps_loopback_closed_and_names_resolve() {
+    let proxy = start_proxy(ProxyConfig::default());
+    let run = async {
+        match proxy.client(true).open(&"127.0.0.1:53".parse().unwrap()).await {
+            Err(TunnelError::Refused { status: StatusCode::FORBIDDEN, .. }) => {}
+            other => panic!("expected 403, got {other:?}"),
+        }
+        // A name that resolves to loopback is refused too: the addresses are checked, not the name.
+        match proxy.client(true).open(&"localhost:53".parse().unwrap()).await {
+            Err(TunnelError::Refused { status: StatusCode::FORBIDDEN, proxy_status: Some(status), .. }) => {
+                assert!(status.contains("destination_ip_prohibited"), "{status}");
+            }
+            other => panic!("expected 403, got {other:?}"),
+        }
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+
+    let allowed = start_proxy(loopback_config());
+    let echo = udp_echo().await;
+    let run = async {
+        let mut tunnel =
+            allowed.client(true).open(&format!("localhost:{}", echo.port()).parse().unwrap()).await.unwrap();
+        tunnel.send(b"\0\0\0\0by name").unwrap();
+        assert_eq!(&tunnel.recv().await.unwrap()[..], b"\0\0\0\0by name");
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_is_required_when_configured() {
+    let proxy = start_proxy(ProxyConfig { bearer_token: Some("s3cret".into()), ..loopback_config() });
+    let echo = udp_echo().await;
+    let run = async {
+        for client in [proxy.client(true), proxy.client(true).with_bearer_token("wrong")] {
+            match client.open(&target(echo)).await {
+                Err(TunnelError::Refused { status: StatusCode::PROXY_AUTHENTICATION_REQUIRED, .. }) => {}
+                other => panic!("expected 407, got {other:?}"),
+            }
+        }
+        let mut tunnel = proxy.client(true).with_bearer_token("s3cret").open(&target(echo)).await.unwrap();
+        tunnel.send(b"\0\0\0\0ok").unwrap();
+        assert_eq!(&tunnel.recv().await.unwrap()[..], b"\0\0\0\0ok");
+        assert_eq!(proxy.proxy.stats().refused_unauthorized, 2);
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_tunnels_close_and_free_their_socket() {
+    let proxy = start_proxy(ProxyConfig { idle_timeout: Duration::from_millis(300), ..loopback_config() });
+    let echo = udp_echo().await;
+    let run = async {
+        let mut tunnel = proxy.client(true).open(&target(echo)).await.unwrap();
+        tunnel.send(b"\0\0\0\0x").unwrap();
+        assert_eq!(&tunnel.recv().await.unwrap()[..], b"\0\0\0\0x");
+        // Nothing more: the proxy finishes the stream after the idle timeout.
+        assert!(matches!(tunnel.recv().await, Err(TunnelError::Closed)));
+        let stats = proxy.proxy.stats();
+        assert_eq!((stats.tunnels_idle_closed, stats.tunnels_active), (1, 0), "{stats:?}");
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_contexts_and_oversized_payloads_are_dropped_and_counted() {
+    let proxy = start_proxy(loopback_config());
+    let echo = udp_echo().await;
+    let run = async {
+        // A hand-made tunnel, to send context IDs the client library never sends.
+        let path = format!("/.well-known/masque/udp/127.0.0.1/{}/", echo.port());
+        let body = OpenBody;
+        let request = connect_udp(&proxy.url(), &path).header("capsule-protocol", "?1").body(body).unwrap();
+        let h3_client = proxy.h3_client();
+        let response = h3_client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["capsule-protocol"], "?1");
+        let mut flow = DatagramFlow::take_from(response.extensions()).unwrap();
+        flow.send(b"\x01context one").unwrap();
+        flow.send(b"\x40\x00two-byte zero").unwrap();
+        flow.send(b"").unwrap();
+        // The target answers "big" with 4000 bytes (no QUIC datagram carries it), then "after".
+        flow.send(b"\x00big").unwrap();
+        assert_eq!(&flow.recv().await.unwrap()[..], b"\x00two-byte zero");
+        assert_eq!(&flow.recv().await.unwrap()[..], b"\x00after");
+        let stats = proxy.proxy.stats();
+        assert_eq!(
+            (stats.dropped_unknown_context, stats.dropped_malformed, stats.dropped_too_large),
+            (1, 1, 1),
+            "{stats:?}"
+        );
+        drop(response);
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
+
+/// A request body that stays open and sends nothing: the tunnel's stream without capsules.
+struct OpenBody;
+
+impl http_body::Body for OpenBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_shutdown_ends_tunnels_with_the_reason() {
+    let proxy = start_proxy(loopback_config());
+    let echo = udp_echo().await;
+    let run = async {
+        let client = proxy.client(true);
+        let mut tunnel = client.open(&target(echo)).await.unwrap();
+        tunnel.send(b"\0\0\0\0x").unwrap();
+        assert_eq!(&tunnel.recv().await.unwrap()[..], b"\0\0\0\0x");
+        proxy.endpoint.close();
+        match tunnel.recv().await {
+            Err(err @ TunnelError::ConnectionLost(_)) => {
+                assert!(err.to_string().contains("connection to the proxy lost: closed by peer"), "{err}");
+            }
+            other => panic!("expected the connection's end, got {other:?}"),
+        }
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
