@@ -1,0 +1,434 @@
+//! The DoQ forwarding server: accepts connections (at most so many per client address), runs a
+//! [`connection::ServerConnection`] on each, and resolves queries through the upstream resolver and
+//! the optional cache.
+
+mod connection;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use quiver::{ApplicationError, ApplicationOverQuic, Endpoint, QuicConnection};
+use tokio::sync::Semaphore;
+
+use crate::cache::AnswerCache;
+use crate::dns::{PADDING_BLOCK_BYTES, error_answer, pad};
+use crate::upstream;
+
+/// How long the server waits for the upstream resolver before answering SERVFAIL. Stub resolvers
+/// commonly give up after about five seconds; answering before that lets them see the failure
+/// instead of a silence.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Queries one connection may have open at once (its bidirectional stream limit). 100 is QUIC's
+/// customary default and what common DoQ clients expect; more only lets one client hold more
+/// upstream sockets.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 100;
+
+/// Connections one client address may hold at once. A stub resolver needs one; 32 leaves room for
+/// several behind one NAT while stopping one address from filling the endpoint.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+
+/// Idle timeout for DoQ connections. RFC 9250 §5.5 asks servers not to close idle connections too
+/// eagerly (clients reuse them) but to reclaim them; 30 s is the common resolver setting.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Client addresses tracked for the per-source cap. Every entry is an address with a live
+/// connection, so the endpoint's own connection limit keeps the map smaller than this in practice;
+/// the bound makes sure of it (connections from new addresses past it are refused and counted).
+pub const MAX_TRACKED_SOURCES: usize = 65_536;
+
+/// Upstream queries in flight at once, server-wide, each holding one UDP socket: half of the
+/// common 1024 file-descriptor soft limit, leaving the rest for TCP retries and the process. Queries
+/// past it wait for a slot, within their upstream timeout.
+const DEFAULT_MAX_UPSTREAM_IN_FLIGHT: usize = 512;
+
+/// Builds a [`DoqServer`].
+///
+/// ```
+/// use std::time::Duration;
+/// let server = quiver_doq::DoqServer::builder("127.0.0.1:53".parse()?)
+///     .upstream_timeout(Duration::from_secs(2))
+///     .max_connections_per_source(8)
+///     .cache_entries(10_000)
+///     .build();
+/// # Ok::<(), std::net::AddrParseError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct DoqServerBuilder {
+    upstream: SocketAddr,
+    upstream_timeout: Duration,
+    max_queries_per_connection: usize,
+    max_connections_per_source: usize,
+    max_upstream_in_flight: usize,
+    cache_entries: usize,
+}
+
+impl DoqServerBuilder {
+    /// How long to wait for the upstream before answering SERVFAIL (default
+    /// [`DEFAULT_UPSTREAM_TIMEOUT`]).
+    pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
+        self.upstream_timeout = timeout;
+        self
+    }
+
+    /// Queries served at once per connection (default [`DEFAULT_MAX_STREAMS_PER_CONNECTION`]).
+    /// Streams past it wait, unread, until a query finishes. Set the endpoint's stream limit to the
+    /// same number (`quiver_doq::server_config().max_streams(n, 0)`) so clients see it.
+    pub fn max_queries_per_connection(mut self, max: usize) -> Self {
+        self.max_queries_per_connection = max.max(1);
+        self
+    }
+
+    /// Connections one client IP address may hold at once (default
+    /// [`DEFAULT_MAX_CONNECTIONS_PER_SOURCE`]); more are closed with DOQ_EXCESSIVE_LOAD.
+    pub fn max_connections_per_source(mut self, max: usize) -> Self {
+        self.max_connections_per_source = max.max(1);
+        self
+    }
+
+    /// Upstream queries in flight at once, server-wide (each holds a UDP socket).
+    pub fn max_upstream_in_flight(mut self, max: usize) -> Self {
+        self.max_upstream_in_flight = max.max(1);
+        self
+    }
+
+    /// Keeps up to this many positive answers, for their TTL (default 0: no cache).
+    pub fn cache_entries(mut self, entries: usize) -> Self {
+        self.cache_entries = entries;
+        self
+    }
+
+    /// The server; run it with [`DoqServer::serve`].
+    pub fn build(self) -> DoqServer {
+        DoqServer {
+            shared: Arc::new(ServerShared {
+                upstream: self.upstream,
+                upstream_timeout: self.upstream_timeout,
+                max_queries_per_connection: self.max_queries_per_connection,
+                upstream_slots: Semaphore::new(self.max_upstream_in_flight),
+                cache: (self.cache_entries > 0).then(|| Mutex::new(AnswerCache::new(self.cache_entries))),
+                counters: Counters::default(),
+            }),
+            sources: Arc::new(SourceTable {
+                live: Mutex::new(HashMap::new()),
+                max_per_source: self.max_connections_per_source,
+            }),
+        }
+    }
+}
+
+/// A DNS over QUIC forwarder (RFC 9250).
+///
+/// Every query arrives on its own stream with message ID 0; the server checks it, forwards it to the
+/// upstream resolver with a random ID (UDP, then TCP if the answer is truncated), and answers with
+/// the upstream's message byte for byte, ID set back to 0. What it answers itself:
+///
+/// * SERVFAIL when the upstream does not answer within the timeout or refuses (never silence);
+/// * FORMERR for a message that does not parse, is a response, or has other than one question;
+/// * NOTIMP for opcodes other than QUERY (a forwarder does not relay UPDATE or NOTIFY).
+///
+/// Protocol violations close the connection with DOQ_PROTOCOL_ERROR (RFC 9250 §4.3.3): a non-zero
+/// message ID, a length prefix that does not match the stream, a second message on a stream, the
+/// edns-tcp-keepalive option. A client that cancels (STOP_SENDING or RESET_STREAM) stops its query.
+///
+/// Padding (RFC 9250 §5.4): when a query carries the EDNS(0) padding option, the answer is padded to
+/// a multiple of [`PADDING_BLOCK_BYTES`] (RFC 8467's block policy for responses); answers to
+/// unpadded queries are left as the upstream sent them.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = quiver_doq::server_config().certificate_pem_files("cert.pem", "key.pem").build()?;
+/// let endpoint = quiver::Endpoint::server("[::]:853".parse()?, config)?;
+/// quiver_doq::DoqServer::builder("127.0.0.1:53".parse()?).build().serve(endpoint).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DoqServer {
+    shared: Arc<ServerShared>,
+    sources: Arc<SourceTable>,
+}
+
+impl std::fmt::Debug for DoqServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DoqServer").field("upstream", &self.shared.upstream).finish_non_exhaustive()
+    }
+}
+
+impl DoqServer {
+    /// Starts building a server that forwards to the resolver at `upstream`.
+    pub fn builder(upstream: SocketAddr) -> DoqServerBuilder {
+        DoqServerBuilder {
+            upstream,
+            upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            max_queries_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            max_upstream_in_flight: DEFAULT_MAX_UPSTREAM_IN_FLIGHT,
+            cache_entries: 0,
+        }
+    }
+
+    /// Serves every connection `endpoint` accepts until the endpoint is closed. Build the endpoint
+    /// with [`server_config`](crate::server_config) so it speaks ALPN `doq`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops accepting; connections already running go on until they close.
+    pub async fn serve(&self, endpoint: Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let counters = &self.shared.counters;
+            match self.sources.try_acquire(incoming.peer_addr().ip()) {
+                Some(slot) => {
+                    counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
+                    let handle = incoming.start(connection::ServerConnection::new(self.shared.clone()));
+                    tokio::spawn(async move {
+                        handle.closed().await;
+                        drop(slot);
+                    });
+                }
+                None => {
+                    counters.connections_refused_per_source.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = %incoming.peer_addr(), "too many connections from this address");
+                    incoming.start(RefuseExcessiveLoad);
+                }
+            }
+        }
+    }
+
+    /// A snapshot of the server's counters.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.counters.snapshot()
+    }
+}
+
+/// What the server has done, counted since it started. Every query ends in exactly one of
+/// `answered_upstream`, `answered_from_cache`, `servfail_timeout`, `servfail_upstream_error`,
+/// `format_errors`, `not_implemented`, `cancelled`, or a protocol error (or its connection closing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerStats {
+    /// Connections started.
+    pub connections_accepted: u64,
+    /// Connections closed at once with DOQ_EXCESSIVE_LOAD: their address had too many.
+    pub connections_refused_per_source: u64,
+    /// Complete query messages received.
+    pub queries: u64,
+    /// Queries answered with the upstream's answer.
+    pub answered_upstream: u64,
+    /// Queries answered from the cache.
+    pub answered_from_cache: u64,
+    /// Of the upstream answers, those fetched again over TCP because the UDP answer was truncated.
+    pub truncated_retried_over_tcp: u64,
+    /// Queries answered SERVFAIL because the upstream did not answer in time.
+    pub servfail_timeout: u64,
+    /// Queries answered SERVFAIL because the upstream refused or sent garbage.
+    pub servfail_upstream_error: u64,
+    /// Queries answered FORMERR.
+    pub format_errors: u64,
+    /// Queries answered NOTIMP.
+    pub not_implemented: u64,
+    /// Queries the client cancelled before the answer was sent.
+    pub cancelled: u64,
+    /// Connections closed with DOQ_PROTOCOL_ERROR.
+    pub protocol_errors: u64,
+    /// Answers padded because the query was.
+    pub padded_answers: u64,
+    /// Upstream datagrams ignored because they did not answer the query they arrived for.
+    pub upstream_datagrams_ignored: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connections_accepted: AtomicU64,
+    connections_refused_per_source: AtomicU64,
+    queries: AtomicU64,
+    answered_upstream: AtomicU64,
+    answered_from_cache: AtomicU64,
+    truncated_retried_over_tcp: AtomicU64,
+    servfail_timeout: AtomicU64,
+    servfail_upstream_error: AtomicU64,
+    format_errors: AtomicU64,
+    not_implemented: AtomicU64,
+    cancelled: AtomicU64,
+    protocol_errors: AtomicU64,
+    padded_answers: AtomicU64,
+    upstream_datagrams_ignored: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> ServerStats {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ServerStats {
+            connections_accepted: get(&self.connections_accepted),
+            connections_refused_per_source: get(&self.connections_refused_per_source),
+            queries: get(&self.queries),
+            answered_upstream: get(&self.answered_upstream),
+            answered_from_cache: get(&self.answered_from_cache),
+            truncated_retried_over_tcp: get(&self.truncated_retried_over_tcp),
+            servfail_timeout: get(&self.servfail_timeout),
+            servfail_upstream_error: get(&self.servfail_upstream_error),
+            format_errors: get(&self.format_errors),
+            not_implemented: get(&self.not_implemented),
+            cancelled: get(&self.cancelled),
+            protocol_errors: get(&self.protocol_errors),
+            padded_answers: get(&self.padded_answers),
+            upstream_datagrams_ignored: get(&self.upstream_datagrams_ignored),
+        }
+    }
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What every connection of one server shares.
+pub(crate) struct ServerShared {
+    upstream: SocketAddr,
+    upstream_timeout: Duration,
+    max_queries_per_connection: usize,
+    upstream_slots: Semaphore,
+    cache: Option<Mutex<AnswerCache>>,
+    counters: Counters,
+}
+
+impl ServerShared {
+    /// The answer to a well-formed QUERY (`bytes` is its wire form, ID 0): from the cache, from the
+    /// upstream, or SERVFAIL; padded when `padded` is set.
+    async fn resolve(&self, bytes: Vec<u8>, query: Message, padded: bool) -> Vec<u8> {
+        let counters = &self.counters;
+        let cached = self.cache.as_ref().and_then(|cache| lock(cache).get(&bytes, Instant::now()));
+        let answer = match cached {
+            Some(answer) => {
+                count(&counters.answered_from_cache);
+                answer
+            }
+            None => {
+                let exchange = async {
+                    let _slot = self.upstream_slots.acquire().await;
+                    upstream::exchange(self.upstream, &bytes).await
+                };
+                match tokio::time::timeout(self.upstream_timeout, exchange).await {
+                    Ok(Ok(answer)) => {
+                        count(&counters.answered_upstream);
+                        if answer.via_tcp {
+                            count(&counters.truncated_retried_over_tcp);
+                        }
+                        counters.upstream_datagrams_ignored.fetch_add(answer.ignored_datagrams, Ordering::Relaxed);
+                        if let Some(cache) = &self.cache {
+                            lock(cache).insert(&bytes, &answer.message, Instant::now());
+                        }
+                        answer.message
+                    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(error = %err, "upstream failed; answering SERVFAIL");
+                        count(&counters.servfail_upstream_error);
+                        error_answer(&query, ResponseCode::ServFail)
+                    }
+                    Err(_) => {
+                        tracing::debug!(upstream = %self.upstream, "upstream timed out; answering SERVFAIL");
+                        count(&counters.servfail_timeout);
+                        error_answer(&query, ResponseCode::ServFail)
+                    }
+                }
+            }
+        };
+        self.pad_if(answer, padded)
+    }
+
+    fn pad_if(&self, answer: Vec<u8>, padded: bool) -> Vec<u8> {
+        if !padded {
+            return answer;
+        }
+        match pad(&answer, PADDING_BLOCK_BYTES) {
+            Some(padded) => {
+                count(&self.counters.padded_answers);
+                padded
+            }
+            None => answer,
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Live connections per client address.
+struct SourceTable {
+    live: Mutex<HashMap<IpAddr, usize>>,
+    max_per_source: usize,
+}
+
+impl SourceTable {
+    /// Counts a new connection from `ip`, or `None` when that address is at its cap (or the table
+    /// is full).
+    fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let ip = ip.to_canonical();
+        let mut live = lock(&self.live);
+        if !live.contains_key(&ip) && live.len() >= MAX_TRACKED_SOURCES {
+            return None;
+        }
+        let connections = live.entry(ip).or_insert(0);
+        if *connections >= self.max_per_source {
+            return None;
+        }
+        *connections += 1;
+        Some(SourceSlot { table: self.clone(), ip })
+    }
+}
+
+/// One live connection of an address; dropping it gives the slot back.
+struct SourceSlot {
+    table: Arc<SourceTable>,
+    ip: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut live = lock(&self.table.live);
+        if let Some(connections) = live.get_mut(&self.ip) {
+            *connections = connections.saturating_sub(1);
+            if *connections == 0 {
+                live.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Closes a connection at once with DOQ_EXCESSIVE_LOAD.
+struct RefuseExcessiveLoad;
+
+impl ApplicationOverQuic for RefuseExcessiveLoad {
+    fn on_conn_established(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Err(ApplicationError::new(crate::DOQ_EXCESSIVE_LOAD, "too many connections from your address"))
+    }
+    fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Ok(())
+    }
+    fn process_writes(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_source_cap_counts_and_releases() {
+        let table = Arc::new(SourceTable { live: Mutex::new(HashMap::new()), max_per_source: 2 });
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let first = table.try_acquire(ip).unwrap();
+        let second = table.try_acquire(ip).unwrap();
+        assert!(table.try_acquire(ip).is_none());
+        // The same address written as IPv4-mapped IPv6 is the same source.
+        assert!(table.try_acquire("::ffff:192.0.2.1".parse().unwrap()).is_none());
+        assert!(table.try_acquire("192.0.2.2".parse().unwrap()).is_some());
+        drop(first);
+        let third = table.try_acquire(ip).unwrap();
+        drop((second, third));
+        assert!(lock(&table.live).is_empty(), "addresses without connections are forgotten");
+    }
+}

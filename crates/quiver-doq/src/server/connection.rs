@@ -1,0 +1,227 @@
+//! One DoQ connection on the server side, as an [`ApplicationOverQuic`].
+//!
+//! Each client-initiated bidirectional stream carries one query. The connection reads it (deferring
+//! until FIN, as RFC 9250 §4.2 allows, so a second message on the stream is caught), checks it, and
+//! spawns a task that resolves it; the task hands the answer back through a bounded channel that
+//! [`wait_for_data`](ApplicationOverQuic::wait_for_data) awaits, and `process_writes` sends it with
+//! FIN. Queries past the per-connection limit stay unread in quiche until one finishes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use quiver::quiche;
+use quiver::{ApplicationError, ApplicationOverQuic, ConnectionError, QuicConnection};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use super::{ServerShared, count};
+use crate::dns::{HEADER_BYTES, error_answer, format_error_for, has_tcp_keepalive, message_id, wants_padding};
+use crate::framing::{MessageReader, Outbound, READ_CHUNK_BYTES, StreamRead, WriteFailure, read_message};
+use crate::{DOQ_PROTOCOL_ERROR, DOQ_REQUEST_CANCELLED, is_client_bidi};
+
+/// Server side of one DoQ connection.
+pub(crate) struct ServerConnection {
+    shared: Arc<ServerShared>,
+    /// Streams whose query has not fully arrived.
+    reading: HashMap<u64, MessageReader>,
+    /// Streams whose query is being resolved.
+    resolving: HashMap<u64, AbortHandle>,
+    /// Streams whose answer is being written.
+    sending: HashMap<u64, Outbound>,
+    answers_tx: mpsc::Sender<(u64, Vec<u8>)>,
+    /// Holds one answer per resolving query at most: every task sends exactly one, and resolving
+    /// queries are capped at `max_queries_per_connection`, so a send never waits.
+    answers_rx: mpsc::Receiver<(u64, Vec<u8>)>,
+    arrived: Vec<(u64, Vec<u8>)>,
+    scratch: Vec<u8>,
+}
+
+impl ServerConnection {
+    pub(crate) fn new(shared: Arc<ServerShared>) -> Self {
+        let (answers_tx, answers_rx) = mpsc::channel(shared.max_queries_per_connection);
+        Self {
+            shared,
+            reading: HashMap::new(),
+            resolving: HashMap::new(),
+            sending: HashMap::new(),
+            answers_tx,
+            answers_rx,
+            arrived: Vec::new(),
+            scratch: vec![0; READ_CHUNK_BYTES],
+        }
+    }
+
+    /// Queries this connection is serving in any phase.
+    fn live_queries(&self) -> usize {
+        self.reading.len() + self.resolving.len() + self.sending.len()
+    }
+
+    fn protocol_error(&self, reason: &str) -> ApplicationError {
+        count(&self.shared.counters.protocol_errors);
+        tracing::debug!(reason, "closing DoQ connection with DOQ_PROTOCOL_ERROR");
+        ApplicationError::new(DOQ_PROTOCOL_ERROR, reason)
+    }
+
+    /// The client gave up on `stream`: stop whatever we were doing for it.
+    fn cancel(&mut self, conn: &mut QuicConnection, stream: u64) {
+        let was_live = self.reading.remove(&stream).is_some()
+            | self.resolving.remove(&stream).map(|task| task.abort()).is_some()
+            | self.sending.remove(&stream).is_some();
+        if was_live {
+            count(&self.shared.counters.cancelled);
+        }
+        let _ = conn.stream_shutdown(stream, quiche::Shutdown::Write, DOQ_REQUEST_CANCELLED);
+    }
+
+    /// Checks a complete query and starts answering it.
+    fn dispatch(&mut self, stream: u64, query: Vec<u8>) -> Result<(), ApplicationError> {
+        let counters = &self.shared.counters;
+        count(&counters.queries);
+        if query.len() < HEADER_BYTES {
+            count(&counters.format_errors);
+            return self.respond(stream, format_error_for(&query));
+        }
+        if message_id(&query) != Some(0) {
+            return Err(self.protocol_error("DNS message ID must be 0 on DoQ (RFC 9250 section 4.2.1)"));
+        }
+        let Ok(parsed) = Message::from_vec(&query) else {
+            count(&counters.format_errors);
+            return self.respond(stream, format_error_for(&query));
+        };
+        if has_tcp_keepalive(&parsed) {
+            return Err(self.protocol_error("edns-tcp-keepalive is not allowed on DoQ (RFC 9250 section 5.5.2)"));
+        }
+        let padded = wants_padding(&parsed);
+        if parsed.metadata.message_type != MessageType::Query || parsed.queries.len() != 1 {
+            count(&counters.format_errors);
+            let answer = self.shared.pad_if(error_answer(&parsed, ResponseCode::FormErr), padded);
+            return self.respond(stream, answer);
+        }
+        if parsed.metadata.op_code != OpCode::Query {
+            count(&counters.not_implemented);
+            let answer = self.shared.pad_if(error_answer(&parsed, ResponseCode::NotImp), padded);
+            return self.respond(stream, answer);
+        }
+        let shared = self.shared.clone();
+        let answers = self.answers_tx.clone();
+        let task = tokio::spawn(async move {
+            let answer = shared.resolve(query, parsed, padded).await;
+            let _ = answers.send((stream, answer)).await;
+        });
+        self.resolving.insert(stream, task.abort_handle());
+        Ok(())
+    }
+
+    /// Queues `answer` for `stream`.
+    fn respond(&mut self, stream: u64, answer: Vec<u8>) -> Result<(), ApplicationError> {
+        // Every answer built or forwarded here fits: upstream answers are read into 65535 bytes and
+        // padding never exceeds the limit.
+        if let Some(outbound) = Outbound::new(&answer) {
+            self.sending.insert(stream, outbound);
+        }
+        Ok(())
+    }
+}
+
+impl ApplicationOverQuic for ServerConnection {
+    fn on_conn_established(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Ok(())
+    }
+
+    /// # Cancel safety
+    /// Cancel safe: an answer is only taken from the channel when it is stored in `arrived`.
+    async fn wait_for_data(&mut self) -> Result<(), ApplicationError> {
+        match self.answers_rx.recv().await {
+            Some(answer) => self.arrived.push(answer),
+            // Cannot happen (we hold a sender), but must not spin if it did.
+            None => std::future::pending::<()>().await,
+        }
+        while let Ok(answer) = self.answers_rx.try_recv() {
+            self.arrived.push(answer);
+        }
+        Ok(())
+    }
+
+    fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        for stream in conn.readable() {
+            if !is_client_bidi(stream) {
+                return Err(self.protocol_error("DoQ uses client-initiated bidirectional streams only"));
+            }
+            if self.resolving.contains_key(&stream) || self.sending.contains_key(&stream) {
+                // The query is complete; what is left to read is a reset (cancellation).
+                if let Err(quiche::Error::StreamReset(_)) = conn.stream_recv(stream, &mut self.scratch) {
+                    self.cancel(conn, stream);
+                }
+                continue;
+            }
+            if !self.reading.contains_key(&stream) && self.live_queries() >= self.shared.max_queries_per_connection {
+                continue; // left in quiche until a query finishes
+            }
+            let reader = self.reading.entry(stream).or_default();
+            match read_message(conn, stream, reader, &mut self.scratch) {
+                Err(framing) => return Err(self.protocol_error(&framing.to_string())),
+                Ok(StreamRead::Pending) => {}
+                Ok(StreamRead::Message(query)) => {
+                    self.reading.remove(&stream);
+                    self.dispatch(stream, query)?;
+                }
+                Ok(StreamRead::Reset(_)) => self.cancel(conn, stream),
+                Ok(StreamRead::Gone) => {
+                    self.reading.remove(&stream);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        for (stream, answer) in std::mem::take(&mut self.arrived) {
+            // A query cancelled meanwhile has no entry any more: its answer is dropped.
+            if self.resolving.remove(&stream).is_some() {
+                self.respond(stream, answer)?;
+            }
+        }
+        // STOP_SENDING from the client cancels a query still being resolved (RFC 9250 §4.3.1).
+        let stopped: Vec<u64> = self
+            .resolving
+            .keys()
+            .copied()
+            .filter(|stream| matches!(conn.stream_capacity(*stream), Err(quiche::Error::StreamStopped(_))))
+            .collect();
+        for stream in stopped {
+            self.cancel(conn, stream);
+        }
+        let mut finished = Vec::new();
+        for (stream, outbound) in &mut self.sending {
+            match outbound.write(conn, *stream) {
+                Ok(true) => finished.push(*stream),
+                Ok(false) => {}
+                Err(WriteFailure::Stopped(_)) => {
+                    count(&self.shared.counters.cancelled);
+                    finished.push(*stream);
+                }
+                Err(WriteFailure::Gone) => finished.push(*stream),
+            }
+        }
+        for stream in finished {
+            self.sending.remove(&stream);
+        }
+        Ok(())
+    }
+
+    fn on_conn_close(&mut self, _conn: &mut QuicConnection, reason: &ConnectionError) {
+        tracing::debug!(%reason, resolving = self.resolving.len(), "DoQ connection closed");
+        for (_, task) in self.resolving.drain() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for ServerConnection {
+    fn drop(&mut self) {
+        for (_, task) in self.resolving.drain() {
+            task.abort();
+        }
+    }
+}

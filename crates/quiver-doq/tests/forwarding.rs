@@ -1,0 +1,264 @@
+//! The DoQ forwarder end to end on loopback: quiver's DoQ client → DoqServer → scripted upstream.
+
+mod support;
+
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+use hickory_proto::rr::{Name, RData, RecordType};
+use quiver_doq::test_util::TEST_TTL;
+use quiver_doq::{DOQ_EXCESSIVE_LOAD, DOQ_PROTOCOL_ERROR, PADDING_BLOCK_BYTES};
+use support::{client, forwarder, guarded, unpadded_client};
+
+fn query_bytes(name: &str, record_type: RecordType, id: u16) -> Vec<u8> {
+    let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name).unwrap(), record_type));
+    query.to_vec().unwrap()
+}
+
+/// `query` with an OPT record holding one EDNS(0) option.
+fn with_option(query: &[u8], code: EdnsCode, data: Vec<u8>) -> Vec<u8> {
+    let mut query = Message::from_vec(query).unwrap();
+    let mut edns = Edns::new();
+    edns.options_mut().insert(EdnsOption::Unknown(u16::from(code), data));
+    query.edns = Some(edns);
+    query.to_vec().unwrap()
+}
+
+#[tokio::test]
+async fn a_aaaa_txt_answers_are_the_upstreams_bytes_with_id_zero() {
+    let forwarder = forwarder(|server| server).await;
+    let client = unpadded_client(forwarder.addr);
+    for (name, record_type) in [
+        ("www.test.", RecordType::A),
+        ("www.test.", RecordType::AAAA),
+        ("www.test.", RecordType::TXT),
+        ("big.test.", RecordType::TXT),
+    ] {
+        let answer = guarded(client.send_bytes(&query_bytes(name, record_type, 0))).await.expect("answer");
+        let upstream = forwarder.upstream.last_answer_for(name, record_type).expect("the upstream answered");
+        assert_eq!(&answer[..2], &[0, 0], "DoQ answers carry message ID 0");
+        assert_ne!(&upstream[..2], &[0, 0], "the upstream saw a random, non-zero ID");
+        assert!(answer[2..] == upstream[2..], "{name} {record_type}: not the upstream's bytes");
+        let parsed = Message::from_vec(&answer).unwrap();
+        assert_eq!(parsed.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(parsed.answers.len(), 1);
+    }
+    let stats = forwarder.server.stats();
+    assert_eq!(stats.answered_upstream, 4);
+    assert_eq!(stats.connections_accepted, 1, "one connection for every query");
+}
+
+#[tokio::test]
+async fn library_query_returns_parsed_records() {
+    let forwarder = forwarder(|server| server).await;
+    let client = client(forwarder.addr);
+    let answer = guarded(client.query("host.test", RecordType::A)).await.expect("answer");
+    assert_eq!(answer.metadata.id, 0);
+    match &answer.answers[0].data {
+        RData::A(address) => assert_eq!(address.0, std::net::Ipv4Addr::new(192, 0, 2, 7)),
+        other => panic!("unexpected record {other:?}"),
+    }
+    let missing = guarded(client.query("nowhere.example.", RecordType::A)).await.expect("answer");
+    assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+    assert!(matches!(
+        guarded(client.query("bad..name", RecordType::A)).await,
+        Err(quiver_doq::DoqError::InvalidName { .. })
+    ));
+}
+
+#[tokio::test]
+async fn truncated_udp_answer_is_retried_over_tcp() {
+    let forwarder = forwarder(|server| server).await;
+    let client = unpadded_client(forwarder.addr);
+    let answer = guarded(client.send_bytes(&query_bytes("truncated.test.", RecordType::A, 0))).await.expect("answer");
+    let parsed = Message::from_vec(&answer).unwrap();
+    assert!(!parsed.metadata.truncation, "the TCP answer is complete");
+    assert_eq!(parsed.answers.len(), 1);
+    assert_eq!(forwarder.upstream.udp_queries(), 1);
+    assert_eq!(forwarder.upstream.tcp_queries(), 1);
+    let over_tcp = forwarder.upstream.last_answer_for("truncated.test.", RecordType::A).unwrap();
+    assert!(answer[2..] == over_tcp[2..], "the TCP answer is forwarded byte for byte");
+    assert_eq!(forwarder.server.stats().truncated_retried_over_tcp, 1);
+}
+
+#[tokio::test]
+async fn silent_upstream_gets_servfail_not_silence() {
+    let forwarder = forwarder(|server| server.upstream_timeout(Duration::from_millis(200))).await;
+    let client = unpadded_client(forwarder.addr);
+    let query = query_bytes("silent.test.", RecordType::A, 0);
+    let answer = guarded(client.send_bytes(&query)).await.expect("an answer, not a timeout");
+    let parsed = Message::from_vec(&answer).unwrap();
+    assert_eq!(parsed.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(parsed.metadata.id, 0);
+    assert_eq!(parsed.queries, Message::from_vec(&query).unwrap().queries, "SERVFAIL names the question");
+    assert_eq!(forwarder.server.stats().servfail_timeout, 1);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_gets_servfail() {
+    // A port nobody listens on: the kernel refuses at once.
+    let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let config = quiver_doq::server_config().self_signed(["localhost"]).build().unwrap();
+    let endpoint = quiver::Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let server = quiver_doq::DoqServer::builder(dead).build();
+    let (serving, accepting) = (server.clone(), endpoint.clone());
+    tokio::spawn(async move { serving.serve(accepting).await });
+    let client = unpadded_client(endpoint.local_addr());
+    let answer = guarded(client.send_bytes(&query_bytes("www.test.", RecordType::A, 0))).await.expect("answer");
+    assert_eq!(Message::from_vec(&answer).unwrap().metadata.response_code, ResponseCode::ServFail);
+    let stats = server.stats();
+    assert_eq!(stats.servfail_upstream_error + stats.servfail_timeout, 1);
+    endpoint.close();
+}
+
+#[tokio::test]
+async fn non_zero_message_id_closes_with_protocol_error() {
+    let forwarder = forwarder(|server| server).await;
+    let client = unpadded_client(forwarder.addr);
+    let failure = guarded(client.send_bytes(&query_bytes("www.test.", RecordType::A, 0x1234))).await.unwrap_err();
+    assert_eq!(failure.peer_error_code(), Some(DOQ_PROTOCOL_ERROR), "{failure}");
+    assert_eq!(forwarder.server.stats().protocol_errors, 1);
+    assert_eq!(forwarder.upstream.udp_queries(), 0, "nothing was forwarded");
+    // The client recovers with a new connection.
+    let answer = guarded(client.send_bytes(&query_bytes("www.test.", RecordType::A, 0))).await.expect("answer");
+    assert_eq!(Message::from_vec(&answer).unwrap().answers.len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_queries_get_formerr_without_disturbing_other_streams() {
+    let forwarder = forwarder(|server| server).await;
+    let client = unpadded_client(forwarder.addr);
+    let good = query_bytes("www.test.", RecordType::A, 0);
+    // ID 0 then garbage; a 5-byte "message"; a response instead of a query; an UPDATE.
+    let garbage = [0u8, 0, 0x01, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0x3f, 0x3f];
+    let mut response = Message::from_vec(&good).unwrap();
+    response.metadata.message_type = MessageType::Response;
+    let mut update = Message::from_vec(&good).unwrap();
+    update.metadata.op_code = OpCode::Update;
+    let (response, update) = (response.to_vec().unwrap(), update.to_vec().unwrap());
+    let (first, short, as_response, as_update, answer) = guarded(async {
+        tokio::join!(
+            client.send_bytes(&garbage),
+            client.send_bytes(&[0, 0, 1, 0, 0]),
+            client.send_bytes(&response),
+            client.send_bytes(&update),
+            client.send_bytes(&good),
+        )
+    })
+    .await;
+    for (bytes, expected) in [
+        (first, ResponseCode::FormErr),
+        (short, ResponseCode::FormErr),
+        (as_response, ResponseCode::FormErr),
+        (as_update, ResponseCode::NotImp),
+    ] {
+        let parsed = Message::from_vec(&bytes.expect("an answer")).unwrap();
+        assert_eq!(parsed.metadata.response_code, expected);
+        assert_eq!(parsed.metadata.id, 0);
+    }
+    assert_eq!(Message::from_vec(&answer.expect("answer")).unwrap().answers.len(), 1);
+    let stats = forwarder.server.stats();
+    assert_eq!((stats.format_errors, stats.not_implemented, stats.protocol_errors), (3, 1, 0));
+    assert_eq!(stats.connections_accepted, 1, "the connection survived");
+}
+
+#[tokio::test]
+async fn tcp_keepalive_option_is_a_protocol_error() {
+    let forwarder = forwarder(|server| server).await;
+    let client = unpadded_client(forwarder.addr);
+    let query = with_option(&query_bytes("www.test.", RecordType::A, 0), EdnsCode::Keepalive, Vec::new());
+    let failure = guarded(client.send_bytes(&query)).await.unwrap_err();
+    assert_eq!(failure.peer_error_code(), Some(DOQ_PROTOCOL_ERROR), "{failure}");
+}
+
+#[tokio::test]
+async fn thousand_parallel_queries_on_one_connection() {
+    let forwarder = forwarder(|server| server).await;
+    let client = client(forwarder.addr);
+    let mut queries = tokio::task::JoinSet::new();
+    for index in 0..1000 {
+        let client = client.clone();
+        queries.spawn(async move { (index, client.query(&format!("q{index}.test."), RecordType::A).await) });
+    }
+    let mut answered = 0;
+    guarded(async {
+        while let Some(joined) = queries.join_next().await {
+            let (index, result) = joined.expect("task");
+            let answer = result.unwrap_or_else(|err| panic!("query {index}: {err}"));
+            assert_eq!(answer.queries[0].name, Name::from_ascii(format!("q{index}.test.")).unwrap());
+            assert_eq!(answer.answers.len(), 1);
+            answered += 1;
+        }
+    })
+    .await;
+    assert_eq!(answered, 1000);
+    let stats = forwarder.server.stats();
+    assert_eq!(stats.connections_accepted, 1);
+    assert_eq!(stats.answered_upstream, 1000);
+    assert_eq!(stats.padded_answers, 1000, "the client pads, so the server pads");
+}
+
+#[tokio::test]
+async fn padded_query_gets_an_answer_padded_to_the_block() {
+    let forwarder = forwarder(|server| server).await;
+    let client = unpadded_client(forwarder.addr);
+    let query = with_option(&query_bytes("www.test.", RecordType::TXT, 0), EdnsCode::Padding, vec![0; 30]);
+    let answer = guarded(client.send_bytes(&query)).await.expect("answer");
+    assert_eq!(answer.len() % PADDING_BLOCK_BYTES, 0, "{} bytes", answer.len());
+    let parsed = Message::from_vec(&answer).unwrap();
+    assert!(parsed.edns.unwrap().option(EdnsCode::Padding).is_some());
+    assert_eq!(parsed.answers.len(), 1, "padding keeps the records");
+    // Unpadded queries get the upstream's bytes, unpadded.
+    let plain = guarded(client.send_bytes(&query_bytes("www.test.", RecordType::TXT, 0))).await.expect("answer");
+    assert_ne!(plain.len() % PADDING_BLOCK_BYTES, 0);
+}
+
+#[tokio::test]
+async fn cache_answers_repeats_with_aged_ttls() {
+    let forwarder = forwarder(|server| server.cache_entries(100)).await;
+    let client = unpadded_client(forwarder.addr);
+    let query = query_bytes("cached.test.", RecordType::A, 0);
+    let first = guarded(client.send_bytes(&query)).await.expect("answer");
+    let second = guarded(client.send_bytes(&query)).await.expect("answer");
+    assert_eq!(forwarder.upstream.udp_queries(), 1, "the second answer came from the cache");
+    assert_eq!(forwarder.server.stats().answered_from_cache, 1);
+    let (first, second) = (Message::from_vec(&first).unwrap(), Message::from_vec(&second).unwrap());
+    assert_eq!(first.answers, second.answers);
+    assert!(second.answers[0].ttl <= TEST_TTL);
+    assert_eq!(second.metadata.id, 0);
+}
+
+#[tokio::test]
+async fn connections_past_the_per_source_cap_get_excessive_load() {
+    let forwarder = forwarder(|server| server.max_connections_per_source(1)).await;
+    let first = unpadded_client(forwarder.addr);
+    let query = query_bytes("www.test.", RecordType::A, 0);
+    guarded(first.send_bytes(&query)).await.expect("the first connection is served");
+    let second = unpadded_client(forwarder.addr);
+    let refused = guarded(second.send_bytes(&query)).await.unwrap_err();
+    assert_eq!(refused.peer_error_code(), Some(DOQ_EXCESSIVE_LOAD), "{refused}");
+    assert_eq!(forwarder.server.stats().connections_refused_per_source, 1);
+    // The first connection is unaffected.
+    guarded(first.send_bytes(&query)).await.expect("still served");
+}
+
+#[tokio::test]
+async fn abandoned_query_is_cancelled_on_the_server() {
+    let forwarder = forwarder(|server| server.upstream_timeout(Duration::from_secs(30))).await;
+    let config = quiver_doq::client_config().insecure_skip_verification().build().unwrap();
+    let impatient =
+        quiver_doq::DoqClient::builder(forwarder.addr).query_timeout(Duration::from_millis(100)).build(config).unwrap();
+    let failure = guarded(impatient.send_bytes(&query_bytes("silent.test.", RecordType::A, 0))).await.unwrap_err();
+    assert!(matches!(failure, quiver_doq::DoqError::Timeout(_)), "{failure}");
+    // The cancellation (STOP_SENDING + RESET_STREAM) leaves before the next query on the same
+    // connection, so once that one is answered the server has seen it.
+    let client = impatient.clone();
+    guarded(client.send_bytes(&query_bytes("www.test.", RecordType::A, 0))).await.expect("answer");
+    assert_eq!(forwarder.server.stats().cancelled, 1);
+    assert_eq!(forwarder.server.stats().connections_accepted, 1);
+}

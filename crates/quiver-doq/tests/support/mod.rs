@@ -1,0 +1,59 @@
+//! A DoQ forwarder on 127.0.0.1 port 0 in front of the scripted [`TestUpstream`], and clients for it.
+
+#![allow(dead_code)] // each test file uses part of it
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use quiver::Endpoint;
+use quiver_doq::test_util::TestUpstream;
+use quiver_doq::{DoqClient, DoqServer, DoqServerBuilder};
+
+/// Every wait in these tests is bounded by this guard; none of them waits for time to pass.
+pub const GUARD: Duration = Duration::from_secs(20);
+
+pub struct Forwarder {
+    pub upstream: TestUpstream,
+    pub endpoint: Endpoint,
+    pub server: DoqServer,
+    pub addr: SocketAddr,
+    pub certificate_der: Vec<u8>,
+    pub certificate_pem: String,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.endpoint.close();
+    }
+}
+
+/// Starts a forwarder; `configure` adjusts the server before it is built.
+pub async fn forwarder(configure: impl FnOnce(DoqServerBuilder) -> DoqServerBuilder) -> Forwarder {
+    let upstream = TestUpstream::start().await.expect("start the test upstream");
+    let config = quiver_doq::server_config().self_signed(["localhost"]).build().expect("server config");
+    let certificate_der = config.identity().certificate_der();
+    let certificate_pem = config.identity().certificate_chain_pem();
+    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).expect("bind");
+    let addr = endpoint.local_addr();
+    let server = configure(DoqServer::builder(upstream.addr())).build();
+    let serving = server.clone();
+    let accepting = endpoint.clone();
+    tokio::spawn(async move { serving.serve(accepting).await });
+    Forwarder { upstream, endpoint, server, addr, certificate_der, certificate_pem }
+}
+
+/// A client that trusts nothing but skips verification (the server's certificate is self-signed).
+pub fn client(addr: SocketAddr) -> DoqClient {
+    let config = quiver_doq::client_config().insecure_skip_verification().build().expect("client config");
+    DoqClient::builder(addr).query_timeout(GUARD).build(config).expect("client")
+}
+
+/// A client that sends queries unpadded, so answers are the upstream's bytes.
+pub fn unpadded_client(addr: SocketAddr) -> DoqClient {
+    let config = quiver_doq::client_config().insecure_skip_verification().build().expect("client config");
+    DoqClient::builder(addr).query_timeout(GUARD).padding(false).build(config).expect("client")
+}
+
+pub async fn guarded<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(GUARD, work).await.expect("test guard timeout")
+}
