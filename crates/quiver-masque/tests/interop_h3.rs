@@ -1,0 +1,142 @@
+//! An independent CONNECT-UDP client against our proxy: written here on `h3` + `h3-quinn` +
+//! `h3-datagram` (hyperium's HTTP/3 on quinn and rustls, from crates.io), relaying UDP to a loopback
+//! echo server. Their stack does the QUIC, TLS, QPACK, SETTINGS, extended CONNECT and HTTP Datagram
+//! framing; only the CONNECT-UDP conventions (path, context ID, capsules) are spelled out here.
+//!
+//! h3-datagram 0.0.2 always writes quarter stream ID 0 into the datagrams it sends (its encoder
+//! drops the varint it computed), so its datagrams only work on the first request stream; the
+//! datagram test uses that stream, and the capsule test covers the other streams.
+
+mod support;
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use h3_datagram::datagram_handler::HandleDatagramsExt;
+use http::{Method, Request, StatusCode};
+use quiver_h3::datagram::{CAPSULE_DATAGRAM, CapsuleDecoder, encode_capsule};
+use support::{GUARD, loopback_config, payload, start_proxy, udp_echo};
+
+fn quinn_client(identity: &quiver::TlsIdentity, datagrams: bool) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(identity.certificate_der())).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let mut transport = quinn::TransportConfig::default();
+    if !datagrams {
+        transport.datagram_receive_buffer_size(None);
+    }
+    let mut config =
+        quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+    config.transport_config(Arc::new(transport));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    endpoint
+}
+
+fn connect_udp(port: u16, target_host: &str, target_port: u16) -> Request<()> {
+    Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("https://localhost:{port}/.well-known/masque/udp/{target_host}/{target_port}/"))
+        .header("capsule-protocol", "?1")
+        .extension(h3::ext::Protocol::CONNECT_UDP)
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_client_tunnels_udp_over_http_datagrams() {
+    let proxy = start_proxy(loopback_config());
+    let echo = udp_echo().await;
+    let quinn = quinn_client(&proxy.identity, true);
+    let run = async {
+        let port = proxy.endpoint.local_addr().port();
+        let connection = quinn.connect(proxy.endpoint.local_addr(), "localhost").unwrap().await.unwrap();
+        let (mut driver, mut send_request) = h3::client::builder()
+            .enable_datagram(true)
+            .enable_extended_connect(true)
+            .build::<_, _, Bytes>(h3_quinn::Connection::new(connection))
+            .await
+            .unwrap();
+        let first_request = h3::quic::StreamId::try_from(0).unwrap();
+        let mut datagram_sender = driver.get_datagram_sender(first_request);
+        let mut datagram_reader = driver.get_datagram_reader();
+        let _driver = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+
+        let mut stream = send_request.send_request(connect_udp(port, "127.0.0.1", echo.port())).await.unwrap();
+        assert_eq!(stream.id(), first_request);
+        let response = stream.recv_response().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["capsule-protocol"], "?1");
+
+        for index in 0..500u32 {
+            let udp = payload(index, 4 + (index as usize * 37) % 1100);
+            let mut datagram = vec![0u8]; // context ID 0: a UDP payload
+            datagram.extend_from_slice(&udp);
+            datagram_sender.send_datagram(Bytes::from(datagram)).unwrap();
+            let received = datagram_reader.read_datagram().await.unwrap();
+            assert_eq!(received.stream_id(), first_request);
+            let mut echoed = received.into_payload();
+            assert_eq!(echoed.get_u8(), 0, "context ID");
+            assert!(echoed[..] == udp[..], "datagram {index}");
+        }
+        assert_eq!(proxy.proxy.stats().datagrams_from_target, 500);
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_client_without_quic_datagrams_uses_capsules() {
+    let proxy = start_proxy(loopback_config());
+    let echo = udp_echo().await;
+    let quinn = quinn_client(&proxy.identity, false);
+    let run = async {
+        let port = proxy.endpoint.local_addr().port();
+        let connection = quinn.connect(proxy.endpoint.local_addr(), "localhost").unwrap().await.unwrap();
+        let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(connection)).await.unwrap();
+        let _driver = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+
+        // A denied target first (no rule covers 127.0.0.2): 403 with Proxy-Status.
+        let mut refused = send_request.send_request(connect_udp(port, "127.0.0.2", 53)).await.unwrap();
+        let response = refused.recv_response().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let proxy_status = response.headers()["proxy-status"].to_str().unwrap();
+        assert!(proxy_status.starts_with("quiver; error=destination_ip_prohibited"), "{proxy_status}");
+
+        // Then two tunnels at once, on streams 4 and 8, each with its own capsules.
+        let mut tunnels = Vec::new();
+        for _ in 0..2 {
+            let mut stream = send_request.send_request(connect_udp(port, "127.0.0.1", echo.port())).await.unwrap();
+            assert_eq!(stream.recv_response().await.unwrap().status(), StatusCode::OK);
+            tunnels.push((stream, CapsuleDecoder::new(70_000)));
+        }
+        let sizes = [4usize, 1200, 9000, 30_000];
+        for index in 0..100u32 {
+            let (stream, decoder) = &mut tunnels[index as usize % 2];
+            let udp = payload(index, sizes[index as usize % sizes.len()]);
+            let mut value = vec![0u8];
+            value.extend_from_slice(&udp);
+            stream.send_data(encode_capsule(CAPSULE_DATAGRAM, &value)).await.unwrap();
+            let capsule = loop {
+                if let Some(capsule) = decoder.next_capsule().unwrap() {
+                    break capsule;
+                }
+                let mut chunk = stream.recv_data().await.unwrap().expect("tunnel open");
+                decoder.push(&chunk.copy_to_bytes(chunk.remaining()));
+            };
+            assert_eq!(capsule.capsule_type, CAPSULE_DATAGRAM);
+            assert_eq!(capsule.value[0], 0, "context ID");
+            assert!(capsule.value[1..] == udp[..], "datagram {index}");
+        }
+        // Finishing our side closes the tunnel: the proxy finishes its side too.
+        let (mut stream, _) = tunnels.remove(0);
+        stream.finish().await.unwrap();
+        assert!(stream.recv_data().await.unwrap().is_none());
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
