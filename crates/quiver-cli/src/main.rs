@@ -14,6 +14,7 @@ macro_rules! say {
 mod bench;
 mod get;
 mod identity;
+mod masque;
 mod serve;
 
 use std::process::ExitCode;
@@ -39,6 +40,8 @@ enum Command {
     Get(get::GetArgs),
     /// Load-test an HTTP/3 server (h2load-style); checks every status and body length.
     Bench(bench::BenchArgs),
+    /// MASQUE CONNECT-UDP (RFC 9298): `masque proxy`, `masque client` (forwards a local UDP port), `masque bench`.
+    Masque(masque::MasqueArgs),
     /// Print the version of quiver and of the QUIC protocol it speaks.
     Version,
 }
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Serve(args) => with_runtime(serve::run(args)),
         Command::Get(args) => with_runtime(get::run(args)),
+        Command::Masque(args) => with_runtime(masque::run(args)),
         Command::Version => {
             println!(
                 "quiver {} (QUIC version 0x{:08x}, HTTP/3)",

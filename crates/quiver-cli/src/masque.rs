@@ -1,0 +1,442 @@
+//! `quiver masque`: a CONNECT-UDP proxy, a client that forwards a local UDP port through one, and a
+//! throughput benchmark of UDP through a tunnel.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quiver::Endpoint;
+use quiver_masque::{MasqueClient, Proxy, ProxyConfig, Target, TargetPolicy, TunnelError, UdpTunnel, UriTemplate};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::get::UsageError;
+use crate::identity::IdentityArgs;
+
+/// Local peers (source addresses) `quiver masque client` forwards for at once, one tunnel each: a
+/// DNS stub resolver uses a fresh source port per query, and the proxy allows 256 tunnels per
+/// connection by default.
+const MAX_LOCAL_FLOWS: usize = 256;
+/// Datagrams from one local peer queued while its tunnel opens or its send queue is full.
+const FLOW_QUEUE: usize = 64;
+/// Bench: how long without an echo before the datagrams in flight count as lost and are replaced.
+const BENCH_LOSS_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Options of `quiver masque`.
+#[derive(Debug, clap::Args)]
+pub struct MasqueArgs {
+    #[command(subcommand)]
+    command: MasqueCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum MasqueCommand {
+    /// Run a CONNECT-UDP proxy (RFC 9298) over HTTP/3.
+    Proxy(ProxyArgs),
+    /// Forward a local UDP port to a target through a CONNECT-UDP proxy.
+    Client(ClientArgs),
+    /// Measure UDP echo throughput through one or more tunnels.
+    Bench(BenchArgs),
+}
+
+/// Options of `quiver masque proxy`.
+#[derive(Debug, clap::Args)]
+struct ProxyArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen: SocketAddr,
+    /// Allow targets: HOST:PORTS, repeatable. HOST is * (any public address), a DNS name, an IP or a
+    /// CIDR ([v6]/n in brackets); PORTS is *, N, N-M or a comma list. Without --allow: *:* (public
+    /// addresses only). Loopback and private ranges need an IP/CIDR rule, e.g. 127.0.0.1/32:1-65535.
+    #[arg(long, value_name = "HOST:PORTS")]
+    allow: Vec<String>,
+    /// URI template of tunnel requests (path and query on this proxy).
+    #[arg(long, default_value = quiver_masque::DEFAULT_TEMPLATE)]
+    template: String,
+    #[command(flatten)]
+    identity: IdentityArgs,
+    /// Require `Proxy-Authorization: Bearer TOKEN` on every tunnel request.
+    #[arg(long, env = "QUIVER_MASQUE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Tunnels one client connection may hold open.
+    #[arg(long, default_value_t = quiver_masque::DEFAULT_MAX_TUNNELS_PER_CONNECTION)]
+    max_tunnels_per_connection: usize,
+    /// Tunnels the proxy holds open in total.
+    #[arg(long, default_value_t = quiver_masque::DEFAULT_MAX_TUNNELS)]
+    max_tunnels: usize,
+    /// Close a tunnel after this many seconds without a datagram.
+    #[arg(long, value_name = "SECONDS", default_value_t = quiver_masque::DEFAULT_IDLE_TIMEOUT.as_secs())]
+    idle_timeout: u64,
+}
+
+/// How `quiver masque client` and `bench` reach the proxy.
+#[derive(Debug, clap::Args)]
+struct ProxyConnectArgs {
+    /// The proxy: https://HOST[:PORT].
+    #[arg(long)]
+    proxy: String,
+    /// Do not verify the proxy's certificate (development proxies only).
+    #[arg(short = 'k', long)]
+    insecure: bool,
+    /// Trust the certificates in this PEM file (for example a development proxy's own certificate).
+    #[arg(long, value_name = "PEM")]
+    cacert: Option<PathBuf>,
+    /// URI template of the proxy's tunnel requests.
+    #[arg(long, default_value = quiver_masque::DEFAULT_TEMPLATE)]
+    template: String,
+    /// Send `Proxy-Authorization: Bearer TOKEN`.
+    #[arg(long, env = "QUIVER_MASQUE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+/// Options of `quiver masque client`.
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    #[command(flatten)]
+    connect: ProxyConnectArgs,
+    /// Local UDP address to forward from (port 0 picks one; the banner says which).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Where datagrams go: HOST:PORT ([IPv6]:PORT).
+    #[arg(long)]
+    target: String,
+    /// Close a local peer's tunnel after this many seconds without a datagram either way.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    idle_timeout: u64,
+}
+
+/// Options of `quiver masque bench`.
+#[derive(Debug, clap::Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    connect: ProxyConnectArgs,
+    /// UDP echo server to tunnel to (default: one started in this process on 127.0.0.1).
+    #[arg(long)]
+    target: Option<String>,
+    /// UDP payload size in bytes.
+    #[arg(long, default_value_t = 1200)]
+    size: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Datagrams in flight per tunnel.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Tunnels, all on one connection.
+    #[arg(long, default_value_t = 1)]
+    tunnels: usize,
+}
+
+fn usage(message: impl Into<String>) -> anyhow::Error {
+    UsageError(message.into()).into()
+}
+
+/// Writes a line to standard error, ignoring failures (like `say!`).
+fn complain(message: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "quiver: {message}");
+}
+
+pub async fn run(args: MasqueArgs) -> anyhow::Result<()> {
+    match args.command {
+        MasqueCommand::Proxy(args) => run_proxy(args).await,
+        MasqueCommand::Client(args) => run_client(args).await,
+        MasqueCommand::Bench(args) => run_bench(args).await,
+    }
+}
+
+async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let policy = if args.allow.is_empty() {
+        TargetPolicy::default()
+    } else {
+        TargetPolicy::parse(&args.allow).map_err(|err| usage(err.to_string()))?
+    };
+    let template = UriTemplate::parse(&args.template).map_err(|err| usage(err.to_string()))?;
+    if args.max_tunnels_per_connection == 0 || args.max_tunnels == 0 || args.idle_timeout == 0 {
+        return Err(usage("--max-tunnels-per-connection, --max-tunnels and --idle-timeout must be at least 1"));
+    }
+    let config = ProxyConfig {
+        template,
+        policy,
+        max_tunnels_per_connection: args.max_tunnels_per_connection,
+        max_tunnels: args.max_tunnels,
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        bearer_token: args.token,
+        ..ProxyConfig::default()
+    };
+    let server_identity = args.identity.load()?;
+    let quic = quiver_masque::proxy_server_config(&config).identity(server_identity.identity.clone()).build()?;
+    let endpoint = Endpoint::server(args.listen, quic)?;
+    let addr = endpoint.local_addr();
+    let rules: Vec<String> = config.policy.rules().iter().map(ToString::to_string).collect();
+    say!("quiver masque proxy on https://{addr} (template {}; allow {})", config.template, rules.join(" "));
+    if let Some(notice) = server_identity.self_signed_notice() {
+        say!("{notice}");
+        say!("  quiver masque client --proxy https://{addr} -k --listen 127.0.0.1:5353 --target HOST:PORT");
+    }
+    let proxy = Proxy::new(config);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        say!("shutting down: closing every connection");
+    };
+    proxy.serve_until(endpoint, shutdown).await;
+    let stats = proxy.stats();
+    say!(
+        "tunnels opened {}, datagrams to targets {}, from targets {}",
+        stats.tunnels_opened,
+        stats.datagrams_to_target,
+        stats.datagrams_from_target
+    );
+    Ok(())
+}
+
+fn masque_client(args: &ProxyConnectArgs) -> anyhow::Result<MasqueClient> {
+    let template = UriTemplate::parse(&args.template).map_err(|err| usage(err.to_string()))?;
+    let mut config = quiver_masque::client_config();
+    if args.insecure {
+        config = config.insecure_skip_verification();
+    }
+    if let Some(cacert) = &args.cacert {
+        config = config.trust_pem_file(cacert);
+    }
+    let mut client = MasqueClient::new(&args.proxy, config.build()?).map_err(|err| usage(err.to_string()))?;
+    client = client.with_template(template).with_open_timeout(Duration::from_secs(30));
+    if let Some(token) = &args.token {
+        client = client.with_bearer_token(token.clone());
+    }
+    Ok(client)
+}
+
+fn parse_target(text: &str) -> anyhow::Result<Target> {
+    text.parse().map_err(|err: quiver_masque::TargetError| usage(err.to_string()))
+}
+
+async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
+    let client = masque_client(&args.connect)?;
+    let target = parse_target(&args.target)?;
+    if args.idle_timeout == 0 {
+        return Err(usage("--idle-timeout must be at least 1"));
+    }
+    let socket = UdpSocket::bind(args.listen)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on udp://{}: {err}", args.listen))?;
+    let local = socket.local_addr()?;
+    say!("quiver masque client forwarding udp://{local} to {target} via {}", args.connect.proxy);
+    let forwarder = Forwarder {
+        socket: Arc::new(socket),
+        client,
+        target: Arc::new(target),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        flows: HashMap::new(),
+    };
+    tokio::select! {
+        result = forwarder.run() => result,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+/// Forwards datagrams from local peers, one tunnel per peer (so answers go back to whoever asked).
+struct Forwarder {
+    socket: Arc<UdpSocket>,
+    client: MasqueClient,
+    target: Arc<Target>,
+    idle_timeout: Duration,
+    /// Each peer's queue towards its flow task; a closed one means the flow ended.
+    flows: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+}
+
+impl Forwarder {
+    async fn run(mut self) -> anyhow::Result<()> {
+        let mut buffer = vec![0u8; 65_536];
+        let mut dropped: u64 = 0;
+        loop {
+            let (length, peer) = match self.socket.recv_from(&mut buffer).await {
+                Ok(received) => received,
+                // ICMP errors for earlier answers to peers that went away; the socket is fine.
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(err) => return Err(anyhow::anyhow!("cannot read the local UDP socket: {err}")),
+            };
+            let payload = Bytes::copy_from_slice(&buffer[..length]);
+            if let Some(queue) = self.flows.get(&peer).filter(|queue| !queue.is_closed()) {
+                if queue.try_send(payload).is_err() {
+                    dropped += 1;
+                    tracing::debug!(%peer, dropped, "flow queue full; datagram dropped");
+                }
+                continue;
+            }
+            if self.flows.len() >= MAX_LOCAL_FLOWS {
+                self.flows.retain(|_, queue| !queue.is_closed());
+            }
+            if self.flows.len() >= MAX_LOCAL_FLOWS {
+                dropped += 1;
+                complain(format_args!(
+                    "{MAX_LOCAL_FLOWS} local peers already have tunnels; datagram from {peer} dropped"
+                ));
+                continue;
+            }
+            let (queue, datagrams) = mpsc::channel(FLOW_QUEUE);
+            let _ = queue.try_send(payload);
+            self.flows.insert(peer, queue);
+            let flow = Flow {
+                socket: self.socket.clone(),
+                client: self.client.clone(),
+                target: self.target.clone(),
+                peer,
+                idle_timeout: self.idle_timeout,
+            };
+            tokio::spawn(flow.run(datagrams));
+        }
+    }
+}
+
+/// One local peer's tunnel.
+struct Flow {
+    socket: Arc<UdpSocket>,
+    client: MasqueClient,
+    target: Arc<Target>,
+    peer: SocketAddr,
+    idle_timeout: Duration,
+}
+
+impl Flow {
+    async fn run(self, mut datagrams: mpsc::Receiver<Bytes>) {
+        let (peer, target) = (self.peer, &self.target);
+        let mut tunnel = match self.client.open(target).await {
+            Ok(tunnel) => tunnel,
+            Err(err) => {
+                complain(format_args!("cannot open a tunnel for {peer} to {target}: {err}; datagrams dropped"));
+                return;
+            }
+        };
+        tracing::debug!(%peer, %target, quic_datagrams = tunnel.uses_quic_datagrams(), "tunnel open");
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            tokio::select! {
+                next = datagrams.recv() => {
+                    let Some(payload) = next else { return };
+                    idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
+                    if let Err(err) = tunnel.send(&payload) {
+                        complain(format_args!("datagram of {} bytes from {peer} dropped: {err}", payload.len()));
+                    }
+                }
+                received = tunnel.recv() => match received {
+                    Ok(payload) => {
+                        idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
+                        let _ = self.socket.send_to(&payload, peer).await;
+                    }
+                    Err(err) => {
+                        complain(format_args!(
+                            "tunnel for {peer} to {target} ended: {err}; the next datagram from {peer} opens a new one"
+                        ));
+                        return;
+                    }
+                },
+                () = &mut idle => {
+                    tracing::debug!(%peer, "tunnel idle; closing");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.size < 8 || args.size > quiver_masque::MAX_UDP_PAYLOAD {
+        return Err(usage(format!("--size must be 8 to {} bytes", quiver_masque::MAX_UDP_PAYLOAD)));
+    }
+    if args.window == 0 || args.tunnels == 0 || !args.seconds.is_finite() || args.seconds <= 0.0 {
+        return Err(usage("--window, --tunnels and --seconds must be positive"));
+    }
+    let client = masque_client(&args.connect)?;
+    let target = match &args.target {
+        Some(target) => parse_target(target)?,
+        None => {
+            let echo = start_udp_echo().await?;
+            Target::new("127.0.0.1", echo.port())?
+        }
+    };
+    let mut tunnels = Vec::with_capacity(args.tunnels);
+    for _ in 0..args.tunnels {
+        let tunnel = client.open(&target).await.map_err(|err| anyhow::anyhow!("{err}"))?;
+        if tunnel.max_payload() < args.size {
+            anyhow::bail!(
+                "--size {} does not fit this tunnel: at most {} bytes per datagram",
+                args.size,
+                tunnel.max_payload()
+            );
+        }
+        tunnels.push(tunnel);
+    }
+    let mode = if tunnels[0].uses_quic_datagrams() { "QUIC datagrams" } else { "capsules" };
+    let duration = Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut runs = tokio::task::JoinSet::new();
+    for tunnel in tunnels {
+        runs.spawn(echo_loop(tunnel, args.size, args.window, deadline));
+    }
+    let (mut echoed, mut lost) = (0u64, 0u64);
+    while let Some(result) = runs.join_next().await {
+        let (tunnel_echoed, tunnel_lost) = result??;
+        echoed += tunnel_echoed;
+        lost += tunnel_lost;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let per_second = echoed as f64 / elapsed;
+    say!(
+        "masque bench: {} tunnel(s) over {mode}, {}-byte payloads, window {}, {elapsed:.1} s",
+        args.tunnels,
+        args.size,
+        args.window
+    );
+    say!(
+        "  {per_second:.0} datagrams/s echoed, {:.1} MB/s of payload each way ({echoed} echoed, {lost} lost)",
+        per_second * args.size as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// Keeps `window` datagrams in flight until `deadline`; returns (echoed, lost).
+async fn echo_loop(mut tunnel: UdpTunnel, size: usize, window: usize, deadline: Instant) -> anyhow::Result<(u64, u64)> {
+    let payload = vec![0x5a; size];
+    let (mut echoed, mut lost, mut in_flight) = (0u64, 0u64, 0usize);
+    let deadline = tokio::time::Instant::from_std(deadline);
+    loop {
+        while in_flight < window {
+            match tunnel.send(&payload) {
+                Ok(()) => in_flight += 1,
+                Err(TunnelError::QueueFull) => break,
+                Err(err) => anyhow::bail!("tunnel failed: {err}"),
+            }
+        }
+        let received = tokio::select! {
+            received = tunnel.recv() => received,
+            () = tokio::time::sleep(BENCH_LOSS_TIMEOUT) => {
+                // Nothing came back for a while: whatever is in flight is lost.
+                lost += in_flight as u64;
+                in_flight = 0;
+                continue;
+            }
+            () = tokio::time::sleep_until(deadline) => return Ok((echoed, lost)),
+        };
+        received.map_err(|err| anyhow::anyhow!("tunnel failed: {err}"))?;
+        echoed += 1;
+        in_flight = in_flight.saturating_sub(1);
+    }
+}
+
+async fn start_udp_echo() -> anyhow::Result<SocketAddr> {
+    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let addr = socket.local_addr()?;
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 65_536];
+        while let Ok((length, peer)) = socket.recv_from(&mut buffer).await {
+            let _ = socket.send_to(&buffer[..length], peer).await;
+        }
+    });
+    Ok(addr)
+}

@@ -1,0 +1,205 @@
+//! `quiver masque proxy` and `quiver masque client` end to end on loopback: a DNS query through the
+//! forwarded port to a local resolver, a proxy restart, a denied target, bad usage.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
+/// Guards every wait; a healthy run is far quicker.
+const GUARD: Duration = Duration::from_secs(20);
+/// The address the test resolver answers with (TEST-NET-1).
+const ANSWER: [u8; 4] = [192, 0, 2, 53];
+
+/// A child process, killed on drop, whose output lines arrive on channels.
+struct Running {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn start(args: &[&str]) -> Running {
+    let mut child = Command::new(QUIVER)
+        .arg("masque")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start quiver masque");
+    let stdout = lines(child.stdout.take().unwrap());
+    let stderr = lines(child.stderr.take().unwrap());
+    Running { child, stdout, stderr }
+}
+
+impl Running {
+    /// The first line of standard output containing `marker`.
+    fn wait_stdout(&self, marker: &str) -> String {
+        wait_line(&self.stdout, marker)
+    }
+
+    fn wait_stderr(&self, marker: &str) -> String {
+        wait_line(&self.stderr, marker)
+    }
+}
+
+fn wait_line(lines: &mpsc::Receiver<String>, marker: &str) -> String {
+    loop {
+        match lines.recv_timeout(GUARD) {
+            Ok(line) if line.contains(marker) => return line,
+            Ok(_) => {}
+            Err(err) => panic!("no line with {marker:?}: {err}"),
+        }
+    }
+}
+
+/// The address after `scheme` in a banner line ("... https://127.0.0.1:PORT ...").
+fn address_in(line: &str, scheme: &str) -> SocketAddr {
+    let start = line.find(scheme).unwrap_or_else(|| panic!("no {scheme} in {line:?}")) + scheme.len();
+    let address: String = line[start..].chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+    address.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"))
+}
+
+fn start_proxy(listen: &str) -> (Running, SocketAddr) {
+    let proxy = start(&["proxy", "--listen", listen, "--allow", "127.0.0.1/32:1-65535"]);
+    let banner = proxy.wait_stdout("quiver masque proxy on");
+    let addr = address_in(&banner, "https://");
+    (proxy, addr)
+}
+
+fn start_client(proxy: SocketAddr, target: SocketAddr) -> (Running, SocketAddr) {
+    let client = start(&[
+        "client",
+        "--proxy",
+        &format!("https://{proxy}"),
+        "-k",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        &target.to_string(),
+    ]);
+    let banner = client.wait_stdout("forwarding udp://");
+    let local = address_in(&banner, "udp://");
+    (client, local)
+}
+
+/// A DNS query for `name`, type A, class IN, recursion desired.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut query = id.to_be_bytes().to_vec();
+    query.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    query
+}
+
+/// A resolver on 127.0.0.1 that answers every A query with [`ANSWER`].
+fn start_resolver() -> SocketAddr {
+    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 512];
+        while let Ok((length, peer)) = socket.recv_from(&mut buffer) {
+            let query = &buffer[..length];
+            if length < 12 {
+                continue;
+            }
+            let mut answer = query.to_vec();
+            answer[2] = 0x81; // QR, RD
+            answer[3] = 0x80; // RA, NOERROR
+            answer[6..8].copy_from_slice(&1u16.to_be_bytes()); // ANCOUNT
+            answer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            answer.extend_from_slice(&ANSWER);
+            let _ = socket.send_to(&answer, peer);
+        }
+    });
+    addr
+}
+
+/// Asks through the forwarded port and checks the answer.
+fn resolve_through(local: SocketAddr, socket: &UdpSocket, id: u16) {
+    socket.set_read_timeout(Some(GUARD)).unwrap();
+    socket.send_to(&dns_query(id, "example.test"), local).unwrap();
+    let mut buffer = [0u8; 512];
+    let (length, from) = socket.recv_from(&mut buffer).expect("DNS answer through the tunnel");
+    assert_eq!(from, local);
+    let answer = &buffer[..length];
+    assert_eq!(answer[..2], id.to_be_bytes(), "answer to our query");
+    assert_eq!(answer[3] & 0x0f, 0, "NOERROR");
+    assert!(answer.ends_with(&ANSWER), "A record {ANSWER:?} in {answer:?}");
+}
+
+#[test]
+fn dns_through_the_client_survives_a_proxy_restart() {
+    let resolver = start_resolver();
+    let (proxy, proxy_addr) = start_proxy("127.0.0.1:0");
+    let (client, local) = start_client(proxy_addr, resolver);
+    let asker = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    resolve_through(local, &asker, 0x1234);
+    resolve_through(local, &asker, 0x1235);
+
+    // Restart the proxy on the same port. Ctrl-C closes its connections (CONNECTION_CLOSE), so the
+    // client learns at once and says so.
+    let pid = proxy.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let mut proxy = proxy;
+    let status = proxy.child.wait().unwrap();
+    assert!(status.success(), "proxy exit {status:?}");
+    let line = client.wait_stderr("connection to the proxy lost");
+    assert!(line.contains("closed by peer") && line.contains("the next datagram"), "{line}");
+    let (_proxy, again) = start_proxy(&proxy_addr.to_string());
+    assert_eq!(again, proxy_addr);
+    // The next query opens a new connection and tunnel.
+    resolve_through(local, &asker, 0x1236);
+}
+
+#[test]
+fn denied_targets_are_reported_with_the_proxy_status() {
+    let (_proxy, proxy_addr) = start_proxy("127.0.0.1:0");
+    let denied: SocketAddr = "127.0.0.2:53".parse().unwrap();
+    let (client, local) = start_client(proxy_addr, denied);
+    let asker = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    asker.send_to(&dns_query(7, "example.test"), local).unwrap();
+    let line = client.wait_stderr("refused");
+    assert!(line.contains("403 Forbidden") && line.contains("error=destination_ip_prohibited"), "{line}");
+}
+
+#[test]
+fn bad_usage_exits_2_with_a_hint() {
+    let cases: &[&[&str]] = &[
+        &["proxy", "--allow", "everything"],
+        &["proxy", "--template", "/no/variables"],
+        &["client", "--proxy", "ftp://x", "--listen", "127.0.0.1:0", "--target", "a.example:53"],
+        &["client", "--proxy", "https://127.0.0.1:1", "--listen", "127.0.0.1:0", "--target", "a.example"],
+        &["bench", "--proxy", "https://127.0.0.1:1", "--size", "1"],
+    ];
+    for args in cases {
+        let output = Command::new(QUIVER).arg("masque").args(*args).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.starts_with("quiver: ") && stderr.len() > 20, "{args:?}: {stderr}");
+    }
+}
