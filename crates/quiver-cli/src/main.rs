@@ -12,6 +12,7 @@ macro_rules! say {
 }
 
 mod bench;
+mod doq;
 mod get;
 mod identity;
 mod masque;
@@ -40,6 +41,9 @@ enum Command {
     Get(get::GetArgs),
     /// Load-test an HTTP/3 server (h2load-style); checks every status and body length.
     Bench(bench::BenchArgs),
+    /// DNS over QUIC (RFC 9250): `doq serve` forwards to a resolver, `doq query` asks like dig.
+    #[command(subcommand)]
+    Doq(doq::DoqCommand),
     /// MASQUE CONNECT-UDP (RFC 9298): `masque proxy`, `masque client` (forwards a local UDP port), `masque bench`.
     Masque(masque::MasqueArgs),
     /// Print the version of quiver and of the QUIC protocol it speaks.
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => with_runtime(serve::run(args)),
         Command::Get(args) => with_runtime(get::run(args)),
         Command::Masque(args) => with_runtime(masque::run(args)),
+        Command::Doq(command) => with_runtime(doq::run(command)),
         Command::Version => {
             println!(
                 "quiver {} (QUIC version 0x{:08x}, HTTP/3)",

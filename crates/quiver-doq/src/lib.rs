@@ -52,6 +52,9 @@ pub use crate::server::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
     DEFAULT_UPSTREAM_TIMEOUT, DoqServer, DoqServerBuilder, MAX_TRACKED_SOURCES, ServerStats,
 };
+/// The DNS message library this crate speaks (`hickory-proto`), for building queries and reading
+/// answers in full.
+pub use hickory_proto as proto;
 pub use hickory_proto::op::Message;
 pub use hickory_proto::rr::{Name, RecordType};
 
