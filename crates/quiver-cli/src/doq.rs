@@ -94,8 +94,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .max_streams(args.max_streams.max(1) as u64, 0)
         .idle_timeout(Duration::from_secs(args.idle_timeout.max(1)))
         .build()?;
-    let endpoint = Endpoint::server(args.listen, config)
-        .with_context(|| format!("cannot listen on {} (ports below 1024 need root)", args.listen))?;
+    let endpoint = Endpoint::server(args.listen, config).map_err(|err| {
+        let denied = matches!(&err, quiver::EndpointError::Bind { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied);
+        let hint = if denied && args.listen.port() < 1024 { " (ports below 1024 need root: try --listen 127.0.0.1:8853)" } else { "" };
+        anyhow::anyhow!("{err}{hint}")
+    })?;
     let addr = endpoint.local_addr();
     let server = DoqServer::builder(args.upstream)
         .upstream_timeout(Duration::from_millis(args.upstream_timeout_ms.max(1)))

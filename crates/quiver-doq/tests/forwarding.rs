@@ -262,3 +262,59 @@ async fn abandoned_query_is_cancelled_on_the_server() {
     assert_eq!(forwarder.server.stats().cancelled, 1);
     assert_eq!(forwarder.server.stats().connections_accepted, 1);
 }
+
+/// Writes raw bytes and FIN on the first stream, then waits for the server to react.
+struct RawStream {
+    bytes: Vec<u8>,
+    written: usize,
+}
+
+impl quiver::ApplicationOverQuic for RawStream {
+    fn on_conn_established(&mut self, _: &mut quiver::QuicConnection) -> Result<(), quiver::ApplicationError> {
+        Ok(())
+    }
+    fn process_reads(&mut self, conn: &mut quiver::QuicConnection) -> Result<(), quiver::ApplicationError> {
+        let mut scratch = [0u8; 4096];
+        for stream in conn.readable() {
+            while conn.stream_recv(stream, &mut scratch).is_ok() {}
+        }
+        Ok(())
+    }
+    fn process_writes(&mut self, conn: &mut quiver::QuicConnection) -> Result<(), quiver::ApplicationError> {
+        if self.written < self.bytes.len()
+            && let Ok(written) = conn.stream_send(0, &self.bytes[self.written..], true)
+        {
+            self.written += written;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn framing_violations_close_with_protocol_error() {
+    let forwarder = forwarder(|server| server).await;
+    let query = query_bytes("www.test.", RecordType::A, 0);
+    let framed = |message: &[u8]| {
+        let mut bytes = (message.len() as u16).to_be_bytes().to_vec();
+        bytes.extend_from_slice(message);
+        bytes
+    };
+    let two_messages = [framed(&query), framed(&query)].concat();
+    let mut short = framed(&query);
+    short.truncate(short.len() - 3); // FIN before the announced length
+    let config = quiver_doq::client_config().insecure_skip_verification().build().unwrap();
+    let endpoint = quiver::Endpoint::client("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    for bytes in [two_messages, short] {
+        let handle = guarded(endpoint.connect(forwarder.addr, "localhost", RawStream { bytes, written: 0 }))
+            .await
+            .expect("connect");
+        match guarded(handle.closed()).await {
+            quiver::ConnectionError::PeerClosed(close) => {
+                assert!(close.is_application && close.code == DOQ_PROTOCOL_ERROR, "{close}")
+            }
+            other => panic!("expected DOQ_PROTOCOL_ERROR from the server, got {other}"),
+        }
+    }
+    assert_eq!(forwarder.server.stats().protocol_errors, 2);
+    assert_eq!(forwarder.upstream.udp_queries(), 0);
+}
