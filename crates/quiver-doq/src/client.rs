@@ -369,32 +369,38 @@ impl ApplicationOverQuic for ClientConnection {
 
     fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
         self.cancel_abandoned(conn);
-        // One new stream per queued query, as far as the server's stream limit allows.
+        let mut failed = Vec::new();
+        for (stream, exchange) in self.exchanges.iter_mut().filter(|(_, exchange)| !exchange.sent) {
+            match exchange.outbound.write(conn, *stream) {
+                Ok(done) => exchange.sent = done,
+                Err(failure) => failed.push((*stream, failure)),
+            }
+        }
+        // One new stream per queued query, as far as the server's stream limit allows. Each is
+        // written at once: quiche counts a stream against the limit only when it is first written.
         while conn.peer_streams_left_bidi() > 0
             && let Some(query) = self.queued.pop_front()
         {
             let stream = self.next_stream;
             self.next_stream += 4;
-            let exchange = Exchange {
+            let mut exchange = Exchange {
                 outbound: query.outbound,
                 sent: false,
                 reader: MessageReader::default(),
                 reply: query.reply,
             };
+            match exchange.outbound.write(conn, stream) {
+                Ok(done) => exchange.sent = done,
+                Err(failure) => failed.push((stream, failure)),
+            }
             self.exchanges.insert(stream, exchange);
         }
-        let mut failed = Vec::new();
-        for (stream, exchange) in self.exchanges.iter_mut().filter(|(_, exchange)| !exchange.sent) {
-            match exchange.outbound.write(conn, *stream) {
-                Ok(done) => exchange.sent = done,
-                Err(WriteFailure::Stopped(code)) => failed.push((*stream, DoqError::StreamReset { code })),
-                Err(WriteFailure::Gone) => {
-                    failed.push((*stream, DoqError::InvalidQuery("the connection refused the query's stream".into())));
-                }
-            }
-        }
-        for (stream, error) in failed {
+        for (stream, failure) in failed {
             if let Some(exchange) = self.exchanges.remove(&stream) {
+                let error = match failure {
+                    WriteFailure::Stopped(code) => DoqError::StreamReset { code },
+                    WriteFailure::Gone => DoqError::InvalidQuery("the connection refused the query's stream".into()),
+                };
                 let _ = exchange.reply.send(Err(error));
             }
         }

@@ -11,8 +11,8 @@ use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 pub(crate) const HEADER_BYTES: usize = 12;
 
 /// Responses to padded queries are padded to a multiple of this many bytes: RFC 8467 §4.1's
-/// recommended block-length policy for responses. (Queries our client sends are padded to
-/// [`QUERY_PADDING_BLOCK_BYTES`].)
+/// recommended block-length policy for responses. (Queries [`DoqClient`](crate::DoqClient) sends are
+/// padded to 128-byte blocks, its policy for queries.)
 pub const PADDING_BLOCK_BYTES: usize = 468;
 
 /// RFC 8467 §4.1's recommended block length for queries.

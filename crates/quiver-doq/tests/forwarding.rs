@@ -318,3 +318,30 @@ async fn framing_violations_close_with_protocol_error() {
     assert_eq!(forwarder.server.stats().protocol_errors, 2);
     assert_eq!(forwarder.upstream.udp_queries(), 0);
 }
+
+#[tokio::test]
+async fn queries_queue_behind_a_small_stream_limit() {
+    // The server lets a connection have 2 queries open; 50 are sent at once on one connection.
+    let upstream = quiver_doq::test_util::TestUpstream::start().await.unwrap();
+    let config = quiver_doq::server_config().max_streams(2, 0).self_signed(["localhost"]).build().unwrap();
+    let endpoint = quiver::Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let server = quiver_doq::DoqServer::builder(upstream.addr()).max_queries_per_connection(2).build();
+    let (serving, accepting) = (server.clone(), endpoint.clone());
+    tokio::spawn(async move { serving.serve(accepting).await });
+    let client = client(endpoint.local_addr());
+    guarded(client.query("first.test.", RecordType::A)).await.expect("connected");
+    let mut queries = tokio::task::JoinSet::new();
+    for index in 0..50 {
+        let client = client.clone();
+        queries.spawn(async move { client.query(&format!("q{index}.test."), RecordType::A).await });
+    }
+    guarded(async {
+        while let Some(joined) = queries.join_next().await {
+            assert_eq!(joined.unwrap().expect("answer").answers.len(), 1);
+        }
+    })
+    .await;
+    assert_eq!(server.stats().connections_accepted, 1);
+    assert_eq!(server.stats().answered_upstream, 51);
+    endpoint.close();
+}
