@@ -128,6 +128,9 @@ struct BenchArgs {
     /// Tunnels, all on one connection.
     #[arg(long, default_value_t = 1)]
     tunnels: usize,
+    /// Turn QUIC datagrams off, so payloads travel as capsules on the request streams.
+    #[arg(long)]
+    capsules: bool,
 }
 
 fn usage(message: impl Into<String>) -> anyhow::Error {
@@ -193,9 +196,9 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn masque_client(args: &ProxyConnectArgs) -> anyhow::Result<MasqueClient> {
+fn masque_client(args: &ProxyConnectArgs, datagrams: bool) -> anyhow::Result<MasqueClient> {
     let template = UriTemplate::parse(&args.template).map_err(|err| usage(err.to_string()))?;
-    let mut config = quiver_masque::client_config();
+    let mut config = quiver_masque::client_config().datagrams(datagrams);
     if args.insecure {
         config = config.insecure_skip_verification();
     }
@@ -215,7 +218,7 @@ fn parse_target(text: &str) -> anyhow::Result<Target> {
 }
 
 async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
-    let client = masque_client(&args.connect)?;
+    let client = masque_client(&args.connect, true)?;
     let target = parse_target(&args.target)?;
     if args.idle_timeout == 0 {
         return Err(usage("--idle-timeout must be at least 1"));
@@ -328,6 +331,11 @@ impl Flow {
                         idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
                         let _ = self.socket.send_to(&payload, peer).await;
                     }
+                    // A connection idle for the QUIC idle timeout ends quietly: nothing was lost.
+                    Err(TunnelError::ConnectionLost(quiver::ConnectionError::IdleTimeout)) => {
+                        tracing::debug!(%peer, "connection to the proxy idle; closing");
+                        return;
+                    }
                     Err(err) => {
                         complain(format_args!(
                             "tunnel for {peer} to {target} ended: {err}; the next datagram from {peer} opens a new one"
@@ -351,7 +359,7 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.window == 0 || args.tunnels == 0 || !args.seconds.is_finite() || args.seconds <= 0.0 {
         return Err(usage("--window, --tunnels and --seconds must be positive"));
     }
-    let client = masque_client(&args.connect)?;
+    let client = masque_client(&args.connect, !args.capsules)?;
     let target = match &args.target {
         Some(target) => parse_target(target)?,
         None => {
