@@ -81,6 +81,18 @@ pub enum TunnelError {
 
 /// A handle on a CONNECT-UDP proxy; cheap to clone. Tunnels share one HTTP/3 connection, which is
 /// opened on first use and reopened after it closes.
+///
+/// ```no_run
+/// use quiver_masque::MasqueClient;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = quiver_masque::client_config().trust_pem_file("proxy-ca.pem").build()?;
+/// let client = MasqueClient::new("https://proxy.example:4433", config)?.with_bearer_token("s3cret");
+/// // Two tunnels on the same connection.
+/// let dns = client.open(&"9.9.9.9:53".parse()?).await?;
+/// let ntp = client.open(&"pool.ntp.org:123".parse()?).await?;
+/// # drop((dns, ntp)); Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct MasqueClient {
     http: quiver_h3::Client,
@@ -207,6 +219,14 @@ impl MasqueClient {
 /// One CONNECT-UDP tunnel: send UDP payloads to the target and receive its answers.
 ///
 /// Dropping it closes the tunnel (the request stream is finished).
+///
+/// ```no_run
+/// # async fn run(client: quiver_masque::MasqueClient) -> Result<(), quiver_masque::TunnelError> {
+/// let mut tunnel = client.open(&"192.0.2.7:7".parse().expect("a target")).await?;
+/// tunnel.send(b"ping")?; // never waits; refuses what does not fit (TunnelError::TooLarge)
+/// let answer = tunnel.recv().await?; // Err says why the tunnel ended
+/// # Ok(()) }
+/// ```
 pub struct UdpTunnel {
     /// Keeps the client's endpoint (its socket) alive as long as a tunnel uses it.
     _client: quiver_h3::Client,

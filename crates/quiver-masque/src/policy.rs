@@ -117,6 +117,18 @@ pub enum Denied {
 }
 
 /// The proxy's target policy: an allow-list of [`AllowRule`]s; anything they do not allow is denied.
+///
+/// ```
+/// use quiver_masque::{Denied, TargetPolicy};
+///
+/// let policy = TargetPolicy::parse(&["*:53", "127.0.0.1/32:5353"])?;
+/// assert_eq!(policy.check(None, "9.9.9.9".parse()?, 53), Ok(()));
+/// // `*` never opens loopback: that takes an IP or CIDR rule.
+/// assert_eq!(policy.check(None, "127.0.0.1".parse()?, 53), Err(Denied::SpecialPurpose));
+/// assert_eq!(policy.check(None, "127.0.0.1".parse()?, 5353), Ok(()));
+/// assert_eq!(policy.check(None, "9.9.9.9".parse()?, 443), Err(Denied::NotAllowed));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetPolicy {
     rules: Vec<AllowRule>,

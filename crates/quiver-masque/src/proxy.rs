@@ -161,6 +161,23 @@ struct ProxyInner {
 }
 
 /// A CONNECT-UDP proxy; cheap to clone (clones share counters and limits).
+///
+/// ```no_run
+/// use quiver_masque::{Proxy, ProxyConfig, TargetPolicy};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = ProxyConfig {
+///     policy: TargetPolicy::parse(&["*:53,443"])?,
+///     bearer_token: Some("s3cret".into()),
+///     ..ProxyConfig::default()
+/// };
+/// let quic = quiver_masque::proxy_server_config(&config).certificate_pem_files("cert.pem", "key.pem").build()?;
+/// let endpoint = quiver::Endpoint::server("[::]:443".parse()?, quic)?;
+/// let proxy = Proxy::new(config);
+/// proxy.serve_until(endpoint, async { let _ = tokio::signal::ctrl_c().await; }).await;
+/// println!("{:?}", proxy.stats());
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Proxy {
     inner: Arc<ProxyInner>,

@@ -65,6 +65,16 @@ impl fmt::Display for TargetHost {
 }
 
 /// A tunnel's destination: host and UDP port (never 0).
+///
+/// ```
+/// use quiver_masque::{Target, TargetHost};
+///
+/// let target: Target = "[2001:db8::1]:443".parse()?;
+/// assert_eq!(target.host, TargetHost::Ip("2001:db8::1".parse()?));
+/// assert_eq!(target.to_string(), "[2001:db8::1]:443");
+/// assert!("example.com".parse::<Target>().is_err(), "the port is required");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     /// The host.

@@ -22,6 +22,20 @@ enum Part {
 }
 
 /// A parsed CONNECT-UDP URI template (path and query only; the authority is the proxy's).
+///
+/// ```
+/// use quiver_masque::{Target, UriTemplate};
+///
+/// let template = UriTemplate::default();
+/// let target: Target = "[2001:db8::1]:53".parse()?;
+/// let path = template.expand(&target);
+/// assert_eq!(path, "/.well-known/masque/udp/2001%3Adb8%3A%3A1/53/");
+/// assert_eq!(template.match_path(&path)?, target);
+///
+/// let query = UriTemplate::parse("/masque?h={target_host}&p={target_port}")?;
+/// assert_eq!(query.match_path("/masque?h=dns.example&p=53")?, "dns.example:53".parse()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UriTemplate {
     source: String,
