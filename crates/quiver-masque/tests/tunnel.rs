@@ -296,3 +296,60 @@ async fn proxy_shutdown_ends_tunnels_with_the_reason() {
     };
     tokio::time::timeout(GUARD, run).await.expect("timed out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_literal_targets_travel_percent_encoded() {
+    let Ok(echo_socket) = tokio::net::UdpSocket::bind("[::1]:0").await else {
+        eprintln!("skipped: no IPv6 loopback on this machine");
+        return;
+    };
+    let echo = echo_socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buffer = vec![0u8; 2048];
+        while let Ok((length, peer)) = echo_socket.recv_from(&mut buffer).await {
+            let _ = echo_socket.send_to(&buffer[..length], peer).await;
+        }
+    });
+    let proxy =
+        start_proxy(ProxyConfig { policy: TargetPolicy::parse(&["[::1/128]:*"]).unwrap(), ..ProxyConfig::default() });
+    let run = async {
+        // The client expands "[::1]:PORT" to /.well-known/masque/udp/%3A%3A1/PORT/; the proxy decodes it.
+        let mut tunnel = proxy.client(true).open(&format!("[::1]:{}", echo.port()).parse().unwrap()).await.unwrap();
+        tunnel.send(b"\0\0\0\0six").unwrap();
+        assert_eq!(&tunnel.recv().await.unwrap()[..], b"\0\0\0\0six");
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_capsule_resets_only_its_tunnel() {
+    let proxy = start_proxy(loopback_config());
+    let echo = udp_echo().await;
+    let run = async {
+        let client = proxy.client(true);
+        let mut healthy = client.open(&target(echo)).await.unwrap();
+        // A hand-made tunnel whose stream announces a 1 MiB capsule: more than any UDP payload.
+        let path = format!("/.well-known/masque/udp/127.0.0.1/{}/", echo.port());
+        let mut header = Vec::new();
+        quiver_h3::datagram::put_varint(&mut header, quiver_h3::datagram::CAPSULE_DATAGRAM);
+        quiver_h3::datagram::put_varint(&mut header, 1 << 20);
+        let body = http_body_util::Full::new(Bytes::from(header));
+        let request = connect_udp(&proxy.url(), &path).header("capsule-protocol", "?1").body(body).unwrap();
+        let h3_client = proxy.h3_client();
+        // The reset may overtake the response head (RESET_STREAM discards what was not sent yet).
+        match h3_client.send_request(request).await {
+            Err(quiver_h3::Error::StreamReset(_)) => {}
+            Ok(response) => {
+                assert_eq!(response.status(), StatusCode::OK);
+                let ended = http_body_util::BodyExt::collect(response.into_body()).await;
+                assert!(matches!(ended, Err(quiver_h3::BodyError::Reset(_))), "{ended:?}");
+            }
+            Err(other) => panic!("expected a reset, got {other}"),
+        }
+        assert_eq!(proxy.proxy.stats().tunnels_active, 1, "only the healthy tunnel is left");
+        // The other tunnel, on another connection, never noticed.
+        healthy.send(b"\0\0\0\0still here").unwrap();
+        assert_eq!(&healthy.recv().await.unwrap()[..], b"\0\0\0\0still here");
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out");
+}
