@@ -20,8 +20,9 @@ use crate::identity::IdentityArgs;
 /// DNS stub resolver uses a fresh source port per query, and the proxy allows 256 tunnels per
 /// connection by default.
 const MAX_LOCAL_FLOWS: usize = 256;
-/// Datagrams from one local peer queued while its tunnel opens or its send queue is full.
-const FLOW_QUEUE: usize = 64;
+/// Datagrams from one local peer queued while its tunnel opens (one round trip): a burst of DNS
+/// retries fits. Local peers only, so at most 256 x 16 x 64 KiB even for pathological payloads.
+const FLOW_QUEUE: usize = 16;
 /// Bench: how long without an echo before the datagrams in flight count as lost and are replaced.
 const BENCH_LOSS_TIMEOUT: Duration = Duration::from_millis(200);
 

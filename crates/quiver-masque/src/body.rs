@@ -1,36 +1,89 @@
-//! A body fed from a bounded channel: the proxy's response (capsules towards the client) and the
+//! A body fed from a bounded queue: the proxy's response (capsules towards the client) and the
 //! client's request (capsules towards the proxy) on a CONNECT-UDP stream.
+//!
+//! The queue is bounded twice: in capsules ([`CAPSULE_QUEUE`]) and in bytes ([`CAPSULE_QUEUE_BYTES`]),
+//! because a capsule can carry a 64 KiB UDP payload and a peer that reads slowly must not make us hold
+//! hundreds of them per tunnel. What does not fit is refused at once (UDP semantics), never waited for.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::Frame;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+/// Capsules queued towards the peer per tunnel before more are dropped: about a bandwidth-delay
+/// product of 1200-byte payloads on a fast LAN path.
+pub(crate) const CAPSULE_QUEUE: usize = 256;
+/// Bytes of capsules queued towards the peer per tunnel: four of the largest UDP payloads, or the
+/// whole [`CAPSULE_QUEUE`] of 1200-byte ones. Behind it, quiver-h3 holds at most its own per-stream
+/// send budget.
+pub(crate) const CAPSULE_QUEUE_BYTES: usize = 4 * (crate::MAX_CAPSULE_BYTES + 8);
 
 /// Sent through a [`ChannelBody`] to reset the stream instead of finishing it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("tunnel aborted: {0}")]
 pub struct TunnelAborted(pub String);
 
-pub(crate) type BodySender = mpsc::Sender<Result<Bytes, TunnelAborted>>;
+/// One queued chunk and the share of the byte budget it holds until the body hands it on.
+type Queued = Result<(Bytes, OwnedSemaphorePermit), TunnelAborted>;
 
-/// Ends (FIN) when every sender is dropped; an `Err` item resets the stream.
+/// Why [`CapsuleSender::try_send`] did not queue a capsule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueRefused {
+    /// The queue is full (in capsules or bytes): the capsule was dropped.
+    Full,
+    /// The body is gone: the stream ended.
+    Closed,
+}
+
+/// The sending side of a [`ChannelBody`]. Dropping every clone finishes the body (FIN).
+#[derive(Debug, Clone)]
+pub(crate) struct CapsuleSender {
+    queue: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+}
+
+impl CapsuleSender {
+    /// Queues `bytes` without waiting.
+    pub(crate) fn try_send(&self, bytes: Bytes) -> Result<(), QueueRefused> {
+        let length = u32::try_from(bytes.len()).map_err(|_| QueueRefused::Full)?;
+        let permit = self.budget.clone().try_acquire_many_owned(length).map_err(|_| QueueRefused::Full)?;
+        self.queue.try_send(Ok((bytes, permit))).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => QueueRefused::Full,
+            mpsc::error::TrySendError::Closed(_) => QueueRefused::Closed,
+        })
+    }
+
+    /// Resets the stream instead of finishing it, if there is room to say so.
+    pub(crate) fn abort(&self, reason: String) {
+        let _ = self.queue.try_send(Err(TunnelAborted(reason)));
+    }
+
+    /// Whether the body is gone (the stream was reset or the connection closed).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+}
+
+/// Ends (FIN) when every sender is dropped; an abort resets the stream.
 #[derive(Debug)]
 pub struct ChannelBody {
-    frames: Option<mpsc::Receiver<Result<Bytes, TunnelAborted>>>,
+    queue: Option<mpsc::Receiver<Queued>>,
 }
 
 impl ChannelBody {
     /// A body with nothing in it: the response to a refused request.
     pub(crate) fn empty() -> Self {
-        Self { frames: None }
+        Self { queue: None }
     }
 
-    /// A body and its sender, holding at most `capacity` chunks.
-    pub(crate) fn channel(capacity: usize) -> (BodySender, Self) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (tx, Self { frames: Some(rx) })
+    /// A body and its sender, bounded by [`CAPSULE_QUEUE`] and [`CAPSULE_QUEUE_BYTES`].
+    pub(crate) fn channel() -> (CapsuleSender, Self) {
+        let (queue, receiver) = mpsc::channel(CAPSULE_QUEUE);
+        let budget = Arc::new(Semaphore::new(CAPSULE_QUEUE_BYTES));
+        (CapsuleSender { queue, budget }, Self { queue: Some(receiver) })
     }
 }
 
@@ -39,22 +92,62 @@ impl http_body::Body for ChannelBody {
     type Error = TunnelAborted;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, TunnelAborted>>> {
-        let Some(frames) = self.frames.as_mut() else { return Poll::Ready(None) };
-        match frames.poll_recv(cx) {
+        let Some(queue) = self.queue.as_mut() else { return Poll::Ready(None) };
+        match queue.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Ok(bytes))) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            // The permit is released here: from now on the bytes count against quiver-h3's budget.
+            Poll::Ready(Some(Ok((bytes, _permit)))) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
             Poll::Ready(Some(Err(aborted))) => {
-                self.frames = None;
+                self.queue = None;
                 Poll::Ready(Some(Err(aborted)))
             }
             Poll::Ready(None) => {
-                self.frames = None;
+                self.queue = None;
                 Poll::Ready(None)
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_none()
+        self.queue.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body::Body as _;
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_and_frees_what_the_body_hands_on() {
+        let (sender, mut body) = ChannelBody::channel();
+        let big = Bytes::from(vec![0u8; crate::MAX_CAPSULE_BYTES]);
+        let mut queued = 0;
+        while sender.try_send(big.clone()).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, 4);
+        assert_eq!(sender.try_send(big.clone()), Err(QueueRefused::Full));
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap().len(), crate::MAX_CAPSULE_BYTES);
+        assert_eq!(sender.try_send(big), Ok(()), "room again once a chunk was handed on");
+        sender.abort("bad capsule".into());
+        for _ in 0..4 {
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        assert_eq!(body.frame().await.unwrap().unwrap_err(), TunnelAborted("bad capsule".into()));
+        assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn dropping_the_sender_finishes_the_body() {
+        let (sender, mut body) = ChannelBody::channel();
+        sender.try_send(Bytes::from_static(b"last")).unwrap();
+        drop(sender);
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "last");
+        assert!(body.frame().await.is_none());
+        assert!(body.is_end_stream());
     }
 }

@@ -10,12 +10,11 @@ use http_body_util::BodyExt;
 use quiver::{ClientConfig, ConnectionError};
 use quiver_h3::datagram::{CAPSULE_DATAGRAM, CapsuleDecoder, encode_capsule};
 use quiver_h3::{BodyError, DatagramError, DatagramFlow, H3Connection, Protocol, RecvBody};
-use tokio::sync::mpsc::error::TrySendError;
 
-use crate::body::{BodySender, ChannelBody};
+use crate::body::{CapsuleSender, ChannelBody, QueueRefused};
 use crate::target::Target;
 use crate::template::UriTemplate;
-use crate::{CAPSULE_QUEUE, CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_CAPSULE_BYTES, MAX_UDP_PAYLOAD, udp_datagram};
+use crate::{CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_CAPSULE_BYTES, MAX_UDP_PAYLOAD, udp_datagram};
 
 /// How long a tunnel that saw its stream end unexpectedly waits for the connection's close reason.
 const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);
@@ -183,7 +182,7 @@ impl MasqueClient {
             .parse()
             .map_err(|_| TunnelError::Proxy(quiver_h3::Error::InvalidUri(target.to_string())))?;
         let connection = self.http.connection(&uri).await.map_err(TunnelError::Proxy)?;
-        let (uploads, body) = ChannelBody::channel(CAPSULE_QUEUE);
+        let (uploads, body) = ChannelBody::channel();
         let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(uri)
@@ -233,7 +232,7 @@ pub struct UdpTunnel {
     target: Target,
     /// QUIC datagrams, when the connection has them; otherwise everything goes as capsules.
     flow: Option<DatagramFlow>,
-    uploads: BodySender,
+    uploads: CapsuleSender,
     downloads: RecvBody,
     decoder: CapsuleDecoder,
     connection: H3Connection,
@@ -289,9 +288,9 @@ impl UdpTunnel {
                 DatagramError::QueueFull => TunnelError::QueueFull,
                 _ => TunnelError::Closed,
             }),
-            None => self.uploads.try_send(Ok(encode_capsule(CAPSULE_DATAGRAM, &frame))).map_err(|err| match err {
-                TrySendError::Full(_) => TunnelError::QueueFull,
-                TrySendError::Closed(_) => TunnelError::Closed,
+            None => self.uploads.try_send(encode_capsule(CAPSULE_DATAGRAM, &frame)).map_err(|refused| match refused {
+                QueueRefused::Full => TunnelError::QueueFull,
+                QueueRefused::Closed => TunnelError::Closed,
             }),
         }
     }

@@ -71,11 +71,6 @@ pub const MAX_UDP_PAYLOAD: usize = 65_527;
 /// decoder's buffer per tunnel.
 pub(crate) const MAX_CAPSULE_BYTES: usize = MAX_UDP_PAYLOAD + 8;
 
-/// Capsules queued towards the peer per tunnel on the stream (the fallback without QUIC datagrams)
-/// before more are dropped: about a bandwidth-delay product of 1200-byte payloads on a fast LAN path,
-/// and at most 16 MiB of pathological 64 KiB payloads.
-pub(crate) const CAPSULE_QUEUE: usize = 256;
-
 /// Splits an HTTP Datagram payload into its context ID and the rest; `None` if it does not start with
 /// a complete varint.
 pub fn split_context(payload: &[u8]) -> Option<(u64, &[u8])> {

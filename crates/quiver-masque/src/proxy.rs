@@ -26,11 +26,11 @@ use quiver_h3::{BodyError, DatagramError, DatagramFlow, H3Driver, H3Settings, Pe
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{BodySender, ChannelBody, TunnelAborted};
+use crate::body::{CapsuleSender, ChannelBody};
 use crate::policy::{Denied, TargetPolicy};
 use crate::target::{Target, TargetHost};
 use crate::template::{MatchError, UriTemplate};
-use crate::{CAPSULE_QUEUE, CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_CAPSULE_BYTES, capsule_protocol_enabled};
+use crate::{CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_CAPSULE_BYTES, capsule_protocol_enabled};
 
 /// Tunnels one client connection may hold open: enough for a busy client (a DNS forwarder opens one
 /// per source port), few enough that one client cannot take every socket of the proxy.
@@ -393,7 +393,7 @@ impl ProxyInner {
             })
         })?;
         let flow = DatagramFlow::take_from(request.extensions());
-        let (downloads, body) = ChannelBody::channel(CAPSULE_QUEUE);
+        let (downloads, body) = ChannelBody::channel();
         let relay = Relay { proxy: self.clone(), socket, flow, downloads, _permits: (connection_permit, proxy_permit) };
         self.counters.tunnels_opened.fetch_add(1, Ordering::Relaxed);
         self.counters.tunnels_active.fetch_add(1, Ordering::Relaxed);
@@ -465,7 +465,7 @@ struct Relay {
     socket: UdpSocket,
     /// `None` when the connection has no QUIC datagrams: then everything goes as capsules.
     flow: Option<DatagramFlow>,
-    downloads: BodySender,
+    downloads: CapsuleSender,
     _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
@@ -490,7 +490,7 @@ impl Relay {
             }
             RelayEnd::Malformed(reason) => {
                 // RFC 9297 §3.3: a malformed capsule stream is a malformed request: reset it.
-                let _ = self.downloads.try_send(Err(TunnelAborted(reason)));
+                self.downloads.abort(reason);
             }
             RelayEnd::ClientReset(code) => tracing::debug!(code, "client reset the tunnel"),
             RelayEnd::ClientClosed => {}
@@ -605,7 +605,7 @@ impl Relay {
                 }),
                 None => self
                     .downloads
-                    .try_send(Ok(encode_capsule(CAPSULE_DATAGRAM, &frame)))
+                    .try_send(encode_capsule(CAPSULE_DATAGRAM, &frame))
                     .map_err(|_| &counters.dropped_queue_full),
             };
             match sent {
