@@ -168,7 +168,16 @@ impl MasqueClient {
     /// # Cancel safety
     /// Cancel safe: a tunnel whose opening is cancelled is closed.
     pub async fn open(&self, target: &Target) -> Result<UdpTunnel, TunnelError> {
-        let opening = self.open_now(target);
+        let path = self.template.expand(target);
+        let stream = self.with_timeout(self.open_stream(&path, CONNECT_UDP, &target.to_string())).await?;
+        Ok(UdpTunnel { stream, target: target.clone() })
+    }
+
+    /// Runs `opening` within the open timeout, if one is set.
+    pub(crate) async fn with_timeout<T>(
+        &self,
+        opening: impl std::future::Future<Output = Result<T, TunnelError>>,
+    ) -> Result<T, TunnelError> {
         match self.open_timeout {
             Some(timeout) => {
                 tokio::time::timeout(timeout, opening).await.map_err(|_| TunnelError::TimedOut(timeout))?
@@ -177,17 +186,24 @@ impl MasqueClient {
         }
     }
 
-    async fn open_now(&self, target: &Target) -> Result<UdpTunnel, TunnelError> {
-        let uri: Uri = format!("https://{}{}", self.authority, self.template.expand(target))
+    /// Sends an extended CONNECT for `protocol` to `path` and returns the stream once the proxy
+    /// answered 2xx; `what` names the tunnel in errors.
+    pub(crate) async fn open_stream(
+        &self,
+        path: &str,
+        protocol: &str,
+        what: &str,
+    ) -> Result<TunnelStream, TunnelError> {
+        let uri: Uri = format!("https://{}{path}", self.authority)
             .parse()
-            .map_err(|_| TunnelError::Proxy(quiver_h3::Error::InvalidUri(target.to_string())))?;
+            .map_err(|_| TunnelError::Proxy(quiver_h3::Error::InvalidUri(path.to_owned())))?;
         let connection = self.http.connection(&uri).await.map_err(TunnelError::Proxy)?;
         let (uploads, body) = ChannelBody::channel();
         let mut request = Request::builder()
             .method(Method::CONNECT)
             .uri(uri)
             .header("capsule-protocol", "?1")
-            .extension(Protocol(CONNECT_UDP.into()));
+            .extension(Protocol(protocol.into()));
         if let Some(token) = &self.bearer_token {
             request = request.header(http::header::PROXY_AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -199,12 +215,11 @@ impl MasqueClient {
                 .headers()
                 .get("proxy-status")
                 .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-            return Err(TunnelError::Refused { target: target.to_string(), status: response.status(), proxy_status });
+            return Err(TunnelError::Refused { target: what.to_owned(), status: response.status(), proxy_status });
         }
         let flow = DatagramFlow::take_from(response.extensions()).filter(|_| self.datagrams);
-        Ok(UdpTunnel {
+        Ok(TunnelStream {
             _client: self.http.clone(),
-            target: target.clone(),
             flow,
             uploads,
             downloads: response.into_body(),
@@ -215,21 +230,10 @@ impl MasqueClient {
     }
 }
 
-/// One CONNECT-UDP tunnel: send UDP payloads to the target and receive its answers.
-///
-/// Dropping it closes the tunnel (the request stream is finished).
-///
-/// ```no_run
-/// # async fn run(client: quiver_masque::MasqueClient) -> Result<(), quiver_masque::TunnelError> {
-/// let mut tunnel = client.open(&"192.0.2.7:7".parse().expect("a target")).await?;
-/// tunnel.send(b"ping")?; // never waits; refuses what does not fit (TunnelError::TooLarge)
-/// let answer = tunnel.recv().await?; // Err says why the tunnel ended
-/// # Ok(()) }
-/// ```
-pub struct UdpTunnel {
+/// The request stream of an open tunnel and its datagrams: what CONNECT-UDP and CONNECT-IP share.
+pub(crate) struct TunnelStream {
     /// Keeps the client's endpoint (its socket) alive as long as a tunnel uses it.
     _client: quiver_h3::Client,
-    target: Target,
     /// QUIC datagrams, when the connection has them; otherwise everything goes as capsules.
     flow: Option<DatagramFlow>,
     uploads: CapsuleSender,
@@ -239,29 +243,20 @@ pub struct UdpTunnel {
     dropped_on_receive: u64,
 }
 
-impl std::fmt::Debug for UdpTunnel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UdpTunnel")
-            .field("target", &self.target)
-            .field("quic_datagrams", &self.flow.is_some())
-            .field("connection", &self.connection)
-            .finish_non_exhaustive()
-    }
+/// What arrived on a tunnel.
+pub(crate) enum StreamEvent {
+    /// A context-0 payload (a UDP payload or an IP packet), from a datagram or a DATAGRAM capsule.
+    Payload(Bytes),
+    /// Any other capsule, for the protocol to interpret or skip.
+    Capsule(quiver_h3::datagram::Capsule),
 }
 
-impl UdpTunnel {
-    /// Where this tunnel goes.
-    pub fn target(&self) -> &Target {
-        &self.target
-    }
-
-    /// Whether payloads travel as QUIC datagrams (else as capsules on the stream).
-    pub fn uses_quic_datagrams(&self) -> bool {
+impl TunnelStream {
+    pub(crate) fn uses_quic_datagrams(&self) -> bool {
         self.flow.is_some()
     }
 
-    /// The largest UDP payload [`send`](Self::send) accepts now.
-    pub fn max_payload(&self) -> usize {
+    pub(crate) fn max_payload(&self) -> usize {
         match &self.flow {
             // One byte of context ID.
             Some(flow) => flow.max_payload().saturating_sub(1),
@@ -269,13 +264,8 @@ impl UdpTunnel {
         }
     }
 
-    /// Sends one UDP payload to the target. Never waits: a payload that does not fit or finds the
-    /// queue full is refused (and not sent), as UDP would drop it.
-    ///
-    /// # Errors
-    /// [`TunnelError::TooLarge`], [`TunnelError::QueueFull`], [`TunnelError::Closed`] once the tunnel or
-    /// its connection is gone.
-    pub fn send(&self, payload: &[u8]) -> Result<(), TunnelError> {
+    /// Sends `payload` with context ID 0, never waiting.
+    pub(crate) fn send(&self, payload: &[u8]) -> Result<(), TunnelError> {
         if payload.len() > MAX_UDP_PAYLOAD {
             return Err(TunnelError::TooLarge { size: payload.len(), max: self.max_payload() });
         }
@@ -288,38 +278,39 @@ impl UdpTunnel {
                 DatagramError::QueueFull => TunnelError::QueueFull,
                 _ => TunnelError::Closed,
             }),
-            None => self.uploads.try_send(encode_capsule(CAPSULE_DATAGRAM, &frame)).map_err(|refused| match refused {
-                QueueRefused::Full => TunnelError::QueueFull,
-                QueueRefused::Closed => TunnelError::Closed,
-            }),
+            None => self.send_capsule(encode_capsule(CAPSULE_DATAGRAM, &frame)),
         }
     }
 
-    /// The next UDP payload from the target.
-    ///
-    /// # Errors
-    /// Why the tunnel ended: [`TunnelError::Closed`], [`TunnelError::Reset`],
-    /// [`TunnelError::ConnectionLost`] (with the connection's close reason), [`TunnelError::Malformed`].
+    /// Queues a whole capsule on the stream, never waiting.
+    pub(crate) fn send_capsule(&self, capsule: Bytes) -> Result<(), TunnelError> {
+        self.uploads.try_send(capsule).map_err(|refused| match refused {
+            QueueRefused::Full => TunnelError::QueueFull,
+            QueueRefused::Closed => TunnelError::Closed,
+        })
+    }
+
+    /// The next payload or capsule.
     ///
     /// # Cancel safety
-    /// Cancel safe: no payload is lost when the future is dropped.
-    pub async fn recv(&mut self) -> Result<Bytes, TunnelError> {
+    /// Cancel safe.
+    pub(crate) async fn recv(&mut self) -> Result<StreamEvent, TunnelError> {
         loop {
             while let Some(capsule) =
                 self.decoder.next_capsule().map_err(|err| TunnelError::Malformed(err.to_string()))?
             {
-                if capsule.capsule_type == CAPSULE_DATAGRAM {
-                    match self.udp_payload(&capsule.value) {
-                        Some(payload) => return Ok(payload),
-                        None => continue,
-                    }
+                if capsule.capsule_type != CAPSULE_DATAGRAM {
+                    return Ok(StreamEvent::Capsule(capsule));
+                }
+                if let Some(payload) = self.context_zero(&capsule.value) {
+                    return Ok(StreamEvent::Payload(payload));
                 }
             }
             tokio::select! {
                 datagram = crate::next_datagram(&mut self.flow) => match datagram {
                     Some(datagram) => {
-                        if let Some(payload) = self.udp_payload(&datagram) {
-                            return Ok(payload);
+                        if let Some(payload) = self.context_zero(&datagram) {
+                            return Ok(StreamEvent::Payload(payload));
                         }
                     }
                     None => self.flow = None,
@@ -338,13 +329,8 @@ impl UdpTunnel {
         }
     }
 
-    /// Datagrams this tunnel dropped on receive because their context ID was not 0.
-    pub fn dropped_on_receive(&self) -> u64 {
-        self.dropped_on_receive
-    }
-
-    /// The UDP payload of a context-0 datagram; counts and drops the rest.
-    fn udp_payload(&mut self, datagram: &Bytes) -> Option<Bytes> {
+    /// The payload of a context-0 datagram; counts and drops the rest.
+    fn context_zero(&mut self, datagram: &Bytes) -> Option<Bytes> {
         match crate::split_context(datagram) {
             Some((CONTEXT_UDP_PAYLOAD, payload)) => Some(datagram.slice(datagram.len() - payload.len()..)),
             _ => {
@@ -359,5 +345,79 @@ impl UdpTunnel {
             Ok(reason) => TunnelError::ConnectionLost(reason),
             Err(_) => TunnelError::Closed,
         }
+    }
+}
+
+impl std::fmt::Debug for TunnelStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelStream")
+            .field("quic_datagrams", &self.flow.is_some())
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One CONNECT-UDP tunnel: send UDP payloads to the target and receive its answers.
+///
+/// Dropping it closes the tunnel (the request stream is finished).
+///
+/// ```no_run
+/// # async fn run(client: quiver_masque::MasqueClient) -> Result<(), quiver_masque::TunnelError> {
+/// let mut tunnel = client.open(&"192.0.2.7:7".parse().expect("a target")).await?;
+/// tunnel.send(b"ping")?; // never waits; refuses what does not fit (TunnelError::TooLarge)
+/// let answer = tunnel.recv().await?; // Err says why the tunnel ended
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct UdpTunnel {
+    stream: TunnelStream,
+    target: Target,
+}
+
+impl UdpTunnel {
+    /// Where this tunnel goes.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Whether payloads travel as QUIC datagrams (else as capsules on the stream).
+    pub fn uses_quic_datagrams(&self) -> bool {
+        self.stream.uses_quic_datagrams()
+    }
+
+    /// The largest UDP payload [`send`](Self::send) accepts now.
+    pub fn max_payload(&self) -> usize {
+        self.stream.max_payload()
+    }
+
+    /// Sends one UDP payload to the target. Never waits: a payload that does not fit or finds the
+    /// queue full is refused (and not sent), as UDP would drop it.
+    ///
+    /// # Errors
+    /// [`TunnelError::TooLarge`], [`TunnelError::QueueFull`], [`TunnelError::Closed`] once the tunnel or
+    /// its connection is gone.
+    pub fn send(&self, payload: &[u8]) -> Result<(), TunnelError> {
+        self.stream.send(payload)
+    }
+
+    /// The next UDP payload from the target. Capsules other than DATAGRAM are skipped.
+    ///
+    /// # Errors
+    /// Why the tunnel ended: [`TunnelError::Closed`], [`TunnelError::Reset`],
+    /// [`TunnelError::ConnectionLost`] (with the connection's close reason), [`TunnelError::Malformed`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: no payload is lost when the future is dropped.
+    pub async fn recv(&mut self) -> Result<Bytes, TunnelError> {
+        loop {
+            if let StreamEvent::Payload(payload) = self.stream.recv().await? {
+                return Ok(payload);
+            }
+        }
+    }
+
+    /// Datagrams this tunnel dropped on receive because their context ID was not 0.
+    pub fn dropped_on_receive(&self) -> u64 {
+        self.stream.dropped_on_receive
     }
 }

@@ -40,6 +40,7 @@
 
 mod body;
 mod client;
+pub mod ip;
 pub mod policy;
 mod proxy;
 pub mod target;

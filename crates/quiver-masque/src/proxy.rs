@@ -17,16 +17,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use quiver::Endpoint;
-use quiver_h3::datagram::{CAPSULE_DATAGRAM, CapsuleDecoder, encode_capsule};
+use quiver_h3::datagram::{CAPSULE_DATAGRAM, Capsule, CapsuleDecoder, encode_capsule};
 use quiver_h3::{BodyError, DatagramError, DatagramFlow, H3Driver, H3Settings, PeerAddr, Protocol, RecvBody, Server};
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{CapsuleSender, ChannelBody};
+use crate::ip::capsule::{AddressEntry, IpCapsule, IpNetwork};
+use crate::ip::gateway::{ForwardRefused, IpGateway, IpLease};
 use crate::policy::{Denied, TargetPolicy};
 use crate::target::{Target, TargetHost};
 use crate::template::{MatchError, UriTemplate};
@@ -67,6 +70,9 @@ pub struct ProxyConfig {
     pub dns_timeout: Duration,
     /// When set, requests must carry `Proxy-Authorization: Bearer <token>` (else 407).
     pub bearer_token: Option<String>,
+    /// When set, CONNECT-IP (RFC 9484) tunnels are served through this gateway's TUN device (else
+    /// they are refused with 501).
+    pub ip_gateway: Option<Arc<IpGateway>>,
 }
 
 impl Default for ProxyConfig {
@@ -79,6 +85,7 @@ impl Default for ProxyConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             dns_timeout: DEFAULT_DNS_TIMEOUT,
             bearer_token: None,
+            ip_gateway: None,
         }
     }
 }
@@ -152,6 +159,9 @@ counters! {
     dropped_malformed,
     /// Payloads the target socket refused (for example after an ICMP port unreachable), dropped.
     dropped_send_failed,
+    /// IP packets from clients with a source other than their address or a destination outside the
+    /// routes, dropped (CONNECT-IP).
+    dropped_not_routed,
 }
 
 struct ProxyInner {
@@ -302,6 +312,16 @@ fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
     left.len() == right.len() && left.iter().zip(right).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
+fn require_capsule_protocol(request: &Request<RecvBody>) -> Result<(), Refusal> {
+    let capsules =
+        request.headers().get("capsule-protocol").is_some_and(|value| capsule_protocol_enabled(value.as_bytes()));
+    if capsules {
+        return Ok(());
+    }
+    let details = "a tunnel request needs Capsule-Protocol: ?1";
+    Err(Refusal::new(StatusCode::BAD_REQUEST, Some("http_request_error"), details, |c| &c.refused_malformed))
+}
+
 fn bearer_token(request: &Request<RecvBody>) -> Option<&[u8]> {
     let value = request.headers().get(http::header::PROXY_AUTHORIZATION)?.as_bytes();
     let (scheme, token) = value.split_at(value.iter().position(|byte| *byte == b' ')?);
@@ -340,6 +360,10 @@ impl ProxyInner {
                 &c.refused_unauthorized
             }));
         }
+        let protocol = request.extensions().get::<Protocol>().map(|protocol| protocol.0.as_str());
+        if request.method() == Method::CONNECT && protocol == Some(crate::ip::CONNECT_IP) {
+            return self.clone().open_ip_tunnel(request, connection_tunnels);
+        }
         let path = request.uri().path_and_query().map_or("/", |path| path.as_str());
         let target = match config.template.match_path(path) {
             Ok(target) => target,
@@ -353,28 +377,66 @@ impl ProxyInner {
                 }));
             }
         };
-        let is_connect_udp = request.method() == Method::CONNECT
-            && request.extensions().get::<Protocol>().is_some_and(|protocol| protocol.0 == CONNECT_UDP);
-        if !is_connect_udp {
+        if request.method() != Method::CONNECT || protocol != Some(CONNECT_UDP) {
             let details = "CONNECT-UDP needs extended CONNECT with :protocol connect-udp";
             return Err(Refusal::new(StatusCode::BAD_REQUEST, Some("http_request_error"), details, |c| {
                 &c.refused_malformed
             }));
         }
-        let capsules =
-            request.headers().get("capsule-protocol").is_some_and(|value| capsule_protocol_enabled(value.as_bytes()));
-        if !capsules {
-            let details = "CONNECT-UDP needs Capsule-Protocol: ?1";
-            return Err(Refusal::new(StatusCode::BAD_REQUEST, Some("http_request_error"), details, |c| {
-                &c.refused_malformed
-            }));
-        }
+        require_capsule_protocol(&request)?;
         if !config.policy.allows_port(target.port) {
             let details = format!("port {} is not allowed", target.port);
             return Err(Refusal::new(StatusCode::FORBIDDEN, Some("http_request_denied"), details, |c| {
                 &c.refused_policy
             }));
         }
+        let permits = self.tunnel_permits(connection_tunnels)?;
+        let address = self.resolve(&target).await?;
+        let socket = connect_socket(address).await.map_err(|err| {
+            let details = format!("cannot open a UDP socket to {address}: {err}");
+            Refusal::new(StatusCode::BAD_GATEWAY, Some("destination_ip_unroutable"), details, |c| {
+                &c.refused_unreachable
+            })
+        })?;
+        tracing::debug!(%target, %address, "UDP tunnel open");
+        Ok(self.start_relay(request, FarEnd::Udp(socket), permits))
+    }
+
+    /// CONNECT-IP (RFC 9484), full-tunnel scope only: the client gets one address of the gateway's
+    /// pool and the gateway's routes.
+    fn open_ip_tunnel(
+        self: Arc<Self>,
+        request: Request<RecvBody>,
+        connection_tunnels: Arc<Semaphore>,
+    ) -> Result<Response<ChannelBody>, Refusal> {
+        let Some(gateway) = &self.config.ip_gateway else {
+            let details = "CONNECT-IP is not enabled on this proxy";
+            return Err(Refusal::new(StatusCode::NOT_IMPLEMENTED, Some("proxy_configuration_error"), details, |c| {
+                &c.refused_malformed
+            }));
+        };
+        let path = request.uri().path_and_query().map_or("/", |path| path.as_str());
+        if !crate::ip::is_full_tunnel_path(path) {
+            let details = format!("{path}: only the full-tunnel scope {} is supported", crate::ip::IP_TUNNEL_PATH);
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, Some("http_request_error"), details, |c| {
+                &c.refused_malformed
+            }));
+        }
+        require_capsule_protocol(&request)?;
+        let permits = self.tunnel_permits(connection_tunnels)?;
+        let lease = gateway.lease().ok_or_else(|| {
+            let details = format!("the address pool {} is exhausted", gateway.pool());
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, Some("connection_limit_reached"), details, |c| {
+                &c.refused_limit
+            })
+        })?;
+        tracing::debug!(address = %lease.address, "IP tunnel open");
+        Ok(self.start_relay(request, FarEnd::Ip(lease), permits))
+    }
+
+    /// One permit of the connection's tunnel limit and one of the proxy's.
+    fn tunnel_permits(&self, connection_tunnels: Arc<Semaphore>) -> Result<TunnelPermits, Refusal> {
+        let config = &self.config;
         let connection_permit = connection_tunnels.try_acquire_owned().map_err(|_| {
             let details = format!("this connection already has {} tunnels open", config.max_tunnels_per_connection);
             Refusal::new(StatusCode::TOO_MANY_REQUESTS, Some("connection_limit_reached"), details, |c| &c.refused_limit)
@@ -385,23 +447,26 @@ impl ProxyInner {
                 &c.refused_limit
             })
         })?;
-        let address = self.resolve(&target).await?;
-        let socket = connect_socket(address).await.map_err(|err| {
-            let details = format!("cannot open a UDP socket to {address}: {err}");
-            Refusal::new(StatusCode::BAD_GATEWAY, Some("destination_ip_unroutable"), details, |c| {
-                &c.refused_unreachable
-            })
-        })?;
+        Ok((connection_permit, proxy_permit))
+    }
+
+    /// Answers 200 and relays between the request's stream and datagrams and `far` until the tunnel
+    /// ends.
+    fn start_relay(
+        self: Arc<Self>,
+        request: Request<RecvBody>,
+        far: FarEnd,
+        permits: TunnelPermits,
+    ) -> Response<ChannelBody> {
         let flow = DatagramFlow::take_from(request.extensions());
         let (downloads, body) = ChannelBody::channel();
-        let relay = Relay { proxy: self.clone(), socket, flow, downloads, _permits: (connection_permit, proxy_permit) };
+        let relay = Relay { proxy: self.clone(), far, flow, downloads, _permits: permits };
         self.counters.tunnels_opened.fetch_add(1, Ordering::Relaxed);
         self.counters.tunnels_active.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%target, %address, datagrams = relay.flow.is_some(), "tunnel open");
         tokio::spawn(relay.run(request.into_body()));
         let mut response = Response::new(body);
         response.headers_mut().insert(HeaderName::from_static("capsule-protocol"), HeaderValue::from_static("?1"));
-        Ok(response)
+        response
     }
 
     /// The first address of `target` the policy allows.
@@ -459,14 +524,45 @@ thread_local! {
     static RECV_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; 65_536]);
 }
 
-/// One tunnel: its socket on one side, its datagram flow and stream on the other.
+type TunnelPermits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// Where a tunnel's payloads go: a UDP socket connected to the target (CONNECT-UDP), or an address
+/// leased on the IP gateway (CONNECT-IP).
+enum FarEnd {
+    Udp(UdpSocket),
+    Ip(IpLease),
+}
+
+/// Something from the far end.
+enum Arrival {
+    /// The UDP socket has datagrams to read.
+    UdpReadable,
+    /// A packet from the TUN device; `None` once the gateway stopped.
+    Packet(Option<Bytes>),
+}
+
+impl FarEnd {
+    /// # Cancel safety
+    /// Cancel safe.
+    async fn arrival(&mut self) -> Arrival {
+        match self {
+            Self::Udp(socket) => {
+                let _ = socket.readable().await;
+                Arrival::UdpReadable
+            }
+            Self::Ip(lease) => Arrival::Packet(lease.packets.recv().await),
+        }
+    }
+}
+
+/// One tunnel: its far end on one side, its datagram flow and stream on the other.
 struct Relay {
     proxy: Arc<ProxyInner>,
-    socket: UdpSocket,
+    far: FarEnd,
     /// `None` when the connection has no QUIC datagrams: then everything goes as capsules.
     flow: Option<DatagramFlow>,
     downloads: CapsuleSender,
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _permits: TunnelPermits,
 }
 
 /// Why a relay ended.
@@ -476,6 +572,7 @@ enum RelayEnd {
     ClientReset(u64),
     Idle,
     Malformed(String),
+    GatewayStopped,
 }
 
 impl Relay {
@@ -493,13 +590,23 @@ impl Relay {
                 self.downloads.abort(reason);
             }
             RelayEnd::ClientReset(code) => tracing::debug!(code, "client reset the tunnel"),
-            RelayEnd::ClientClosed => {}
+            RelayEnd::ClientClosed | RelayEnd::GatewayStopped => {}
         }
         // Dropping `downloads` finishes our side of the stream (FIN) unless it was aborted above;
-        // dropping the socket frees its port.
+        // dropping the far end frees its socket or returns its address to the pool.
     }
 
     async fn relay(&mut self, mut uploads: RecvBody) -> RelayEnd {
+        if let FarEnd::Ip(lease) = &self.far {
+            // RFC 9484 §4.7: the client learns its address and routes before it can send anything.
+            let gateway = lease.gateway();
+            let assign = IpCapsule::AddressAssign(vec![AddressEntry {
+                request_id: 0,
+                network: IpNetwork { address: lease.address, prefix: if lease.address.is_ipv4() { 32 } else { 128 } },
+            }]);
+            let _ = self.downloads.try_send(assign.encode());
+            let _ = self.downloads.try_send(IpCapsule::RouteAdvertisement(gateway.routes().to_vec()).encode());
+        }
         let idle_timeout = self.proxy.config.idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
@@ -509,7 +616,7 @@ impl Relay {
             tokio::select! {
                 datagram = crate::next_datagram(&mut flow) => match datagram {
                     Some(datagram) => {
-                        self.relay_to_target(&datagram);
+                        self.relay_to_far_end(&datagram);
                         idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     }
                     // The stream's datagram side is gone; its end arrives on the stream.
@@ -522,11 +629,14 @@ impl Relay {
                         loop {
                             match decoder.next_capsule() {
                                 Ok(Some(capsule)) if capsule.capsule_type == CAPSULE_DATAGRAM => {
-                                    self.relay_to_target(&capsule.value);
+                                    self.relay_to_far_end(&capsule.value);
                                     idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                                 }
-                                // Unknown capsule types are skipped (RFC 9297 §3.2).
-                                Ok(Some(_)) => {}
+                                Ok(Some(capsule)) => {
+                                    if let Err(malformed) = self.on_capsule(&capsule) {
+                                        return RelayEnd::Malformed(malformed);
+                                    }
+                                }
                                 Ok(None) => break,
                                 Err(too_large) => return RelayEnd::Malformed(too_large.to_string()),
                             }
@@ -536,8 +646,16 @@ impl Relay {
                     Some(Err(BodyError::Reset(code))) => break RelayEnd::ClientReset(code),
                     Some(Err(_)) => break RelayEnd::ClientReset(quiver_h3::H3_REQUEST_INCOMPLETE),
                 },
-                readable = self.socket.readable() => {
-                    if readable.is_ok() && self.relay_from_target(flow.as_ref()) {
+                arrival = self.far.arrival() => {
+                    let relayed = match arrival {
+                        Arrival::UdpReadable => self.relay_from_target(flow.as_ref()),
+                        Arrival::Packet(Some(packet)) => {
+                            self.relay_to_client(flow.as_ref(), crate::udp_datagram(&packet));
+                            true
+                        }
+                        Arrival::Packet(None) => break RelayEnd::GatewayStopped,
+                    };
+                    if relayed {
                         idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
                     }
                     if self.downloads.is_closed() {
@@ -551,74 +669,114 @@ impl Relay {
         end
     }
 
-    /// Sends one HTTP Datagram payload from the client to the target.
-    fn relay_to_target(&self, payload: &[u8]) {
-        let counters = &self.proxy.counters;
-        match crate::split_context(payload) {
-            Some((CONTEXT_UDP_PAYLOAD, udp)) => match self.socket.try_send(udp) {
-                Ok(_) => {
-                    counters.datagrams_to_target.fetch_add(1, Ordering::Relaxed);
-                    counters.bytes_to_target.fetch_add(udp.len() as u64, Ordering::Relaxed);
+    /// A capsule other than DATAGRAM. Unknown types are skipped (RFC 9297 §3.2); on an IP tunnel an
+    /// ADDRESS_REQUEST is answered with the address the tunnel has (RFC 9484 §4.7.1: the proxy may
+    /// assign another address than the one asked for). `Err` when the capsule is malformed.
+    fn on_capsule(&self, capsule: &Capsule) -> Result<(), String> {
+        let FarEnd::Ip(lease) = &self.far else { return Ok(()) };
+        match IpCapsule::decode(capsule.capsule_type, &capsule.value).map_err(|err| err.to_string())? {
+            Some(IpCapsule::AddressRequest(requests)) => {
+                let prefix = if lease.address.is_ipv4() { 32 } else { 128 };
+                let assigned = requests
+                    .iter()
+                    .map(|request| AddressEntry {
+                        request_id: request.request_id,
+                        network: IpNetwork { address: lease.address, prefix },
+                    })
+                    .collect();
+                if self.downloads.try_send(IpCapsule::AddressAssign(assigned).encode()).is_err() {
+                    self.proxy.counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    counters.dropped_send_failed.fetch_add(1, Ordering::Relaxed);
-                }
-            },
-            Some(_) => {
-                counters.dropped_unknown_context.fetch_add(1, Ordering::Relaxed);
             }
-            None => {
-                counters.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+            // The client's own addresses and routes change nothing here: every packet is checked
+            // against the leased address and the gateway's routes.
+            Some(IpCapsule::AddressAssign(_) | IpCapsule::RouteAdvertisement(_)) | None => {}
+        }
+        Ok(())
+    }
+
+    /// Sends one HTTP Datagram payload from the client to the far end.
+    fn relay_to_far_end(&self, payload: &[u8]) {
+        let counters = &self.proxy.counters;
+        let Some((context, inner)) = crate::split_context(payload) else {
+            counters.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if context != CONTEXT_UDP_PAYLOAD {
+            counters.dropped_unknown_context.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let sent = match &self.far {
+            FarEnd::Udp(socket) => socket.try_send(inner).map(drop).map_err(|err| match err.kind() {
+                std::io::ErrorKind::WouldBlock => &counters.dropped_queue_full,
+                _ => &counters.dropped_send_failed,
+            }),
+            FarEnd::Ip(lease) => lease.forward(inner).map_err(|refused| match refused {
+                ForwardRefused::Malformed => &counters.dropped_malformed,
+                ForwardRefused::Spoofed => &counters.dropped_not_routed,
+                ForwardRefused::QueueFull => &counters.dropped_queue_full,
+                ForwardRefused::Failed => &counters.dropped_send_failed,
+            }),
+        };
+        match sent {
+            Ok(()) => {
+                counters.datagrams_to_target.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_to_target.fetch_add(inner.len() as u64, Ordering::Relaxed);
+            }
+            Err(counter) => {
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 
     /// Relays what the target sent, up to a batch; true if anything arrived.
     fn relay_from_target(&self, flow: Option<&DatagramFlow>) -> bool {
-        let counters = &self.proxy.counters;
+        let FarEnd::Udp(socket) = &self.far else { return false };
         let mut received = false;
         for _ in 0..RECV_BATCH {
-            let frame = RECV_BUFFER.with_borrow_mut(|buffer| match self.socket.try_recv(buffer) {
+            let frame = RECV_BUFFER.with_borrow_mut(|buffer| match socket.try_recv(buffer) {
                 Ok(length) => Some(Ok(crate::udp_datagram(&buffer[..length]))),
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => None,
                 Err(err) => Some(Err(err)),
             });
-            let frame = match frame {
+            match frame {
                 None => break,
                 // An ICMP error for an earlier send (port unreachable): the tunnel stays, the
                 // client's next datagram may find the target up.
-                Some(Err(err)) => {
-                    tracing::trace!(error = %err, "target socket error");
-                    continue;
-                }
-                Some(Ok(frame)) => frame,
-            };
-            received = true;
-            let udp_length = frame.len() - 1;
-            let sent = match flow {
-                Some(flow) => flow.send(&frame).map_err(|err| match err {
-                    DatagramError::TooLarge { .. } => &counters.dropped_too_large,
-                    _ => &counters.dropped_queue_full,
-                }),
-                None => self
-                    .downloads
-                    .try_send(encode_capsule(CAPSULE_DATAGRAM, &frame))
-                    .map_err(|_| &counters.dropped_queue_full),
-            };
-            match sent {
-                Ok(()) => {
-                    counters.datagrams_from_target.fetch_add(1, Ordering::Relaxed);
-                    counters.bytes_from_target.fetch_add(udp_length as u64, Ordering::Relaxed);
-                }
-                Err(counter) => {
-                    counter.fetch_add(1, Ordering::Relaxed);
+                Some(Err(err)) => tracing::trace!(error = %err, "target socket error"),
+                Some(Ok(frame)) => {
+                    received = true;
+                    self.relay_to_client(flow, frame);
                 }
             }
         }
         received
+    }
+
+    /// Sends one HTTP Datagram payload (context ID included) to the client, as a QUIC datagram or
+    /// a capsule; drops and counts it when it does not fit or the queue is full.
+    fn relay_to_client(&self, flow: Option<&DatagramFlow>, frame: Vec<u8>) {
+        let counters = &self.proxy.counters;
+        let inner_length = frame.len() - 1;
+        let sent = match flow {
+            Some(flow) => flow.send(&frame).map_err(|err| match err {
+                DatagramError::TooLarge { .. } => &counters.dropped_too_large,
+                _ => &counters.dropped_queue_full,
+            }),
+            None => self
+                .downloads
+                .try_send(encode_capsule(CAPSULE_DATAGRAM, &frame))
+                .map_err(|_| &counters.dropped_queue_full),
+        };
+        match sent {
+            Ok(()) => {
+                counters.datagrams_from_target.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_from_target.fetch_add(inner_length as u64, Ordering::Relaxed);
+            }
+            Err(counter) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 

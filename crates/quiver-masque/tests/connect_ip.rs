@@ -1,0 +1,181 @@
+//! CONNECT-IP (RFC 9484) end to end through a real TUN device. The test runs itself again inside a
+//! fresh network namespace (`unshare --net`), so the TUN device, its addresses and every packet stay
+//! there: the proxy's gateway is 10.89.0.1 on `qmasque0` in that namespace, and the kernel answers
+//! the client's ICMP echo and UDP packets. Skipped where namespaces, TUN devices or `ip` are not
+//! available (it needs root, as CI has).
+
+mod support;
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::process::Command;
+
+use quiver_masque::ip::packet::{inspect, internet_checksum};
+use quiver_masque::ip::{IpGateway, IpGatewayConfig, IpTunnel, TunDevice};
+use quiver_masque::{ProxyConfig, TunnelError};
+use support::{GUARD, start_proxy};
+
+const IN_NAMESPACE: &str = "QUIVER_MASQUE_TEST_IN_NETNS";
+const TEST_NAME: &str = "connect_ip_through_a_tun_device_in_a_network_namespace";
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 1);
+
+#[test]
+fn connect_ip_through_a_tun_device_in_a_network_namespace() {
+    if std::env::var_os(IN_NAMESPACE).is_some() {
+        return in_namespace();
+    }
+    if !Command::new("unshare").args(["--net", "true"]).status().is_ok_and(|status| status.success()) {
+        eprintln!("skipped: cannot create a network namespace (unshare --net needs root)");
+        return;
+    }
+    let output = Command::new("unshare")
+        .args(["--net", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
+        .env(IN_NAMESPACE, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stderr}");
+    assert!(output.status.success(), "in the namespace:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip").args(args).status().is_ok_and(|status| status.success())
+}
+
+fn in_namespace() {
+    if !ip(&["link", "set", "lo", "up"]) {
+        eprintln!("skipped: the ip command (iproute2) is not available");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let tun = match TunDevice::create("qmasque0") {
+            Ok(tun) => tun,
+            Err(err) => {
+                eprintln!("skipped: {err}");
+                return;
+            }
+        };
+        assert!(ip(&["addr", "add", "10.89.0.1/24", "dev", "qmasque0"]) && ip(&["link", "set", "qmasque0", "up"]));
+        let config =
+            IpGatewayConfig { pool: "10.89.0.0/24".parse().unwrap(), routes: vec!["10.89.0.0/24".parse().unwrap()] };
+        let gateway = IpGateway::start(tun, config).unwrap();
+        assert_eq!(gateway.gateway_address(), GATEWAY);
+        let proxy = start_proxy(ProxyConfig { ip_gateway: Some(gateway.clone()), ..ProxyConfig::default() });
+        tokio::time::timeout(GUARD, exchange(&proxy, &gateway)).await.expect("timed out");
+    });
+}
+
+async fn exchange(proxy: &support::TestProxy, gateway: &IpGateway) {
+    for datagrams in [true, false] {
+        let client = proxy.client(datagrams);
+        let mut tunnel = client.open_ip().await.unwrap();
+        assert_eq!(tunnel.uses_quic_datagrams(), datagrams);
+        let address = match tunnel.assigned() {
+            [network] if network.prefix == 32 => network.address,
+            other => panic!("assigned {other:?}"),
+        };
+        assert_eq!(address, Ipv4Addr::new(10, 89, 0, 2), "the first free address (the last tunnel's came back)");
+        assert_eq!(tunnel.routes().len(), 1);
+        assert!(tunnel.routes()[0].allows(GATEWAY.into(), 1));
+        let std::net::IpAddr::V4(source) = address else { unreachable!() };
+
+        // ICMP echo to the gateway: the kernel in the namespace answers.
+        for sequence in 0..20u16 {
+            tunnel.send(&icmp_echo_request(source, GATEWAY, 0x4d51, sequence, b"through the tunnel")).unwrap();
+            let reply = next_packet(&mut tunnel, 1).await;
+            let header = inspect(&reply).unwrap();
+            assert_eq!((header.source, header.destination), (GATEWAY.into(), address));
+            let icmp = &reply[20..];
+            assert_eq!(icmp[0], 0, "echo reply");
+            assert_eq!(u16::from_be_bytes([icmp[4], icmp[5]]), 0x4d51);
+            assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), sequence);
+            assert_eq!(&icmp[8..], b"through the tunnel");
+        }
+
+        // UDP to a socket on the gateway address, and its answer back through the TUN device.
+        let server = UdpSocket::bind((GATEWAY, 0)).unwrap();
+        server.set_read_timeout(Some(GUARD)).unwrap();
+        let port = server.local_addr().unwrap().port();
+        tunnel.send(&udp_packet(source, 40_000, GATEWAY, port, b"question")).unwrap();
+        let server = tokio::task::spawn_blocking(move || {
+            let mut buffer = [0u8; 64];
+            let (length, peer) = server.recv_from(&mut buffer).unwrap();
+            assert_eq!(&buffer[..length], b"question");
+            assert_eq!(peer, (source, 40_000).into());
+            server.send_to(b"answer", peer).unwrap();
+        });
+        let answer = next_packet(&mut tunnel, 17).await;
+        server.await.unwrap();
+        assert_eq!(&answer[28..], b"answer");
+
+        // A forged source and a destination outside the routes are dropped and counted.
+        let before = proxy.proxy.stats().dropped_not_routed;
+        tunnel.send(&icmp_echo_request(Ipv4Addr::new(10, 89, 0, 99), GATEWAY, 1, 1, b"forged")).unwrap();
+        tunnel.send(&icmp_echo_request(source, Ipv4Addr::new(192, 0, 2, 1), 1, 1, b"elsewhere")).unwrap();
+        while proxy.proxy.stats().dropped_not_routed < before + 2 {
+            tokio::task::yield_now().await;
+        }
+        drop(tunnel);
+        // The address goes back to the pool once the proxy has seen the tunnel end.
+        while proxy.proxy.stats().tunnels_active > 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let stats = gateway.stats();
+    assert_eq!(stats.dropped_malformed, 0, "{stats:?}");
+}
+
+/// The next packet of `protocol` from the tunnel (the kernel may send others, such as IPv6 router
+/// solicitations; this namespace has no IPv6 on the TUN device, but stay tolerant).
+async fn next_packet(tunnel: &mut IpTunnel, protocol: u8) -> Vec<u8> {
+    loop {
+        let packet = match tunnel.recv().await {
+            Ok(packet) => packet,
+            Err(err @ TunnelError::Closed) => panic!("tunnel closed: {err}"),
+            Err(err) => panic!("{err}"),
+        };
+        if inspect(&packet).is_ok_and(|header| header.protocol == protocol) {
+            return packet.to_vec();
+        }
+    }
+}
+
+fn ipv4_header(source: Ipv4Addr, destination: Ipv4Addr, protocol: u8, payload_length: usize) -> Vec<u8> {
+    let total = u16::try_from(20 + payload_length).unwrap();
+    let mut header = vec![0x45, 0];
+    header.extend_from_slice(&total.to_be_bytes());
+    header.extend_from_slice(&[0, 0, 0x40, 0, 64, protocol, 0, 0]);
+    header.extend_from_slice(&source.octets());
+    header.extend_from_slice(&destination.octets());
+    let checksum = internet_checksum(&header);
+    header[10..12].copy_from_slice(&checksum.to_be_bytes());
+    header
+}
+
+fn icmp_echo_request(source: Ipv4Addr, destination: Ipv4Addr, id: u16, sequence: u16, data: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![8, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&sequence.to_be_bytes());
+    icmp.extend_from_slice(data);
+    let checksum = internet_checksum(&icmp);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    let mut packet = ipv4_header(source, destination, 1, icmp.len());
+    packet.extend_from_slice(&icmp);
+    packet
+}
+
+/// A UDP packet without a UDP checksum (0 means none over IPv4).
+fn udp_packet(source: Ipv4Addr, source_port: u16, destination: Ipv4Addr, port: u16, data: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(8 + data.len()).unwrap();
+    let mut packet = ipv4_header(source, destination, 17, usize::from(length));
+    packet.extend_from_slice(&source_port.to_be_bytes());
+    packet.extend_from_slice(&port.to_be_bytes());
+    packet.extend_from_slice(&length.to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(data);
+    packet
+}
