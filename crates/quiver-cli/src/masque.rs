@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quiver::Endpoint;
+use quiver_masque::ip::{IpGateway, IpGatewayConfig, IpNetwork, TunDevice};
 use quiver_masque::{MasqueClient, Proxy, ProxyConfig, Target, TargetPolicy, TunnelError, UdpTunnel, UriTemplate};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -71,6 +72,17 @@ struct ProxyArgs {
     /// Close a tunnel after this many seconds without a datagram.
     #[arg(long, value_name = "SECONDS", default_value_t = quiver_masque::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
+    /// Serve CONNECT-IP (RFC 9484) too: lease client addresses from this network (e.g. 10.89.0.0/24).
+    /// Creates the --tun device and gives it the network's first host address (needs root, Linux).
+    #[arg(long, value_name = "CIDR")]
+    ip_pool: Option<String>,
+    /// Destinations CONNECT-IP clients may reach (repeatable; default: the pool only). Reaching
+    /// beyond this host also needs IP forwarding and NAT, which the proxy leaves to you.
+    #[arg(long, value_name = "CIDR", requires = "ip_pool")]
+    ip_route: Vec<String>,
+    /// Name of the TUN device CONNECT-IP uses.
+    #[arg(long, value_name = "NAME", default_value = "quiver-ip0", requires = "ip_pool")]
+    tun: String,
 }
 
 /// How `quiver masque client` and `bench` reach the proxy.
@@ -162,6 +174,10 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     if args.max_tunnels_per_connection == 0 || args.max_tunnels == 0 || args.idle_timeout == 0 {
         return Err(usage("--max-tunnels-per-connection, --max-tunnels and --idle-timeout must be at least 1"));
     }
+    let ip_gateway = match &args.ip_pool {
+        Some(pool) => Some(start_ip_gateway(pool, &args.ip_route, &args.tun)?),
+        None => None,
+    };
     let config = ProxyConfig {
         template,
         policy,
@@ -169,6 +185,7 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         max_tunnels: args.max_tunnels,
         idle_timeout: Duration::from_secs(args.idle_timeout),
         bearer_token: args.token,
+        ip_gateway,
         ..ProxyConfig::default()
     };
     let server_identity = args.identity.load()?;
@@ -177,6 +194,17 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let addr = endpoint.local_addr();
     let rules: Vec<String> = config.policy.rules().iter().map(ToString::to_string).collect();
     say!("quiver masque proxy on https://{addr} (template {}; allow {})", config.template, rules.join(" "));
+    if let Some(gateway) = &config.ip_gateway {
+        let routes: Vec<String> =
+            gateway.routes().iter().map(|range| format!("{}-{}", range.start, range.end)).collect();
+        say!(
+            "CONNECT-IP on TUN {} (gateway {}, pool {}; routes {})",
+            gateway.tun_name(),
+            gateway.gateway_address(),
+            gateway.pool(),
+            routes.join(" ")
+        );
+    }
     if let Some(notice) = server_identity.self_signed_notice() {
         say!("{notice}");
         say!("  quiver masque client --proxy https://{addr} -k --listen 127.0.0.1:5353 --target HOST:PORT");
@@ -194,6 +222,39 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         stats.datagrams_to_target,
         stats.datagrams_from_target
     );
+    Ok(())
+}
+
+/// Creates the TUN device, gives it the pool's first host address, brings it up, and starts the
+/// gateway on it.
+fn start_ip_gateway(pool: &str, routes: &[String], tun_name: &str) -> anyhow::Result<Arc<IpGateway>> {
+    let pool: IpNetwork = pool.parse().map_err(|err: String| usage(format!("--ip-pool: {err}")))?;
+    let mut parsed = Vec::with_capacity(routes.len().max(1));
+    for route in routes {
+        parsed.push(route.parse::<IpNetwork>().map_err(|err| usage(format!("--ip-route: {err}")))?);
+    }
+    if parsed.is_empty() {
+        parsed.push(pool);
+    }
+    let tun = TunDevice::create(tun_name).map_err(|err| anyhow::anyhow!("{err} (CONNECT-IP needs root on Linux)"))?;
+    let config = IpGatewayConfig { pool, routes: parsed };
+    // Validate (pool size, families) before touching the interface's addresses.
+    let gateway = IpGateway::start(tun, config).map_err(|err| usage(err.to_string()))?;
+    let address = format!("{}/{}", gateway.gateway_address(), pool.prefix);
+    run_ip(&["addr", "replace", &address, "dev", tun_name])?;
+    run_ip(&["link", "set", tun_name, "up"])?;
+    Ok(gateway)
+}
+
+/// Runs `ip ARGS` (iproute2), with an error that says what failed.
+fn run_ip(args: &[&str]) -> anyhow::Result<()> {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|err| anyhow::anyhow!("cannot run `ip {}`: {err} (install iproute2)", args.join(" ")))?;
+    if !output.status.success() {
+        anyhow::bail!("`ip {}` failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr).trim());
+    }
     Ok(())
 }
 

@@ -192,6 +192,7 @@ fn bad_usage_exits_2_with_a_hint() {
     let cases: &[&[&str]] = &[
         &["proxy", "--allow", "everything"],
         &["proxy", "--template", "/no/variables"],
+        &["proxy", "--ip-pool", "10.89.0.1/24"],
         &["client", "--proxy", "ftp://x", "--listen", "127.0.0.1:0", "--target", "a.example:53"],
         &["client", "--proxy", "https://127.0.0.1:1", "--listen", "127.0.0.1:0", "--target", "a.example"],
         &["bench", "--proxy", "https://127.0.0.1:1", "--size", "1"],
@@ -202,4 +203,65 @@ fn bad_usage_exits_2_with_a_hint() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.starts_with("quiver: ") && stderr.len() > 20, "{args:?}: {stderr}");
     }
+}
+
+const IN_NAMESPACE: &str = "QUIVER_CLI_TEST_IN_NETNS";
+
+/// `quiver masque proxy --ip-pool`: creates its TUN device, configures it, and leases addresses to
+/// CONNECT-IP clients. Runs itself again in a network namespace of its own (needs root, `unshare`
+/// and iproute2; skipped otherwise). Packets through such a tunnel are tested in quiver-masque.
+#[test]
+fn proxy_serves_connect_ip_on_its_tun_device() {
+    const TEST_NAME: &str = "proxy_serves_connect_ip_on_its_tun_device";
+    if std::env::var_os(IN_NAMESPACE).is_none() {
+        if !Command::new("unshare").args(["--net", "true"]).status().is_ok_and(|status| status.success()) {
+            eprintln!("skipped: cannot create a network namespace (unshare --net needs root)");
+            return;
+        }
+        let output = Command::new("unshare")
+            .args(["--net", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
+            .env(IN_NAMESPACE, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        eprintln!("{stderr}");
+        assert!(output.status.success() && stdout.contains("1 passed"), "in the namespace:\n{stdout}\n{stderr}");
+        return;
+    }
+    if !Command::new("ip").args(["link", "set", "lo", "up"]).status().is_ok_and(|status| status.success()) {
+        eprintln!("skipped: the ip command (iproute2) is not available");
+        return;
+    }
+    let proxy = start(&["proxy", "--listen", "127.0.0.1:0", "--ip-pool", "10.89.0.0/29", "--tun", "qmcli0"]);
+    let banner = proxy.wait_stdout("quiver masque proxy on");
+    let proxy_addr = address_in(&banner, "https://");
+    let ip_line = proxy.wait_stdout("CONNECT-IP on TUN qmcli0");
+    assert!(ip_line.contains("gateway 10.89.0.1") && ip_line.contains("10.89.0.0-10.89.0.7"), "{ip_line}");
+    let show = Command::new("ip").args(["-o", "addr", "show", "dev", "qmcli0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&show.stdout).contains("10.89.0.1/29"), "{show:?}");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = quiver_masque::client_config().insecure_skip_verification().build().unwrap();
+        let client = quiver_masque::MasqueClient::new(&format!("https://{proxy_addr}"), config)
+            .unwrap()
+            .with_open_timeout(GUARD);
+        // A /29 has five addresses for clients (.2 to .6); the sixth tunnel is refused with 503.
+        let mut tunnels = Vec::new();
+        for expected in 2..=6u8 {
+            let tunnel = client.open_ip().await.unwrap();
+            assert_eq!(tunnel.assigned()[0].to_string(), format!("10.89.0.{expected}/32"));
+            tunnels.push(tunnel);
+        }
+        match client.open_ip().await {
+            Err(quiver_masque::TunnelError::Refused { status, proxy_status: Some(reason), .. }) => {
+                assert_eq!(status, 503);
+                assert!(reason.contains("exhausted"), "{reason}");
+            }
+            other => panic!("expected 503, got {other:?}"),
+        }
+    });
 }
