@@ -14,7 +14,7 @@ use quiver_h3::{BodyError, DatagramError, DatagramFlow, H3Connection, Protocol, 
 use crate::body::{CapsuleSender, ChannelBody, QueueRefused};
 use crate::target::Target;
 use crate::template::UriTemplate;
-use crate::{CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_CAPSULE_BYTES, MAX_UDP_PAYLOAD, udp_datagram};
+use crate::{CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_CAPSULE_BYTES, MAX_UDP_PAYLOAD, context_zero_datagram};
 
 /// How long a tunnel that saw its stream end unexpectedly waits for the connection's close reason.
 const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);
@@ -269,7 +269,7 @@ impl TunnelStream {
         if payload.len() > MAX_UDP_PAYLOAD {
             return Err(TunnelError::TooLarge { size: payload.len(), max: self.max_payload() });
         }
-        let frame = udp_datagram(payload);
+        let frame = context_zero_datagram(payload);
         match &self.flow {
             Some(flow) => flow.send(&frame).map_err(|err| match err {
                 DatagramError::TooLarge { max, .. } => {

@@ -79,11 +79,12 @@ pub fn split_context(payload: &[u8]) -> Option<(u64, &[u8])> {
     Some((context, &payload[length..]))
 }
 
-/// An HTTP Datagram payload carrying `udp_payload` with context ID 0.
-pub(crate) fn udp_datagram(udp_payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(udp_payload.len() + 1);
+/// An HTTP Datagram payload carrying `payload` (a UDP payload, or an IP packet for CONNECT-IP) with
+/// context ID 0.
+pub(crate) fn context_zero_datagram(payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 1);
     put_varint(&mut frame, CONTEXT_UDP_PAYLOAD);
-    frame.extend_from_slice(udp_payload);
+    frame.extend_from_slice(payload);
     frame
 }
 
@@ -112,8 +113,8 @@ mod tests {
 
     #[test]
     fn context_ids_split_off() {
-        assert_eq!(split_context(&udp_datagram(b"abc")), Some((0, &b"abc"[..])));
-        assert_eq!(split_context(&udp_datagram(b"")), Some((0, &b""[..])));
+        assert_eq!(split_context(&context_zero_datagram(b"abc")), Some((0, &b"abc"[..])));
+        assert_eq!(split_context(&context_zero_datagram(b"")), Some((0, &b""[..])));
         assert_eq!(split_context(&[0x40, 0x02, 9]), Some((2, &[9u8][..])), "two-byte varint");
         assert_eq!(split_context(&[]), None);
         assert_eq!(split_context(&[0x40]), None, "truncated varint");

@@ -1,5 +1,6 @@
-//! The CONNECT-UDP proxy: an HTTP/3 application that opens one connected UDP socket per tunnel and
-//! relays payloads between it and the client.
+//! The proxy: an HTTP/3 application that opens one connected UDP socket per CONNECT-UDP tunnel (or
+//! leases one address of its IP gateway per CONNECT-IP tunnel, see [`crate::ip`]) and relays
+//! payloads between it and the client.
 //!
 //! Each accepted request is checked in a fixed order, each failure with its own status and
 //! `Proxy-Status` (RFC 9209): authentication (407), extended CONNECT with `connect-udp` and
@@ -141,17 +142,17 @@ counters! {
     refused_resolve,
     /// Requests refused with 502 because no socket could be connected to the target.
     refused_unreachable,
-    /// UDP payloads sent to targets.
+    /// UDP payloads sent to targets (IP packets handed to the TUN device, for CONNECT-IP).
     datagrams_to_target,
-    /// Bytes of UDP payload sent to targets.
+    /// Bytes of those payloads.
     bytes_to_target,
-    /// UDP payloads from targets relayed to clients.
+    /// UDP payloads from targets (IP packets from the TUN device) relayed to clients.
     datagrams_from_target,
-    /// Bytes of UDP payload relayed to clients.
+    /// Bytes of those payloads.
     bytes_from_target,
     /// Datagrams from clients with a context ID other than 0, dropped.
     dropped_unknown_context,
-    /// Payloads from targets larger than the client's path carries in one QUIC datagram, dropped.
+    /// Payloads larger than the client's path carries in one QUIC datagram, dropped.
     dropped_too_large,
     /// Payloads dropped because a queue was full (towards the client, or the target socket's buffer).
     dropped_queue_full,
@@ -650,7 +651,7 @@ impl Relay {
                     let relayed = match arrival {
                         Arrival::UdpReadable => self.relay_from_target(flow.as_ref()),
                         Arrival::Packet(Some(packet)) => {
-                            self.relay_to_client(flow.as_ref(), crate::udp_datagram(&packet));
+                            self.relay_to_client(flow.as_ref(), crate::context_zero_datagram(&packet));
                             true
                         }
                         Arrival::Packet(None) => break RelayEnd::GatewayStopped,
@@ -735,7 +736,7 @@ impl Relay {
         let mut received = false;
         for _ in 0..RECV_BATCH {
             let frame = RECV_BUFFER.with_borrow_mut(|buffer| match socket.try_recv(buffer) {
-                Ok(length) => Some(Ok(crate::udp_datagram(&buffer[..length]))),
+                Ok(length) => Some(Ok(crate::context_zero_datagram(&buffer[..length]))),
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => None,
                 Err(err) => Some(Err(err)),
             });
