@@ -17,9 +17,9 @@ use tokio::sync::mpsc;
 use crate::get::UsageError;
 use crate::identity::IdentityArgs;
 
-/// Local peers (source addresses) `quiver masque client` forwards for at once, one tunnel each: a
-/// DNS stub resolver uses a fresh source port per query, and the proxy allows 256 tunnels per
-/// connection by default.
+/// Local peers (source addresses) `quiver masque client` forwards for at once, one tunnel each; past
+/// it the least recently used flow is closed. A DNS stub resolver uses a fresh source port per query,
+/// and the proxy allows 256 tunnels per connection by default.
 const MAX_LOCAL_FLOWS: usize = 256;
 /// Datagrams from one local peer queued while its tunnel opens (one round trip): a burst of DNS
 /// retries fits. Local peers only, so at most 256 x 16 x 64 KiB even for pathological payloads.
@@ -309,8 +309,20 @@ struct Forwarder {
     client: MasqueClient,
     target: Arc<Target>,
     idle_timeout: Duration,
-    /// Each peer's queue towards its flow task; a closed one means the flow ended.
-    flows: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    /// Each peer's flow; a closed queue means the flow ended.
+    flows: HashMap<SocketAddr, LocalFlow>,
+}
+
+/// The forwarder's handle on one peer's flow task.
+struct LocalFlow {
+    queue: mpsc::Sender<Bytes>,
+    last_datagram: Instant,
+}
+
+/// The peer whose flow has gone longest without a datagram: the one to close when every slot is taken
+/// (a DNS stub uses a fresh source port per query, so old flows are rarely needed again).
+fn least_recently_used(flows: &HashMap<SocketAddr, LocalFlow>) -> Option<SocketAddr> {
+    flows.iter().min_by_key(|(_, flow)| flow.last_datagram).map(|(peer, _)| *peer)
 }
 
 impl Forwarder {
@@ -325,26 +337,28 @@ impl Forwarder {
                 Err(err) => return Err(anyhow::anyhow!("cannot read the local UDP socket: {err}")),
             };
             let payload = Bytes::copy_from_slice(&buffer[..length]);
-            if let Some(queue) = self.flows.get(&peer).filter(|queue| !queue.is_closed()) {
-                if queue.try_send(payload).is_err() {
+            let now = Instant::now();
+            if let Some(flow) = self.flows.get_mut(&peer).filter(|flow| !flow.queue.is_closed()) {
+                flow.last_datagram = now;
+                if flow.queue.try_send(payload).is_err() {
                     dropped += 1;
                     tracing::debug!(%peer, dropped, "flow queue full; datagram dropped");
                 }
                 continue;
             }
             if self.flows.len() >= MAX_LOCAL_FLOWS {
-                self.flows.retain(|_, queue| !queue.is_closed());
+                self.flows.retain(|_, flow| !flow.queue.is_closed());
             }
-            if self.flows.len() >= MAX_LOCAL_FLOWS {
-                dropped += 1;
-                complain(format_args!(
-                    "{MAX_LOCAL_FLOWS} local peers already have tunnels; datagram from {peer} dropped"
-                ));
-                continue;
+            if self.flows.len() >= MAX_LOCAL_FLOWS
+                && let Some(oldest) = least_recently_used(&self.flows)
+            {
+                // Dropping its queue ends the flow task, which closes its tunnel.
+                self.flows.remove(&oldest);
+                tracing::debug!(peer = %oldest, "every flow slot taken; closing the least recently used");
             }
             let (queue, datagrams) = mpsc::channel(FLOW_QUEUE);
             let _ = queue.try_send(payload);
-            self.flows.insert(peer, queue);
+            self.flows.insert(peer, LocalFlow { queue, last_datagram: now });
             let flow = Flow {
                 socket: self.socket.clone(),
                 client: self.client.clone(),
@@ -509,4 +523,24 @@ async fn start_udp_echo() -> anyhow::Result<SocketAddr> {
         }
     });
     Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flow_idle_longest_is_closed_first() {
+        let now = Instant::now();
+        let flow = |seconds_ago: u64| LocalFlow {
+            queue: mpsc::channel(1).0,
+            last_datagram: now.checked_sub(Duration::from_secs(seconds_ago)).unwrap_or(now),
+        };
+        let mut flows = HashMap::new();
+        assert_eq!(least_recently_used(&flows), None);
+        flows.insert("127.0.0.1:1000".parse().unwrap(), flow(1));
+        flows.insert("127.0.0.1:2000".parse().unwrap(), flow(30));
+        flows.insert("127.0.0.1:3000".parse().unwrap(), flow(5));
+        assert_eq!(least_recently_used(&flows), Some("127.0.0.1:2000".parse().unwrap()));
+    }
 }
