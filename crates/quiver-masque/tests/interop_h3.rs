@@ -4,8 +4,9 @@
 //! framing; only the CONNECT-UDP conventions (path, context ID, capsules) are spelled out here.
 //!
 //! h3-datagram 0.0.2 always writes quarter stream ID 0 into the datagrams it sends (its encoder
-//! drops the varint it computed), so its datagrams only work on the first request stream; the
-//! datagram test uses that stream, and the capsule test covers the other streams.
+//! drops the varint it computed: hyperium/h3 issue 345, fixed by their PR 340 after the last release),
+//! so its datagrams only work on the first request stream; the datagram test uses that stream, the
+//! capsule test covers other streams, and the aioquic test has datagrams on several streams.
 
 mod support;
 
