@@ -102,6 +102,16 @@ async fn a_hundred_concurrent_tunnels_share_one_connection() {
     tokio::time::timeout(GUARD, run).await.expect("timed out");
 }
 
+/// Asserts that opening a tunnel was refused with `expected`; returns the `Proxy-Status` (or "").
+fn refused(outcome: Result<quiver_masque::UdpTunnel, TunnelError>, expected: StatusCode) -> String {
+    match outcome {
+        Err(TunnelError::Refused { status, proxy_status, .. }) if status == expected => {
+            proxy_status.unwrap_or_default()
+        }
+        other => panic!("expected {expected}, got {other:?}"),
+    }
+}
+
 /// Sends a hand-made request and returns the status and `Proxy-Status`.
 async fn raw_request(
     proxy: &support::TestProxy,
@@ -129,19 +139,11 @@ async fn refusals_have_status_codes_and_proxy_status() {
     let client = proxy.client(true);
     let run = async {
         // The echo port is outside 1000-2000: the port check refuses it before anything else.
-        match client.open(&target(echo)).await {
-            Err(TunnelError::Refused { status: StatusCode::FORBIDDEN, proxy_status: Some(status), .. }) => {
-                assert!(status.contains("error=http_request_denied"), "{status}");
-            }
-            other => panic!("expected 403, got {other:?}"),
-        }
+        let status = refused(client.open(&target(echo)).await, StatusCode::FORBIDDEN);
+        assert!(status.contains("error=http_request_denied"), "{status}");
         // An allowed port on a loopback address no CIDR rule covers ("*" never opens loopback).
-        match client.open(&"127.0.0.2:53".parse().unwrap()).await {
-            Err(TunnelError::Refused { status: StatusCode::FORBIDDEN, proxy_status: Some(status), .. }) => {
-                assert!(status.contains("error=destination_ip_prohibited"), "{status}");
-            }
-            other => panic!("expected 403, got {other:?}"),
-        }
+        let status = refused(client.open(&"127.0.0.2:53".parse().unwrap()).await, StatusCode::FORBIDDEN);
+        assert!(status.contains("error=destination_ip_prohibited"), "{status}");
         let bad_host = connect_udp(&url, "/.well-known/masque/udp/bad%20host/53/").header("capsule-protocol", "?1");
         let (status, proxy_status) = raw_request(&proxy, bad_host.body(Default::default()).unwrap()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -155,10 +157,7 @@ async fn refusals_have_status_codes_and_proxy_status() {
 
         // One tunnel per connection: the second is refused with 429 while the first is open.
         let first = client.open(&"127.0.0.1:1500".parse().unwrap()).await.unwrap();
-        match client.open(&"127.0.0.1:1501".parse().unwrap()).await {
-            Err(TunnelError::Refused { status: StatusCode::TOO_MANY_REQUESTS, .. }) => {}
-            other => panic!("expected 429, got {other:?}"),
-        }
+        refused(client.open(&"127.0.0.1:1501".parse().unwrap()).await, StatusCode::TOO_MANY_REQUESTS);
         drop(first);
         let stats = proxy.proxy.stats();
         assert_eq!((stats.refused_policy, stats.refused_malformed, stats.refused_not_found), (2, 3, 1), "{stats:?}");
@@ -171,17 +170,10 @@ async fn refusals_have_status_codes_and_proxy_status() {
 async fn default_policy_keeps_loopback_closed_and_names_resolve() {
     let proxy = start_proxy(ProxyConfig::default());
     let run = async {
-        match proxy.client(true).open(&"127.0.0.1:53".parse().unwrap()).await {
-            Err(TunnelError::Refused { status: StatusCode::FORBIDDEN, .. }) => {}
-            other => panic!("expected 403, got {other:?}"),
-        }
+        refused(proxy.client(true).open(&"127.0.0.1:53".parse().unwrap()).await, StatusCode::FORBIDDEN);
         // A name that resolves to loopback is refused too: the addresses are checked, not the name.
-        match proxy.client(true).open(&"localhost:53".parse().unwrap()).await {
-            Err(TunnelError::Refused { status: StatusCode::FORBIDDEN, proxy_status: Some(status), .. }) => {
-                assert!(status.contains("destination_ip_prohibited"), "{status}");
-            }
-            other => panic!("expected 403, got {other:?}"),
-        }
+        let status = refused(proxy.client(true).open(&"localhost:53".parse().unwrap()).await, StatusCode::FORBIDDEN);
+        assert!(status.contains("destination_ip_prohibited"), "{status}");
     };
     tokio::time::timeout(GUARD, run).await.expect("timed out");
 
@@ -202,10 +194,7 @@ async fn bearer_token_is_required_when_configured() {
     let echo = udp_echo().await;
     let run = async {
         for client in [proxy.client(true), proxy.client(true).with_bearer_token("wrong")] {
-            match client.open(&target(echo)).await {
-                Err(TunnelError::Refused { status: StatusCode::PROXY_AUTHENTICATION_REQUIRED, .. }) => {}
-                other => panic!("expected 407, got {other:?}"),
-            }
+            refused(client.open(&target(echo)).await, StatusCode::PROXY_AUTHENTICATION_REQUIRED);
         }
         let mut tunnel = proxy.client(true).with_bearer_token("s3cret").open(&target(echo)).await.unwrap();
         tunnel.send(b"\0\0\0\0ok").unwrap();
