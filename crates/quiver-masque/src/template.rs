@@ -391,6 +391,49 @@ mod tests {
     }
 
     #[test]
+    fn expansion_and_matching_round_trip_for_many_targets() {
+        // A fixed-seed generator: the same thousands of targets on every run.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            state >> 16
+        };
+        let templates = [
+            UriTemplate::default(),
+            UriTemplate::parse("/masque?h={target_host}&p={target_port}").unwrap(),
+            UriTemplate::parse("/p/{target_port}/h/{target_host}").unwrap(),
+            UriTemplate::parse("/udp/{target_host}-{target_port}").unwrap(),
+        ];
+        const LABEL_BYTES: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789-_";
+        for round in 0..3000 {
+            let host = match round % 3 {
+                0 => std::net::Ipv4Addr::from(next() as u32).to_string(),
+                1 => std::net::Ipv6Addr::from(u128::from(next()) << 64 | u128::from(next())).to_string(),
+                _ => (0..1 + next() % 4)
+                    .map(|_| {
+                        let length = 1 + next() as usize % 20;
+                        let mut label: String =
+                            (0..length).map(|_| LABEL_BYTES[next() as usize % LABEL_BYTES.len()] as char).collect();
+                        // Labels may not start or end with '-'; all-digit names would be IP literals.
+                        label.replace_range(0..1, "x");
+                        if label.ends_with('-') {
+                            label.replace_range(label.len() - 1.., "y");
+                        }
+                        label
+                    })
+                    .collect::<Vec<_>>()
+                    .join("."),
+            };
+            let port = 1 + (next() % 65_535) as u16;
+            let target = Target::new(&host, port).unwrap();
+            for template in &templates {
+                let path = template.expand(&target);
+                assert_eq!(template.match_path(&path).as_ref(), Ok(&target), "{template} {path}");
+            }
+        }
+    }
+
+    #[test]
     fn matching_never_panics_on_arbitrary_paths() {
         // A cheap stand-in for the fuzzer: every prefix and every single-byte mutation of real paths.
         let templates = [UriTemplate::default(), UriTemplate::parse("/u?h={target_host}&p={target_port}").unwrap()];
