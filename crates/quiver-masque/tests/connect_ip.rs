@@ -1,12 +1,12 @@
 //! CONNECT-IP (RFC 9484) end to end through a real TUN device. The test runs itself again inside a
 //! fresh network namespace (`unshare --net`), so the TUN device, its addresses and every packet stay
-//! there: the proxy's gateway is 10.89.0.1 on `qmasque0` in that namespace, and the kernel answers
-//! the client's ICMP echo and UDP packets. Skipped where namespaces, TUN devices or `ip` are not
+//! there: the proxy's gateway is 10.89.0.1 on `qmasque0` (and fd00:89::1 on `qmasque6`) in that
+//! namespace, and the kernel answers the client's ICMP echo, UDP and ICMPv6 echo packets. Skipped where namespaces, TUN devices or `ip` are not
 //! available (it needs root, as CI has).
 
 mod support;
 
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::process::Command;
 
 use quiver_masque::ip::packet::{inspect, internet_checksum};
@@ -66,7 +66,61 @@ fn in_namespace() {
         assert_eq!(gateway.gateway_address(), GATEWAY);
         let proxy = start_proxy(ProxyConfig { ip_gateway: Some(gateway.clone()), ..ProxyConfig::default() });
         tokio::time::timeout(GUARD, exchange(&proxy, &gateway)).await.expect("timed out");
+
+        // The same over IPv6, on a second device and proxy (one address family per gateway).
+        let tun = TunDevice::create("qmasque6").unwrap();
+        // nodad: the address is usable at once instead of after duplicate address detection.
+        assert!(
+            ip(&["-6", "addr", "add", "fd00:89::1/64", "dev", "qmasque6", "nodad"])
+                && ip(&["link", "set", "qmasque6", "up"])
+        );
+        let config =
+            IpGatewayConfig { pool: "fd00:89::/64".parse().unwrap(), routes: vec!["fd00:89::/64".parse().unwrap()] };
+        let gateway = IpGateway::start(tun, config).unwrap();
+        let proxy = start_proxy(ProxyConfig { ip_gateway: Some(gateway), ..ProxyConfig::default() });
+        tokio::time::timeout(GUARD, exchange_v6(&proxy)).await.expect("timed out");
     });
+}
+
+async fn exchange_v6(proxy: &support::TestProxy) {
+    let mut tunnel = proxy.client(true).open_ip().await.unwrap();
+    let source: Ipv6Addr = "fd00:89::2".parse().unwrap();
+    let gateway: Ipv6Addr = "fd00:89::1".parse().unwrap();
+    assert_eq!(tunnel.assigned()[0].to_string(), "fd00:89::2/128");
+    for sequence in 0..10u16 {
+        tunnel.send(&icmpv6_echo_request(source, gateway, 0x6d51, sequence, b"six")).unwrap();
+        let reply = next_packet(&mut tunnel, 58).await;
+        let header = inspect(&reply).unwrap();
+        assert_eq!((header.source, header.destination), (gateway.into(), source.into()));
+        let icmp = &reply[40..];
+        assert_eq!(icmp[0], 129, "echo reply");
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), sequence);
+        assert_eq!(&icmp[8..], b"six");
+    }
+}
+
+/// An ICMPv6 echo request; its checksum covers the IPv6 pseudo-header (RFC 8200 §8.1).
+fn icmpv6_echo_request(source: Ipv6Addr, destination: Ipv6Addr, id: u16, sequence: u16, data: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![128, 0, 0, 0];
+    icmp.extend_from_slice(&id.to_be_bytes());
+    icmp.extend_from_slice(&sequence.to_be_bytes());
+    icmp.extend_from_slice(data);
+    let length = u16::try_from(icmp.len()).unwrap();
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&source.octets());
+    pseudo.extend_from_slice(&destination.octets());
+    pseudo.extend_from_slice(&u32::from(length).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(&icmp);
+    let checksum = internet_checksum(&pseudo);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend_from_slice(&length.to_be_bytes());
+    packet.extend_from_slice(&[58, 64]);
+    packet.extend_from_slice(&source.octets());
+    packet.extend_from_slice(&destination.octets());
+    packet.extend_from_slice(&icmp);
+    packet
 }
 
 async fn exchange(proxy: &support::TestProxy, gateway: &IpGateway) {
