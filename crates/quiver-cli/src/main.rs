@@ -22,6 +22,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// QUIC and HTTP/3 on Tokio, from the shell.
 #[derive(Debug, Parser)]
 #[command(name = "quiver", version, about)]
