@@ -2,15 +2,22 @@
 //!
 //! Every CID we issue is [`LOCAL_CID_LEN`] bytes: one byte naming the router (socket) that owns the
 //! connection, then random bytes. The fixed length lets the router read a short header's DCID without a
-//! full parse; the router byte names the socket that owns the connection, so that multi-socket
-//! endpoints can forward a packet that lands on the wrong socket (not implemented yet: today such a
-//! packet is dropped as `unknown_connection`).
+//! full parse; the router byte names the socket that owns the connection, so that a multi-socket
+//! endpoint forwards a packet that lands on the wrong socket to the router that knows it.
+
+use std::collections::HashMap;
 
 use rand::RngCore;
 
 /// Length of every connection ID this endpoint issues: 1 router byte + 15 random bytes (120 bits is
 /// far beyond guessing range).
 pub const LOCAL_CID_LEN: usize = 16;
+
+/// The router a connection ID of ours names, or `None` for an ID we did not mint (a client's original
+/// DCID, or garbage).
+pub(crate) fn router_index(cid: &[u8]) -> Option<usize> {
+    (cid.len() == LOCAL_CID_LEN).then(|| usize::from(cid[0]))
+}
 
 /// Shortest DCID a client may put in its first Initial (RFC 9000 §7.2).
 pub(crate) const MIN_INITIAL_DCID_LEN: usize = 8;
@@ -37,6 +44,76 @@ impl CidGenerator {
         let mut token = [0u8; 16];
         rand::rng().fill_bytes(&mut token);
         u128::from_be_bytes(token)
+    }
+}
+
+/// A connection ID as a table key: its bytes inline, so inserting and looking up allocate nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CidKey {
+    len: u8,
+    bytes: [u8; MAX_CID_LEN],
+}
+
+impl CidKey {
+    /// The key for `cid`, or `None` if it is longer than QUIC v1 allows (20 bytes).
+    pub fn new(cid: &[u8]) -> Option<Self> {
+        let mut bytes = [0u8; MAX_CID_LEN];
+        bytes.get_mut(..cid.len())?.copy_from_slice(cid);
+        Some(Self { len: cid.len() as u8, bytes })
+    }
+
+    /// The connection ID's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// The router's map from connection ID to connection.
+///
+/// Hashing is foldhash with a per-table random seed: several times cheaper than SipHash for 16-byte
+/// keys, and a peer that picks the client-chosen IDs (original DCIDs) still cannot predict collisions.
+#[derive(Debug)]
+pub struct CidTable<V> {
+    map: HashMap<CidKey, V, foldhash::fast::RandomState>,
+}
+
+impl<V> Default for CidTable<V> {
+    fn default() -> Self {
+        Self { map: HashMap::default() }
+    }
+}
+
+impl<V> CidTable<V> {
+    /// The entry for `cid`, if any.
+    pub fn get(&self, cid: &[u8]) -> Option<&V> {
+        self.map.get(&CidKey::new(cid)?)
+    }
+
+    /// Maps `cid` to `value`; IDs longer than 20 bytes are never routable and are ignored.
+    pub fn insert(&mut self, cid: &[u8], value: V) {
+        if let Some(key) = CidKey::new(cid) {
+            self.map.insert(key, value);
+        }
+    }
+
+    /// Unmaps `cid`.
+    pub fn remove(&mut self, cid: &[u8]) -> Option<V> {
+        self.map.remove(&CidKey::new(cid)?)
+    }
+
+    /// Keeps only the entries `keep` approves.
+    pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
+        self.map.retain(|_, value| keep(value));
+    }
+
+    /// How many IDs are mapped.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no ID is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -96,6 +173,22 @@ mod tests {
         assert_eq!(first.len(), LOCAL_CID_LEN);
         assert_eq!(first[0], 7);
         assert_ne!(first, second);
+    }
+
+    #[test]
+    fn cid_table_maps_unmaps_and_ignores_overlong_ids() {
+        let mut table = CidTable::default();
+        table.insert(&[1, 2, 3], "a");
+        table.insert(&[1, 2, 3, 0], "b");
+        table.insert(&[7; 21], "too long");
+        assert_eq!(table.get(&[1, 2, 3]), Some(&"a"), "a shorter ID is not a prefix match");
+        assert_eq!(table.get(&[1, 2, 3, 0]), Some(&"b"));
+        assert_eq!(table.get(&[7; 21]), None);
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.remove(&[1, 2, 3]), Some("a"));
+        table.retain(|value| *value != "b");
+        assert!(table.is_empty());
+        assert_eq!(CidKey::new(&[9; 20]).map(|key| key.as_bytes().len()), Some(20));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -19,9 +19,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
 use crate::app::{ApplicationOverQuic, QuicConnection};
+use crate::batch::{self, HeldPacket, ProducedPacket};
 use crate::endpoint::{EndpointShared, IncomingConnection};
 use crate::error::{ApplicationError, CloseReason, ConnectionError};
-use crate::router::{Datagram, Route, RouterCommand, RouterHandle};
+use crate::router::{Inbound, InboundQueue, Route, RouterCommand, RouterHandle};
+use crate::socket::SEND_BATCH_BYTES;
 use crate::stats::ConnectionStats;
 
 /// Transport error code CONNECTION_REFUSED (RFC 9000 §20.1).
@@ -33,6 +35,13 @@ const INTERNAL_ERROR: u64 = 0x1;
 const MAX_ISSUED_CIDS: usize = 4;
 /// Stats requests queued per connection.
 const STATS_QUEUE: usize = 8;
+/// Send calls one flush makes before the task lets others run (16 GSO batches, about 1 MB): long
+/// enough to amortise a wake-up, short enough that the router reads the peer's ACKs before the socket's
+/// receive buffer could fill while this connection sends.
+const MAX_SENDS_PER_FLUSH: usize = 16;
+/// Packets whose release time is at most this far ahead go now: Tokio's timers tick in milliseconds,
+/// so holding a packet for less would cost a wake-up without pacing it any better.
+const PACING_GRANULARITY: Duration = Duration::from_millis(1);
 /// A sleep deadline far enough away to mean "no timer".
 const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 
@@ -121,7 +130,7 @@ impl ConnectionHandle {
 
 pub(crate) struct CoreParts<'a> {
     pub(crate) conn: quiche::Connection,
-    pub(crate) inbound: mpsc::Receiver<Datagram>,
+    pub(crate) inbound: mpsc::Receiver<Inbound>,
     pub(crate) route: &'a Route,
     pub(crate) router: RouterHandle,
     pub(crate) shared: Arc<EndpointShared>,
@@ -133,6 +142,24 @@ pub(crate) struct CoreParts<'a> {
 
 type StartFn = Box<dyn FnOnce(ConnectionCore) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
+/// What a flush left to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flushed {
+    /// quiche has nothing more to send now.
+    Done,
+    /// More is ready, but this flush sent its share.
+    MoreReady,
+    /// The pacer holds the next packet until its release time.
+    Paced,
+}
+
+/// A packet quiche released for later, kept until the pacer's time for it.
+struct PacedPacket {
+    bytes: Vec<u8>,
+    to: SocketAddr,
+    at: std::time::Instant,
+}
+
 /// What [`ConnectionCore::drive`] stopped for.
 enum DriveExit {
     Closed,
@@ -141,7 +168,7 @@ enum DriveExit {
 
 /// What woke the task.
 enum Wake {
-    Datagram(Option<Datagram>),
+    Datagram(Option<Inbound>),
     Timer,
     CloseRequested,
     StatsRequested(Option<oneshot::Sender<ConnectionStats>>),
@@ -152,9 +179,11 @@ enum Wake {
 
 pub(crate) struct ConnectionCore {
     conn: quiche::Connection,
-    inbound: mpsc::Receiver<Datagram>,
-    route: mpsc::WeakSender<Datagram>,
-    queue_drops: Arc<AtomicU64>,
+    inbound: mpsc::Receiver<Inbound>,
+    route: mpsc::WeakSender<Inbound>,
+    queue: Arc<InboundQueue>,
+    /// A packet the pacer wants sent later, and its release time.
+    paced: Option<PacedPacket>,
     router: RouterHandle,
     shared: Arc<EndpointShared>,
     inbound_closed: bool,
@@ -188,7 +217,8 @@ impl ConnectionCore {
             conn: parts.conn,
             inbound: parts.inbound,
             route: parts.route.inbound.downgrade(),
-            queue_drops: parts.route.queue_drops.clone(),
+            queue: parts.route.queue.clone(),
+            paced: None,
             router: parts.router,
             shutdown: parts.shared.shutdown_signal(),
             shared: parts.shared,
@@ -261,9 +291,19 @@ impl ConnectionCore {
                 self.forced_reason = Some(ConnectionError::HandshakeTimeout(timeout));
                 return DriveExit::Closed;
             }
-            self.flush().await;
+            let flushed = self.flush().await;
             if self.conn.is_closed() {
                 return DriveExit::Closed;
+            }
+            if flushed == Flushed::MoreReady {
+                // Let the router and every other task run before sending more: the router reads the
+                // peer's ACKs off the socket (they open the window for the rest), and nobody waits
+                // behind one connection's burst.
+                tokio::task::yield_now().await;
+                if self.conn.timeout_instant().is_some_and(|at| at <= std::time::Instant::now()) {
+                    self.conn.on_timeout();
+                }
+                continue;
             }
 
             let deadline = self.next_deadline();
@@ -324,20 +364,23 @@ impl ConnectionCore {
     fn next_deadline(&self) -> Instant {
         let quic = self.conn.timeout_instant().map(Instant::from_std);
         let handshake = self.handshake_deadline.filter(|_| !self.conn.is_established()).map(|(at, _)| at);
-        match (quic, handshake) {
-            (Some(quic), Some(handshake)) => quic.min(handshake),
-            (Some(at), None) | (None, Some(at)) => at,
-            (None, None) => Instant::now() + FAR_FUTURE,
-        }
+        let paced = self.paced.as_ref().map(|paced| Instant::from_std(paced.at));
+        [quic, handshake, paced].into_iter().flatten().min().unwrap_or_else(|| Instant::now() + FAR_FUTURE)
     }
 
-    fn recv(&mut self, mut datagram: Datagram) {
-        let info = quiche::RecvInfo { from: datagram.from, to: datagram.to };
-        if let Err(err) = self.conn.recv(&mut datagram.data, info)
-            && err != quiche::Error::Done
-        {
-            tracing::trace!(error = %err, "packet rejected by quiche");
+    /// Feeds quiche every datagram of one hand-off, then gives the buffer back to the pool.
+    fn recv(&mut self, mut inbound: Inbound) {
+        let info = quiche::RecvInfo { from: inbound.from, to: inbound.to };
+        let stride = inbound.stride.max(1);
+        for datagram in inbound.buffer[..inbound.len].chunks_mut(stride) {
+            if let Err(err) = self.conn.recv(datagram, info)
+                && err != quiche::Error::Done
+            {
+                tracing::trace!(error = %err, "packet rejected by quiche");
+            }
         }
+        self.queue.release(inbound.datagrams());
+        self.shared.give_back(inbound.buffer);
     }
 
     fn close_transport(&mut self, code: u64, reason: &str) {
@@ -400,7 +443,7 @@ impl ConnectionCore {
         while self.conn.scids_left() > 0 && self.conn.active_scids() < MAX_ISSUED_CIDS {
             let Some(inbound) = self.route.upgrade() else { return };
             let cid = self.router.cids.generate();
-            let route = Route { inbound, queue_drops: self.queue_drops.clone() };
+            let route = Route { inbound, queue: self.queue.clone() };
             // Map first: the router applies commands before reading, so the CID is routable before the
             // NEW_CONNECTION_ID frame that announces it leaves.
             if self.router.commands.send(RouterCommand::Register(cid.to_vec(), route)).await.is_err() {
@@ -415,61 +458,57 @@ impl ConnectionCore {
         }
     }
 
-    /// Sends everything quiche has to send, in GSO batches of equal-size datagrams to one destination.
-    async fn flush(&mut self) {
-        let mut buffer = self.shared.buffers.take();
+    /// Sends what quiche has to send, in GSO batches of equal-size datagrams to one destination, until
+    /// quiche has nothing more, the pacer holds the next packet back, or this flush has made
+    /// [`MAX_SENDS_PER_FLUSH`] send calls.
+    async fn flush(&mut self) -> Flushed {
         let socket = self.router.socket.clone();
+        let horizon = std::time::Instant::now() + PACING_GRANULARITY;
+        if let Some(paced) = self.paced.take() {
+            if paced.at > horizon {
+                self.paced = Some(paced);
+                return Flushed::Paced;
+            }
+            self.transmit(&socket, &paced.bytes, paced.to, None, 1).await;
+        }
+        let mut buffer = self.shared.large_buffers.take();
         let max_segments = socket.max_gso_segments().max(1);
         // quiche accepts any configured payload size; one datagram must still fit the batch buffer.
-        let mtu = self.conn.max_send_udp_payload_size().min(buffer.len());
-        let mut exhausted = false;
-        while !exhausted {
-            let mut len = 0;
-            let mut segment_size = 0;
-            let mut segments = 0;
-            let mut destination = None;
-            let mut straggler = None;
-            while segments < max_segments && len + mtu <= buffer.len() {
-                match self.conn.send(&mut buffer[len..len + mtu]) {
-                    Ok((written, info)) => match destination {
-                        None => {
-                            destination = Some(info.to);
-                            segment_size = written;
-                            len = written;
-                            segments = 1;
+        let mtu = self.conn.max_send_udp_payload_size().min(SEND_BATCH_BYTES);
+        let mut outcome = Flushed::MoreReady;
+        for _ in 0..MAX_SENDS_PER_FLUSH {
+            let conn = &mut self.conn;
+            let batch =
+                batch::fill_batch(&mut buffer[..SEND_BATCH_BYTES], mtu, max_segments, horizon, |out| {
+                    match conn.send(out) {
+                        Ok((len, info)) => Some(ProducedPacket { len, to: info.to, at: info.at }),
+                        Err(quiche::Error::Done) => None,
+                        Err(err) => {
+                            tracing::debug!(error = %err, "quiche send failed; connection is closing");
+                            None
                         }
-                        Some(to) if to == info.to && written <= segment_size => {
-                            len += written;
-                            segments += 1;
-                            if written < segment_size {
-                                // A short datagram can only end a GSO batch.
-                                break;
-                            }
-                        }
-                        Some(_) => {
-                            straggler = Some((written, info.to));
-                            break;
-                        }
-                    },
-                    Err(quiche::Error::Done) => {
-                        exhausted = true;
-                        break;
                     }
-                    Err(err) => {
-                        tracing::debug!(error = %err, "quiche send failed; connection is closing");
-                        exhausted = true;
-                        break;
-                    }
-                }
+                });
+            if let Some(to) = batch.destination {
+                let segment_size = (batch.segments > 1).then_some(batch.segment_size);
+                self.transmit(&socket, &buffer[..batch.len], to, segment_size, batch.segments).await;
             }
-            let Some(to) = destination else { break };
-            let batch_size = (segments > 1).then_some(segment_size);
-            self.transmit(&socket, &buffer[..len], to, batch_size, segments).await;
-            if let Some((written, to)) = straggler {
-                self.transmit(&socket, &buffer[len..len + written], to, None, 1).await;
+            if let Some(HeldPacket { len, to, at }) = batch.held {
+                let bytes = &buffer[batch.len..batch.len + len];
+                if at > horizon {
+                    self.paced = Some(PacedPacket { bytes: bytes.to_vec(), to, at });
+                    outcome = Flushed::Paced;
+                    break;
+                }
+                self.transmit(&socket, bytes, to, None, 1).await;
+            }
+            if batch.exhausted {
+                outcome = Flushed::Done;
+                break;
             }
         }
-        self.shared.buffers.give_back(buffer);
+        self.shared.large_buffers.give_back(buffer);
+        outcome
     }
 
     async fn transmit(
@@ -496,7 +535,7 @@ impl ConnectionCore {
     }
 
     fn stats(&self) -> ConnectionStats {
-        ConnectionStats::from_connection(&self.conn, self.queue_drops.load(Ordering::Relaxed))
+        ConnectionStats::from_connection(&self.conn, self.queue.drops.load(Ordering::Relaxed))
     }
 
     fn close_reason(&self) -> ConnectionError {

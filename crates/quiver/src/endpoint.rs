@@ -9,19 +9,25 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::Instrument;
 
 use crate::app::ApplicationOverQuic;
+use crate::buffer::{BufferPool, LARGE_BUFFER_BYTES};
 use crate::cid::CidGenerator;
 use crate::config::{ClientConfig, ServerConfig};
 use crate::connection::{self, ConnectionCore, ConnectionHandle, CoreParts, StartSender};
 use crate::error::{ConnectError, ConnectionError, EndpointError};
-use crate::router::{ROUTER_COMMAND_QUEUE, Route, Router, RouterCommand, RouterHandle, ServerRole};
-use crate::socket::{BufferPool, QuicSocket};
+use crate::router::{
+    FORWARD_QUEUE, ROUTER_COMMAND_QUEUE, Route, Router, RouterCommand, RouterHandle, RouterParts, ServerRole, Siblings,
+};
+use crate::socket::QuicSocket;
 use crate::stats::{EndpointCounters, EndpointStats};
 
 /// State every router and connection task of one endpoint shares.
 #[derive(Debug)]
 pub(crate) struct EndpointShared {
     pub(crate) counters: EndpointCounters,
-    pub(crate) buffers: BufferPool,
+    /// GSO send batches and GRO receive batches.
+    pub(crate) large_buffers: BufferPool,
+    /// Single received datagrams.
+    pub(crate) small_buffers: BufferPool,
     pub(crate) idle: Notify,
     shutdown: watch::Sender<bool>,
 }
@@ -29,6 +35,15 @@ pub(crate) struct EndpointShared {
 impl EndpointShared {
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    /// Returns a buffer from either pool to the pool it came from.
+    pub(crate) fn give_back(&self, buffer: Vec<u8>) {
+        if buffer.len() == LARGE_BUFFER_BYTES {
+            self.large_buffers.give_back(buffer);
+        } else {
+            self.small_buffers.give_back(buffer);
+        }
     }
 }
 
@@ -148,7 +163,8 @@ impl EndpointBuilder {
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(EndpointShared {
             counters: EndpointCounters::default(),
-            buffers: BufferPool::default(),
+            large_buffers: BufferPool::large(),
+            small_buffers: BufferPool::small(),
             idle: Notify::new(),
             shutdown,
         });
@@ -174,7 +190,10 @@ impl EndpointBuilder {
 
         let mut routers = Vec::with_capacity(sockets.len());
         let mut tasks = Vec::with_capacity(sockets.len());
-        for (index, socket) in sockets.into_iter().enumerate() {
+        let (forward_senders, forward_receivers): (Vec<_>, Vec<_>) =
+            sockets.iter().map(|_| mpsc::channel(FORWARD_QUEUE)).unzip();
+        let siblings = Siblings { forward: forward_senders.into() };
+        for (index, (socket, forwarded)) in sockets.into_iter().zip(forward_receivers).enumerate() {
             let (commands_tx, commands_rx) = mpsc::channel(ROUTER_COMMAND_QUEUE);
             let handle = RouterHandle {
                 socket,
@@ -189,7 +208,15 @@ impl EndpointBuilder {
                 }),
                 None => None,
             };
-            tasks.push(Router::new(handle.clone(), commands_rx, role, shared.clone()));
+            tasks.push(Router::new(RouterParts {
+                handle: handle.clone(),
+                index,
+                commands: commands_rx,
+                forwarded,
+                siblings: siblings.clone(),
+                server: role,
+                shared: shared.clone(),
+            }));
             routers.push(handle);
         }
         let client = match self.client {
@@ -300,8 +327,7 @@ impl Endpoint {
         if let Some(keylog) = &client.config.keylog {
             conn.set_keylog(keylog.writer());
         }
-        let (inbound_tx, inbound_rx) = mpsc::channel(client.config.transport.connection_queue_datagrams.max(1));
-        let route = Route { inbound: inbound_tx, queue_drops: Arc::default() };
+        let (route, inbound_rx) = Route::new(client.config.transport.connection_queue_datagrams);
         // Mapped before the first Initial leaves, so the server's answer always finds the connection.
         router
             .commands

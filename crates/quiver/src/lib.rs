@@ -43,6 +43,8 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 mod app;
+mod batch;
+mod buffer;
 mod cid;
 mod config;
 mod connection;
@@ -64,3 +66,10 @@ pub use crate::endpoint::{Endpoint, EndpointBuilder, IncomingConnection};
 pub use crate::error::{ApplicationError, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError};
 pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 pub use quiche;
+
+/// Internals exposed for the crate's micro-benchmarks (`benches/`). Not a stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::batch::{Batch, HeldPacket, ProducedPacket, fill_batch};
+    pub use crate::cid::{CidKey, CidTable};
+}

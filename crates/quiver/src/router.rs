@@ -1,41 +1,97 @@
 //! The router: one task per socket, the only reader of that socket.
 //!
 //! For each datagram it reads the destination connection ID and either hands the datagram to the
-//! connection's bounded queue (never waiting for a slow connection), answers it statelessly (Version
-//! Negotiation), starts a new server connection from a valid Initial, or drops it and counts why.
+//! connection's bounded queue (never waiting for a slow connection), forwards it to the sibling router
+//! whose index the ID carries, answers it statelessly (Version Negotiation), starts a new server
+//! connection from a valid Initial, or drops it and counts why. Datagrams are copied into pooled
+//! buffers; a dense GRO run for one connection is handed over in its receive buffer as one message.
 //! It owns the CID table; connection tasks change it only through [`RouterCommand`]s, which the router
 //! applies before it reads more packets, so a CID is always mapped before a peer can learn it.
 
-use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use quinn_udp::{RecvMeta, Transmit};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tracing::Instrument;
 
-use crate::cid::{self, CidGenerator, MIN_INITIAL_DCID_LEN, PacketKind};
+use crate::buffer::LARGE_BUFFER_BYTES;
+use crate::cid::{self, CidGenerator, CidTable, MIN_INITIAL_DCID_LEN, PacketKind};
 use crate::config::ServerConfig;
 use crate::connection::{self, ConnectionCore, CoreParts};
 use crate::endpoint::{EndpointShared, IncomingConnection};
 use crate::stats::DropReason;
 
-/// A datagram on its way from the router to a connection task.
+/// Datagrams on their way from a router to a connection task: one datagram, or a GRO run of
+/// equal-size datagrams from one sender, in a pooled buffer the connection gives back once quiche has
+/// read it.
 #[derive(Debug)]
-pub(crate) struct Datagram {
-    pub(crate) data: Vec<u8>,
+pub(crate) struct Inbound {
+    pub(crate) buffer: Vec<u8>,
+    /// Bytes of `buffer` in use.
+    pub(crate) len: usize,
+    /// Size of every datagram but the last (the GRO segment size); `len` for a single datagram.
+    pub(crate) stride: usize,
     pub(crate) from: SocketAddr,
     pub(crate) to: SocketAddr,
+}
+
+impl Inbound {
+    /// How many datagrams this carries.
+    pub(crate) fn datagrams(&self) -> usize {
+        self.len.div_ceil(self.stride.max(1))
+    }
+}
+
+/// The inbound queue of one connection, as the router sees it. The channel bounds messages; `queued`
+/// bounds datagrams (a GRO run is one message but many datagrams), which is what the limit is about.
+#[derive(Debug)]
+pub(crate) struct InboundQueue {
+    /// Datagrams queued and not yet fed to quiche.
+    pub(crate) queued: AtomicUsize,
+    /// Most datagrams that may be queued.
+    pub(crate) limit: usize,
+    /// Datagrams dropped because the queue was full.
+    pub(crate) drops: AtomicU64,
+}
+
+impl InboundQueue {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self { queued: AtomicUsize::new(0), limit: limit.max(1), drops: AtomicU64::new(0) })
+    }
+
+    /// Reserves room for `datagrams`; false (and nothing reserved) when they do not fit.
+    fn reserve(&self, datagrams: usize) -> bool {
+        let before = self.queued.fetch_add(datagrams, Ordering::Relaxed);
+        if before + datagrams > self.limit {
+            self.queued.fetch_sub(datagrams, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// The connection task has fed `datagrams` to quiche.
+    pub(crate) fn release(&self, datagrams: usize) {
+        self.queued.fetch_sub(datagrams, Ordering::Relaxed);
+    }
 }
 
 /// Where the router sends a connection's datagrams.
 #[derive(Debug, Clone)]
 pub(crate) struct Route {
-    pub(crate) inbound: mpsc::Sender<Datagram>,
-    pub(crate) queue_drops: Arc<AtomicU64>,
+    pub(crate) inbound: mpsc::Sender<Inbound>,
+    pub(crate) queue: Arc<InboundQueue>,
+}
+
+impl Route {
+    /// A route and the receiving end of its channel.
+    pub(crate) fn new(limit_datagrams: usize) -> (Self, mpsc::Receiver<Inbound>) {
+        let (inbound, receiver) = mpsc::channel(limit_datagrams.max(1));
+        (Self { inbound, queue: InboundQueue::new(limit_datagrams) }, receiver)
+    }
 }
 
 /// Changes to the CID table, sent by connection tasks.
@@ -50,8 +106,21 @@ pub(crate) enum RouterCommand {
 /// once.
 pub(crate) const ROUTER_COMMAND_QUEUE: usize = 4096;
 
+/// Datagrams another router may have queued for this one (packets that arrived on a sibling socket
+/// of a `SO_REUSEPORT` group, after a client's address changed). Forwarding is rare; past this, the
+/// sender drops and counts, as for a full connection queue.
+pub(crate) const FORWARD_QUEUE: usize = 1024;
+
 /// Smallest UDP payload that may carry a client Initial (RFC 9000 §14.1).
 pub(crate) const MIN_INITIAL_DATAGRAM_BYTES: usize = 1200;
+
+/// A GRO run at least this large, all for one connection, is handed over in its receive buffer as is;
+/// smaller runs are copied into small buffers. Moving only dense runs keeps a queued datagram's memory
+/// within a few KiB whatever the mix, while large bursts (uploads) skip the copy.
+const MOVE_RUN_BYTES: usize = LARGE_BUFFER_BYTES / 2;
+
+/// Receive slots per system call: as many as `quinn-udp` batches.
+const RECV_SLOTS: usize = quinn_udp::BATCH_SIZE;
 
 /// What connection tasks and the endpoint need to reach one router and its socket.
 #[derive(Debug, Clone)]
@@ -68,57 +137,94 @@ pub(crate) struct ServerRole {
     pub(crate) accept_queue: mpsc::Sender<IncomingConnection>,
 }
 
+/// How a router reaches its siblings (the other sockets of its endpoint) to forward packets whose
+/// connection ID names them.
+#[derive(Debug, Clone)]
+pub(crate) struct Siblings {
+    pub(crate) forward: Arc<[mpsc::Sender<Inbound>]>,
+}
+
 pub(crate) struct Router {
     handle: RouterHandle,
+    index: usize,
     commands: mpsc::Receiver<RouterCommand>,
-    routes: HashMap<Vec<u8>, Route>,
+    forwarded: mpsc::Receiver<Inbound>,
+    siblings: Siblings,
+    routes: CidTable<Route>,
     server: Option<ServerRole>,
     shared: Arc<EndpointShared>,
 }
 
-/// Receive buffer per datagram slot: a GRO batch coalesces up to 64 KiB into one slot.
-const RECV_SLOT_BYTES: usize = 64 * 1024;
+/// Whether a datagram was already counted as received by the router that read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Read from this router's socket.
+    Socket,
+    /// Forwarded by a sibling, which counted it as received.
+    Sibling,
+}
+
+pub(crate) struct RouterParts {
+    pub(crate) handle: RouterHandle,
+    pub(crate) index: usize,
+    pub(crate) commands: mpsc::Receiver<RouterCommand>,
+    pub(crate) forwarded: mpsc::Receiver<Inbound>,
+    pub(crate) siblings: Siblings,
+    pub(crate) server: Option<ServerRole>,
+    pub(crate) shared: Arc<EndpointShared>,
+}
 
 impl Router {
-    pub(crate) fn new(
-        handle: RouterHandle,
-        commands: mpsc::Receiver<RouterCommand>,
-        server: Option<ServerRole>,
-        shared: Arc<EndpointShared>,
-    ) -> Self {
-        Self { handle, commands, routes: HashMap::new(), server, shared }
+    pub(crate) fn new(parts: RouterParts) -> Self {
+        Self {
+            handle: parts.handle,
+            index: parts.index,
+            commands: parts.commands,
+            forwarded: parts.forwarded,
+            siblings: parts.siblings,
+            routes: CidTable::default(),
+            server: parts.server,
+            shared: parts.shared,
+        }
     }
 
     /// Runs until the endpoint shuts down.
     pub(crate) async fn run(mut self) {
-        let slots = quinn_udp::BATCH_SIZE.max(1);
-        let slot_bytes = if self.handle.socket.gro_segments() > 1 {
-            RECV_SLOT_BYTES
-        } else {
-            crate::config::MAX_RECV_UDP_PAYLOAD_BYTES
-        };
-        let mut storage = vec![0u8; slots * slot_bytes];
-        let mut meta = vec![RecvMeta::default(); slots];
+        let gro = self.handle.socket.gro_segments() > 1;
+        let pool = if gro { &self.shared.large_buffers } else { &self.shared.small_buffers };
+        let mut storage: [Vec<u8>; RECV_SLOTS] = std::array::from_fn(|_| pool.take());
+        let mut meta = [RecvMeta::default(); RECV_SLOTS];
         let mut shutdown = self.shared.shutdown_signal();
         let socket = self.handle.socket.clone();
         loop {
-            let mut bufs: Vec<IoSliceMut<'_>> = storage.chunks_mut(slot_bytes).map(IoSliceMut::new).collect();
-            let received = tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|stop| *stop) => break,
-                command = self.commands.recv() => {
-                    // The router holds a sender itself, so the queue never closes under it.
-                    if let Some(command) = command {
-                        self.apply(command);
+            let received = {
+                let mut slots = storage.iter_mut();
+                let mut bufs: [IoSliceMut<'_>; RECV_SLOTS] =
+                    std::array::from_fn(|_| IoSliceMut::new(slots.next().map_or(&mut [][..], Vec::as_mut_slice)));
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    command = self.commands.recv() => {
+                        // The router holds a sender itself, so the queue never closes under it.
+                        if let Some(command) = command {
+                            self.apply(command);
+                        }
+                        while let Ok(command) = self.commands.try_recv() {
+                            self.apply(command);
+                        }
+                        continue;
                     }
-                    while let Ok(command) = self.commands.try_recv() {
-                        self.apply(command);
+                    forwarded = self.forwarded.recv() => {
+                        if let Some(mut inbound) = forwarded {
+                            let (from, to, len) = (inbound.from, inbound.to, inbound.len);
+                            self.on_datagram(&mut inbound.buffer[..len], from, to, Origin::Sibling);
+                            self.shared.small_buffers.give_back(inbound.buffer);
+                        }
+                        continue;
                     }
-                    continue;
+                    received = socket.recv(&mut bufs, &mut meta) => received,
                 }
-                received = socket.recv(&mut bufs, &mut meta) => received,
             };
-            drop(bufs);
             let count = match received {
                 Ok(count) => count,
                 Err(err) => {
@@ -130,10 +236,13 @@ impl Router {
             // quiche identifies a path by (local, peer); the local side is always the bound address, the
             // same value `connect` and `accept` were given, even for a wildcard bind.
             let to = socket.local_addr();
-            for (slot, meta) in storage.chunks_mut(slot_bytes).zip(&meta).take(count) {
-                let stride = meta.stride.max(1);
+            for (slot, meta) in storage.iter_mut().zip(&meta).take(count) {
+                let stride = meta.stride.clamp(1, meta.len.max(1));
+                if meta.len >= MOVE_RUN_BYTES && self.deliver_run(slot, meta.len, stride, meta.addr, to) {
+                    continue;
+                }
                 for datagram in slot[..meta.len].chunks_mut(stride) {
-                    self.on_datagram(datagram, meta.addr, to);
+                    self.on_datagram(datagram, meta.addr, to, Origin::Socket);
                 }
             }
         }
@@ -142,9 +251,7 @@ impl Router {
 
     fn apply(&mut self, command: RouterCommand) {
         match command {
-            RouterCommand::Register(cid, route) => {
-                self.routes.insert(cid, route);
-            }
+            RouterCommand::Register(cid, route) => self.routes.insert(&cid, route),
             RouterCommand::Unregister(cids) => {
                 for cid in cids {
                     self.routes.remove(&cid);
@@ -153,10 +260,60 @@ impl Router {
         }
     }
 
-    fn on_datagram(&mut self, data: &mut [u8], from: SocketAddr, to: SocketAddr) {
+    /// Hands a whole GRO run to its connection without copying, if every datagram in it is for the same
+    /// known connection. Returns false (nothing done) otherwise.
+    fn deliver_run(&mut self, slot: &mut Vec<u8>, len: usize, stride: usize, from: SocketAddr, to: SocketAddr) -> bool {
+        fn dcid(datagram: &[u8]) -> Option<&[u8]> {
+            match cid::classify(datagram) {
+                Some(PacketKind::Short { dcid }) => Some(dcid),
+                _ => None,
+            }
+        }
+        let mut datagrams = slot[..len].chunks(stride);
+        let Some(first) = datagrams.next().and_then(dcid) else { return false };
+        if !datagrams.all(|datagram| dcid(datagram) == Some(first)) {
+            return false;
+        }
+        let Some(route) = self.routes.get(first).cloned() else { return false };
+        let count = len.div_ceil(stride);
+        let shared = self.shared.clone();
+        let counters = &shared.counters;
+        counters.datagrams_received.fetch_add(count as u64, Ordering::Relaxed);
+        counters.bytes_received.fetch_add(len as u64, Ordering::Relaxed);
+        if !route.queue.reserve(count) {
+            route.queue.drops.fetch_add(count as u64, Ordering::Relaxed);
+            counters.drop_many(DropReason::QueueFull, count as u64);
+            return true;
+        }
+        let buffer = std::mem::replace(slot, self.shared.large_buffers.take());
+        match route.inbound.try_send(Inbound { buffer, len, stride, from, to }) {
+            Ok(()) => {
+                counters.datagrams_delivered.fetch_add(count as u64, Ordering::Relaxed);
+            }
+            Err(err) => {
+                route.queue.release(count);
+                let closed = matches!(err, TrySendError::Closed(_));
+                let (TrySendError::Full(inbound) | TrySendError::Closed(inbound)) = err;
+                // Keep the slot's buffer (it is already the right size) and return the fresh one.
+                self.shared.large_buffers.give_back(std::mem::replace(slot, inbound.buffer));
+                if closed {
+                    self.forget_dead_route(&route.inbound);
+                    counters.drop_many(DropReason::ConnectionGone, count as u64);
+                } else {
+                    route.queue.drops.fetch_add(count as u64, Ordering::Relaxed);
+                    counters.drop_many(DropReason::QueueFull, count as u64);
+                }
+            }
+        }
+        true
+    }
+
+    fn on_datagram(&mut self, data: &mut [u8], from: SocketAddr, to: SocketAddr, origin: Origin) {
         let counters = &self.shared.counters;
-        counters.datagrams_received.fetch_add(1, Ordering::Relaxed);
-        counters.bytes_received.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if origin == Origin::Socket {
+            counters.datagrams_received.fetch_add(1, Ordering::Relaxed);
+            counters.bytes_received.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         let Some(kind) = cid::classify(data) else {
             counters.drop(DropReason::Unparseable);
             return;
@@ -166,22 +323,42 @@ impl Router {
             PacketKind::Long { version, dcid, is_initial } => (dcid, Some((version, is_initial))),
         };
         if let Some(route) = self.routes.get(dcid) {
-            match route.inbound.try_send(Datagram { data: data.to_vec(), from, to }) {
+            if !route.queue.reserve(1) {
+                route.queue.drops.fetch_add(1, Ordering::Relaxed);
+                counters.drop(DropReason::QueueFull);
+                return;
+            }
+            let mut buffer = self.shared.small_buffers.take();
+            let Some(copy) = buffer.get_mut(..data.len()) else {
+                // Larger than any datagram we accept (jumbo loopback MTU): not a packet for us.
+                route.queue.release(1);
+                self.shared.small_buffers.give_back(buffer);
+                counters.drop(DropReason::Unparseable);
+                return;
+            };
+            copy.copy_from_slice(data);
+            let inbound = Inbound { buffer, len: data.len(), stride: data.len(), from, to };
+            match route.inbound.try_send(inbound) {
                 Ok(()) => {
                     counters.datagrams_delivered.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(TrySendError::Full(_)) => {
-                    route.queue_drops.fetch_add(1, Ordering::Relaxed);
+                Err(TrySendError::Full(inbound)) => {
+                    route.queue.release(1);
+                    route.queue.drops.fetch_add(1, Ordering::Relaxed);
+                    self.shared.small_buffers.give_back(inbound.buffer);
                     counters.drop(DropReason::QueueFull);
                 }
-                Err(TrySendError::Closed(_)) => {
-                    // The task ended without unregistering (it panicked, or its last command was lost):
-                    // heal the table, dropping every CID of that connection, not just this one.
+                Err(TrySendError::Closed(inbound)) => {
+                    route.queue.release(1);
+                    self.shared.small_buffers.give_back(inbound.buffer);
                     let dead = route.inbound.clone();
-                    self.routes.retain(|_, route| !route.inbound.same_channel(&dead));
-                    counters.drop(DropReason::ConnectionGone);
+                    self.forget_dead_route(&dead);
+                    self.shared.counters.drop(DropReason::ConnectionGone);
                 }
             }
+            return;
+        }
+        if origin == Origin::Socket && self.forward_to_owner(data, dcid, from, to) {
             return;
         }
         match long {
@@ -195,6 +372,37 @@ impl Router {
             }
             _ => counters.drop(DropReason::UnknownConnection),
         }
+    }
+
+    /// The task behind `dead` ended without unregistering (it panicked, or its last command was lost):
+    /// heal the table, dropping every CID of that connection, not just the one a packet named.
+    fn forget_dead_route(&mut self, dead: &mpsc::Sender<Inbound>) {
+        self.routes.retain(|route| !route.inbound.same_channel(dead));
+    }
+
+    /// Sends a datagram whose connection ID names another router of this endpoint to that router (a
+    /// client whose address changed lands on another socket of a `SO_REUSEPORT` group). Returns false
+    /// if the ID names no other router.
+    fn forward_to_owner(&self, data: &[u8], dcid: &[u8], from: SocketAddr, to: SocketAddr) -> bool {
+        let Some(owner) = cid::router_index(dcid).filter(|owner| *owner != self.index) else { return false };
+        let Some(sibling) = self.siblings.forward.get(owner) else { return false };
+        let counters = &self.shared.counters;
+        let mut buffer = self.shared.small_buffers.take();
+        let Some(copy) = buffer.get_mut(..data.len()) else {
+            self.shared.small_buffers.give_back(buffer);
+            return false;
+        };
+        copy.copy_from_slice(data);
+        match sibling.try_send(Inbound { buffer, len: data.len(), stride: data.len(), from, to }) {
+            Ok(()) => {
+                counters.datagrams_forwarded.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(inbound) | TrySendError::Closed(inbound)) => {
+                self.shared.small_buffers.give_back(inbound.buffer);
+                counters.drop(DropReason::ForwardQueueFull);
+            }
+        }
+        true
     }
 
     /// Answers a long-header packet of an unknown version. Only datagrams large enough to be a client's
@@ -261,10 +469,9 @@ impl Router {
         }
         counters.datagrams_delivered.fetch_add(1, Ordering::Relaxed);
 
-        let (inbound_tx, inbound_rx) = mpsc::channel(server.config.transport.connection_queue_datagrams.max(1));
-        let route = Route { inbound: inbound_tx, queue_drops: Arc::new(AtomicU64::new(0)) };
-        self.routes.insert(scid.to_vec(), route.clone());
-        self.routes.insert(odcid.clone(), route.clone());
+        let (route, inbound_rx) = Route::new(server.config.transport.connection_queue_datagrams);
+        self.routes.insert(&scid, route.clone());
+        self.routes.insert(&odcid, route.clone());
         let core = ConnectionCore::new(CoreParts {
             conn,
             inbound: inbound_rx,

@@ -1,11 +1,10 @@
 //! The socket layer: the only code that touches UDP sockets.
 //!
 //! `quinn-udp` does the platform work (recvmmsg, GRO, GSO, ECN, packet info); this module adds
-//! readiness with Tokio, socket options, and the send-buffer pool the connection tasks share.
+//! readiness with Tokio and socket options.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
@@ -16,7 +15,8 @@ use tokio::io::Interest;
 pub(crate) const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// Largest payload one send call carries: a GSO batch must fit one UDP datagram's 16-bit length
-/// (65,535 minus IP and UDP headers). 64,000 leaves room for either address family.
+/// (65,535 minus IP and UDP headers). 64,000 leaves room for either address family, and fits a
+/// [`LARGE_BUFFER_BYTES`](crate::buffer::LARGE_BUFFER_BYTES) buffer.
 pub(crate) const SEND_BATCH_BYTES: usize = 64_000;
 
 /// A UDP socket with the per-platform state `quinn-udp` needs.
@@ -132,30 +132,6 @@ fn grow_buffers(socket: &socket2::Socket) {
     }
 }
 
-/// Send buffers are borrowed for one flush and returned, so memory follows the number of connections
-/// sending at the same moment, not the number of connections.
-#[derive(Debug, Default)]
-pub(crate) struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-/// Buffers kept for reuse; beyond this, returned buffers are freed.
-const POOL_RETAINED_BUFFERS: usize = 64;
-
-impl BufferPool {
-    pub(crate) fn take(&self) -> Vec<u8> {
-        let reused = self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
-        reused.unwrap_or_else(|| vec![0u8; SEND_BATCH_BYTES])
-    }
-
-    pub(crate) fn give_back(&self, buffer: Vec<u8>) {
-        let mut free = self.free.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if free.len() < POOL_RETAINED_BUFFERS {
-            free.push(buffer);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,18 +153,5 @@ mod tests {
         assert_eq!(count, 1);
         assert_eq!(&storage[..meta[0].len], payload);
         assert_eq!(meta[0].addr, addr);
-    }
-
-    #[test]
-    fn pool_reuses_and_bounds() {
-        let pool = BufferPool::default();
-        let buffer = pool.take();
-        assert_eq!(buffer.len(), SEND_BATCH_BYTES);
-        pool.give_back(buffer);
-        assert_eq!(pool.free.lock().unwrap().len(), 1);
-        for _ in 0..POOL_RETAINED_BUFFERS + 10 {
-            pool.give_back(vec![0; 1]);
-        }
-        assert_eq!(pool.free.lock().unwrap().len(), POOL_RETAINED_BUFFERS);
     }
 }

@@ -30,11 +30,13 @@ pub enum DropReason {
     ConnectionGone,
     /// The first packet of a new connection did not decrypt or parse: the connection was discarded.
     InvalidInitial,
+    /// The packet belonged to another socket's router, whose forwarding queue was full.
+    ForwardQueueFull,
 }
 
 impl DropReason {
     /// Every reason, in a stable order (for exporting).
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Unparseable,
         DropReason::UnsupportedVersion,
         DropReason::InitialTooShort,
@@ -46,6 +48,7 @@ impl DropReason {
         DropReason::QueueFull,
         DropReason::ConnectionGone,
         DropReason::InvalidInitial,
+        DropReason::ForwardQueueFull,
     ];
 
     /// A snake_case name for logs and metrics labels.
@@ -62,6 +65,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::ConnectionGone => "connection_gone",
             DropReason::InvalidInitial => "invalid_initial",
+            DropReason::ForwardQueueFull => "forward_queue_full",
         }
     }
 
@@ -76,6 +80,7 @@ pub(crate) struct EndpointCounters {
     pub(crate) datagrams_received: AtomicU64,
     pub(crate) bytes_received: AtomicU64,
     pub(crate) datagrams_delivered: AtomicU64,
+    pub(crate) datagrams_forwarded: AtomicU64,
     pub(crate) datagrams_sent: AtomicU64,
     pub(crate) bytes_sent: AtomicU64,
     pub(crate) send_errors: AtomicU64,
@@ -89,8 +94,12 @@ pub(crate) struct EndpointCounters {
 
 impl EndpointCounters {
     pub(crate) fn drop(&self, reason: DropReason) {
-        self.dropped[reason.index()].fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(reason = reason.as_str(), "datagram dropped");
+        self.drop_many(reason, 1);
+    }
+
+    pub(crate) fn drop_many(&self, reason: DropReason, datagrams: u64) {
+        self.dropped[reason.index()].fetch_add(datagrams, Ordering::Relaxed);
+        tracing::trace!(reason = reason.as_str(), datagrams, "datagrams dropped");
     }
 
     pub(crate) fn snapshot(&self) -> EndpointStats {
@@ -103,6 +112,7 @@ impl EndpointCounters {
             datagrams_received: load(&self.datagrams_received),
             bytes_received: load(&self.bytes_received),
             datagrams_delivered: load(&self.datagrams_delivered),
+            datagrams_forwarded: load(&self.datagrams_forwarded),
             datagrams_sent: load(&self.datagrams_sent),
             bytes_sent: load(&self.bytes_sent),
             send_errors: load(&self.send_errors),
@@ -125,6 +135,10 @@ pub struct EndpointStats {
     pub bytes_received: u64,
     /// Datagrams handed to a connection.
     pub datagrams_delivered: u64,
+    /// Datagrams that arrived on one socket of a `SO_REUSEPORT` group and were passed to the router of
+    /// the socket that owns their connection (which then delivered or dropped them). Not an outcome:
+    /// every received datagram is still either delivered or dropped.
+    pub datagrams_forwarded: u64,
     /// UDP datagrams written (a GSO batch counts once per segment).
     pub datagrams_sent: u64,
     /// Bytes in those datagrams.

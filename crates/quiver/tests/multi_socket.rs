@@ -1,0 +1,113 @@
+//! Endpoints with several sockets, one router each: connections spread over them, and a packet that
+//! lands on a socket other than its connection's (after a client's address changed, the kernel's
+//! `SO_REUSEPORT` hash picks another socket) is forwarded to the router that owns the connection.
+
+mod support;
+
+use quiver::{DropReason, Endpoint};
+use support::echo::{EchoClient, EchoServer};
+use support::*;
+
+/// Parses a connection's trace ID (its first source connection ID, in hex) back into bytes.
+fn cid_from_trace_id(trace_id: &str) -> Vec<u8> {
+    (0..trace_id.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&trace_id[at..at + 2], 16).expect("hex trace ID"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_packet_on_the_wrong_socket_reaches_its_connection() {
+    let identity = identity();
+    // Two sockets on two ports of one address, so a test can aim at either.
+    let server = Endpoint::builder()
+        .bind(loopback())
+        .bind(loopback())
+        .server(server_builder(&identity).build().unwrap())
+        .build()
+        .unwrap();
+    let [first_socket, second_socket] = server.local_addrs()[..] else { panic!("two sockets") };
+    let (incoming_tx, mut incoming_rx) = tokio::sync::mpsc::channel(1);
+    let acceptor = server.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = acceptor.accept().await {
+            let _ = incoming_tx.send(incoming.start(EchoServer::new())).await;
+        }
+    });
+
+    let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
+    let sent = payload(200_000, 3);
+    let (app, results) = EchoClient::new(vec![sent.clone()]);
+    guarded("connect", client.connect(first_socket, "localhost", app)).await.unwrap();
+    assert_eq!(guarded("echo", results).await.unwrap()[0], sent);
+    let server_side = guarded("accepted", incoming_rx.recv()).await.unwrap();
+    let server_cid = cid_from_trace_id(server_side.trace_id());
+    assert_eq!(server_cid.len(), quiver::LOCAL_CID_LEN);
+    assert_eq!(server_cid[0], 0, "the connection belongs to the first socket's router");
+
+    // A short-header packet for that connection, sent to the second socket. (Its payload does not
+    // decrypt, so quiche discards it; what matters is that the router delivered it to the connection.)
+    let before = server.stats();
+    let mut packet = vec![0x40];
+    packet.extend_from_slice(&server_cid);
+    packet.extend_from_slice(&[0x5a; 40]);
+    let stray = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    stray.send_to(&packet, second_socket).await.unwrap();
+    wait_until("the stray packet's outcome", || {
+        let stats = server.stats();
+        stats.datagrams_delivered + stats.dropped_total() > before.datagrams_delivered + before.dropped_total()
+    })
+    .await;
+    let after = server.stats();
+    assert_eq!(after.datagrams_forwarded, before.datagrams_forwarded + 1, "{after:?}");
+    // Delivered, not dropped (the client may still be acknowledging, so deliveries can be more).
+    assert!(after.datagrams_delivered > before.datagrams_delivered, "{after:?}");
+    assert_eq!(after.dropped_total(), before.dropped_total(), "{after:?}");
+
+    // A packet naming a router the endpoint does not have is simply unknown.
+    packet[1] = 9;
+    stray.send_to(&packet, second_socket).await.unwrap();
+    wait_until("the unknown packet's drop", || {
+        server.stats().dropped(DropReason::UnknownConnection) > after.dropped(DropReason::UnknownConnection)
+    })
+    .await;
+
+    // The connection is unharmed.
+    assert!(!server_side.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuseport_sockets_share_one_port_and_serve_many_clients() {
+    let identity = identity();
+    let server = Endpoint::builder()
+        .bind_reuseport(loopback(), 3)
+        .server(server_builder(&identity).build().unwrap())
+        .build()
+        .unwrap();
+    let addrs = server.local_addrs();
+    assert_eq!(addrs.len(), 3);
+    assert!(addrs.iter().all(|addr| *addr == addrs[0]), "one port for the group: {addrs:?}");
+    let acceptor = server.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = acceptor.accept().await {
+            incoming.start(EchoServer::new());
+        }
+    });
+    // Separate client sockets give separate 4-tuples, which the kernel spreads over the group.
+    let mut tasks = Vec::new();
+    for index in 0..24u64 {
+        let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
+        let target = addrs[0];
+        tasks.push(tokio::spawn(async move {
+            let sent = payload(50_000, index);
+            let (app, results) = EchoClient::new(vec![sent.clone()]);
+            client.connect(target, "localhost", app).await.expect("connect");
+            assert!(results.await.expect("echo")[0] == sent, "connection {index} echoed wrong bytes");
+        }));
+    }
+    for task in tasks {
+        guarded("client", task).await.unwrap();
+    }
+    assert_eq!(server.stats().connections_accepted, 24);
+    assert_eq!(server.stats().dropped_total(), 0, "{:?}", server.stats());
+}
