@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Only measure handshakes: connect, then close, as fast as possible.
     #[arg(long)]
     pub hs_only: bool,
+    /// Open -c connections, keep them idle (no requests) for this many seconds, then close them: for
+    /// measuring a server's memory per idle connection. Prints a line when all are open.
+    #[arg(long, conflicts_with_all = ["hs_only", "requests", "duration"])]
+    pub hold: Option<f64>,
     /// Open a new connection after this many requests on one.
     #[arg(long)]
     pub reqs_per_conn: Option<u64>,
@@ -51,6 +55,10 @@ pub struct BenchArgs {
     /// Do not verify the server certificate.
     #[arg(short = 'k', long)]
     pub insecure: bool,
+    /// TLS key-exchange groups to offer, colon-separated (BoringSSL names). The default, X25519, is
+    /// what the project's reference figures use; `X25519MLKEM768:X25519` adds the post-quantum hybrid.
+    #[arg(long, default_value = "X25519")]
+    pub groups: String,
 }
 
 #[derive(Default)]
@@ -132,7 +140,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         totals: Totals::default(),
     });
 
-    let mut config = quiver_h3::client_config().flow_control(64 * 1024 * 1024, 16 * 1024 * 1024);
+    let mut config = quiver_h3::client_config()
+        .flow_control(64 * 1024 * 1024, 16 * 1024 * 1024)
+        .key_exchange_groups(args.groups.split(':'));
     if args.insecure {
         config = config.insecure_skip_verification();
     }
@@ -141,6 +151,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let endpoints: Vec<Endpoint> =
         (0..args.threads).map(|_| Endpoint::client(bind, config.clone())).collect::<Result<_, _>>()?;
 
+    if let Some(seconds) = args.hold {
+        return hold_idle(&plan, &endpoints, args.connections, Duration::from_secs_f64(seconds.max(0.0))).await;
+    }
     let progress = std::io::stderr().is_terminal().then(|| tokio::spawn(progress_line(plan.clone(), started)));
     let mut tasks = Vec::new();
     for index in 0..args.connections {
@@ -185,6 +198,44 @@ async fn connect(plan: &Plan, endpoint: &Endpoint) -> anyhow::Result<H3Connectio
         .with_context(|| format!("cannot connect to {}", plan.addr))?;
     plan.totals.handshakes.fetch_add(1, Ordering::Relaxed);
     Ok(connection)
+}
+
+/// Handshakes opened at once by `--hold`: enough to open 10k connections in seconds without the
+/// burst overflowing a server's accept queue.
+const HOLD_PARALLEL_HANDSHAKES: usize = 64;
+
+/// `--hold`: opens `count` connections, keeps them idle for `duration`, closes them.
+async fn hold_idle(plan: &Arc<Plan>, endpoints: &[Endpoint], count: usize, duration: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let permits = Arc::new(tokio::sync::Semaphore::new(HOLD_PARALLEL_HANDSHAKES));
+    let mut opening = Vec::with_capacity(count);
+    for index in 0..count {
+        let (plan, endpoint, permits) = (plan.clone(), endpoints[index % endpoints.len()].clone(), permits.clone());
+        opening.push(tokio::spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            connect(&plan, &endpoint).await
+        }));
+    }
+    let mut open = Vec::with_capacity(count);
+    for task in opening {
+        open.push(task.await.map_err(|err| anyhow::anyhow!("connection task failed: {err}"))??);
+    }
+    println!(
+        "idle connections: {} open in {:.2} s; holding for {:.1} s",
+        open.len(),
+        started.elapsed().as_secs_f64(),
+        duration.as_secs_f64()
+    );
+    tokio::time::sleep(duration).await;
+    let closed = open.iter().filter(|connection| connection.is_closed()).count();
+    for connection in &open {
+        connection.quic().close(0, "benchmark done");
+    }
+    println!("idle connections: {closed} closed by the server or idle timeout while held");
+    if closed > 0 {
+        bail!("{closed} of {count} idle connections did not survive the hold");
+    }
+    Ok(())
 }
 
 /// One connection slot: `streams` concurrent request loops, reconnecting after --reqs-per-conn.

@@ -5,7 +5,6 @@
 //! what quiche produced in GSO batches, then wait for the next datagram, timer, handle command or
 //! application wake-up. Others reach the connection only through [`ConnectionHandle`].
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -17,6 +16,7 @@ use futures_util::FutureExt;
 use quinn_udp::Transmit;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Sleep};
+use tracing::Instrument;
 
 use crate::app::{ApplicationOverQuic, QuicConnection};
 use crate::batch::{self, HeldPacket, ProducedPacket};
@@ -129,7 +129,7 @@ impl ConnectionHandle {
 }
 
 pub(crate) struct CoreParts<'a> {
-    pub(crate) conn: quiche::Connection,
+    pub(crate) conn: Box<quiche::Connection>,
     pub(crate) inbound: mpsc::Receiver<Inbound>,
     pub(crate) route: &'a Route,
     pub(crate) router: RouterHandle,
@@ -140,7 +140,8 @@ pub(crate) struct CoreParts<'a> {
     pub(crate) handshake_timeout: Option<Duration>,
 }
 
-type StartFn = Box<dyn FnOnce(ConnectionCore) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+/// Starts the application's task on an accepted connection (the handshake task hands its state over).
+type StartFn = Box<dyn FnOnce(ConnectionCore) + Send>;
 
 /// What a flush left to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +179,9 @@ enum Wake {
 }
 
 pub(crate) struct ConnectionCore {
-    conn: quiche::Connection,
+    /// Boxed: a quiche connection is about 8 KB, and the task's futures would otherwise hold it (and
+    /// move it) inline, twice over for a server connection.
+    conn: Box<quiche::Connection>,
     inbound: mpsc::Receiver<Inbound>,
     route: mpsc::WeakSender<Inbound>,
     queue: Arc<InboundQueue>,
@@ -370,9 +373,9 @@ impl ConnectionCore {
 
     /// Feeds quiche every datagram of one hand-off, then gives the buffer back to the pool.
     fn recv(&mut self, mut inbound: Inbound) {
-        let info = quiche::RecvInfo { from: inbound.from, to: inbound.to };
-        let stride = inbound.stride.max(1);
-        for datagram in inbound.buffer[..inbound.len].chunks_mut(stride) {
+        let info = quiche::RecvInfo { from: inbound.from, to: self.router.socket.local_addr() };
+        let (len, stride) = (inbound.len(), inbound.stride());
+        for datagram in inbound.buffer[..len].chunks_mut(stride) {
             if let Err(err) = self.conn.recv(datagram, info)
                 && err != quiche::Error::Done
             {
@@ -685,7 +688,9 @@ pub(crate) async fn run_server(mut core: ConnectionCore, accept_queue: mpsc::Sen
     if let DriveExit::HandedOff = core.drive(&mut waiting, |waiting| waiting.started.is_some()).await
         && let Some(start) = waiting.started.take()
     {
-        start(core).await;
+        // The application runs in a task of its own, sized for it; this task (sized for the handshake)
+        // ends here and frees its memory.
+        start(core);
         return;
     }
     core.finish(&mut waiting).await;
@@ -693,7 +698,10 @@ pub(crate) async fn run_server(mut core: ConnectionCore, accept_queue: mpsc::Sen
 
 /// Wraps an application so [`IncomingConnection::start`] can hand it to an already running task.
 pub(crate) fn start_fn<A: ApplicationOverQuic>(app: A) -> StartFn {
-    Box::new(move |core: ConnectionCore| Box::pin(core.run(app)))
+    Box::new(move |core: ConnectionCore| {
+        // Still inside the handshake task's span: the connection keeps its span (and trace ID).
+        tokio::spawn(core.run(app).instrument(tracing::Span::current()));
+    })
 }
 
 pub(crate) type StartSender = oneshot::Sender<StartFn>;

@@ -335,7 +335,7 @@ impl Endpoint {
             .await
             .map_err(|_| ConnectError::EndpointClosed)?;
         let mut core = ConnectionCore::new(CoreParts {
-            conn,
+            conn: Box::new(conn),
             inbound: inbound_rx,
             route: &route,
             router,

@@ -28,21 +28,38 @@ use crate::stats::DropReason;
 /// Datagrams on their way from a router to a connection task: one datagram, or a GRO run of
 /// equal-size datagrams from one sender, in a pooled buffer the connection gives back once quiche has
 /// read it.
+///
+/// The local address is not carried: a connection sends from its router's socket, so that socket's
+/// address is the local side of every path quiche sees, even for a packet a sibling forwarded. Small
+/// on purpose: every connection's queue allocates room for 32 of these up front.
 #[derive(Debug)]
 pub(crate) struct Inbound {
     pub(crate) buffer: Vec<u8>,
-    /// Bytes of `buffer` in use.
-    pub(crate) len: usize,
+    /// Bytes of `buffer` in use (at most 64 KiB).
+    len: u32,
     /// Size of every datagram but the last (the GRO segment size); `len` for a single datagram.
-    pub(crate) stride: usize,
+    stride: u32,
     pub(crate) from: SocketAddr,
-    pub(crate) to: SocketAddr,
 }
 
 impl Inbound {
+    /// `len` bytes of `buffer` holding datagrams of `stride` bytes (the last may be shorter).
+    pub(crate) fn new(buffer: Vec<u8>, len: usize, stride: usize, from: SocketAddr) -> Self {
+        let len = len.min(buffer.len());
+        Self { buffer, len: len as u32, stride: stride.clamp(1, len.max(1)) as u32, from }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub(crate) fn stride(&self) -> usize {
+        self.stride as usize
+    }
+
     /// How many datagrams this carries.
     pub(crate) fn datagrams(&self) -> usize {
-        self.len.div_ceil(self.stride.max(1))
+        self.len().div_ceil(self.stride())
     }
 }
 
@@ -196,6 +213,9 @@ impl Router {
         let mut meta = [RecvMeta::default(); RECV_SLOTS];
         let mut shutdown = self.shared.shutdown_signal();
         let socket = self.handle.socket.clone();
+        // quiche identifies a path by (local, peer); the local side is always the bound address, the
+        // same value `connect` and `accept` were given, even for a wildcard bind.
+        let to = socket.local_addr();
         loop {
             let received = {
                 let mut slots = storage.iter_mut();
@@ -216,7 +236,7 @@ impl Router {
                     }
                     forwarded = self.forwarded.recv() => {
                         if let Some(mut inbound) = forwarded {
-                            let (from, to, len) = (inbound.from, inbound.to, inbound.len);
+                            let (from, len) = (inbound.from, inbound.len());
                             self.on_datagram(&mut inbound.buffer[..len], from, to, Origin::Sibling);
                             self.shared.small_buffers.give_back(inbound.buffer);
                         }
@@ -233,12 +253,9 @@ impl Router {
                     continue;
                 }
             };
-            // quiche identifies a path by (local, peer); the local side is always the bound address, the
-            // same value `connect` and `accept` were given, even for a wildcard bind.
-            let to = socket.local_addr();
             for (slot, meta) in storage.iter_mut().zip(&meta).take(count) {
                 let stride = meta.stride.clamp(1, meta.len.max(1));
-                if meta.len >= MOVE_RUN_BYTES && self.deliver_run(slot, meta.len, stride, meta.addr, to) {
+                if meta.len >= MOVE_RUN_BYTES && self.deliver_run(slot, meta.len, stride, meta.addr) {
                     continue;
                 }
                 for datagram in slot[..meta.len].chunks_mut(stride) {
@@ -262,7 +279,7 @@ impl Router {
 
     /// Hands a whole GRO run to its connection without copying, if every datagram in it is for the same
     /// known connection. Returns false (nothing done) otherwise.
-    fn deliver_run(&mut self, slot: &mut Vec<u8>, len: usize, stride: usize, from: SocketAddr, to: SocketAddr) -> bool {
+    fn deliver_run(&mut self, slot: &mut Vec<u8>, len: usize, stride: usize, from: SocketAddr) -> bool {
         fn dcid(datagram: &[u8]) -> Option<&[u8]> {
             match cid::classify(datagram) {
                 Some(PacketKind::Short { dcid }) => Some(dcid),
@@ -286,7 +303,7 @@ impl Router {
             return true;
         }
         let buffer = std::mem::replace(slot, self.shared.large_buffers.take());
-        match route.inbound.try_send(Inbound { buffer, len, stride, from, to }) {
+        match route.inbound.try_send(Inbound::new(buffer, len, stride, from)) {
             Ok(()) => {
                 counters.datagrams_delivered.fetch_add(count as u64, Ordering::Relaxed);
             }
@@ -337,7 +354,7 @@ impl Router {
                 return;
             };
             copy.copy_from_slice(data);
-            let inbound = Inbound { buffer, len: data.len(), stride: data.len(), from, to };
+            let inbound = Inbound::new(buffer, data.len(), data.len(), from);
             match route.inbound.try_send(inbound) {
                 Ok(()) => {
                     counters.datagrams_delivered.fetch_add(1, Ordering::Relaxed);
@@ -358,7 +375,7 @@ impl Router {
             }
             return;
         }
-        if origin == Origin::Socket && self.forward_to_owner(data, dcid, from, to) {
+        if origin == Origin::Socket && self.forward_to_owner(data, dcid, from) {
             return;
         }
         match long {
@@ -383,7 +400,7 @@ impl Router {
     /// Sends a datagram whose connection ID names another router of this endpoint to that router (a
     /// client whose address changed lands on another socket of a `SO_REUSEPORT` group). Returns false
     /// if the ID names no other router.
-    fn forward_to_owner(&self, data: &[u8], dcid: &[u8], from: SocketAddr, to: SocketAddr) -> bool {
+    fn forward_to_owner(&self, data: &[u8], dcid: &[u8], from: SocketAddr) -> bool {
         let Some(owner) = cid::router_index(dcid).filter(|owner| *owner != self.index) else { return false };
         let Some(sibling) = self.siblings.forward.get(owner) else { return false };
         let counters = &self.shared.counters;
@@ -393,7 +410,7 @@ impl Router {
             return false;
         };
         copy.copy_from_slice(data);
-        match sibling.try_send(Inbound { buffer, len: data.len(), stride: data.len(), from, to }) {
+        match sibling.try_send(Inbound::new(buffer, data.len(), data.len(), from)) {
             Ok(()) => {
                 counters.datagrams_forwarded.fetch_add(1, Ordering::Relaxed);
             }
@@ -473,7 +490,7 @@ impl Router {
         self.routes.insert(&scid, route.clone());
         self.routes.insert(&odcid, route.clone());
         let core = ConnectionCore::new(CoreParts {
-            conn,
+            conn: Box::new(conn),
             inbound: inbound_rx,
             route: &route,
             router: self.handle.clone(),

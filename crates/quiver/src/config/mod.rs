@@ -98,6 +98,10 @@ pub struct TransportConfig {
     pub connection_queue_datagrams: usize,
     /// Append TLS secrets in NSS key-log format to this file (for Wireshark). Off by default.
     pub keylog_path: Option<PathBuf>,
+    /// TLS key-exchange groups to offer (client) or accept (server), most preferred first, by their
+    /// BoringSSL names (`X25519MLKEM768`, `X25519`, `P-256`, ...). `None` keeps BoringSSL's defaults,
+    /// which include the post-quantum hybrid.
+    pub key_exchange_groups: Option<Vec<String>>,
 }
 
 impl Default for TransportConfig {
@@ -120,6 +124,7 @@ impl Default for TransportConfig {
             active_connection_id_limit: 4,
             connection_queue_datagrams: DEFAULT_CONNECTION_QUEUE_DATAGRAMS,
             keylog_path: None,
+            key_exchange_groups: None,
         }
     }
 }
@@ -222,6 +227,11 @@ fn new_quiche_config(
     let mut ssl = boring::ssl::SslContextBuilder::new(boring::ssl::SslMethod::tls())
         .map_err(|err| ConfigError::Tls(err.to_string()))?;
     install_tls(&mut ssl)?;
+    if let Some(groups) = &transport.key_exchange_groups {
+        let list = groups.join(":");
+        ssl.set_curves_list(&list)
+            .map_err(|err| ConfigError::Tls(format!("unsupported key exchange groups {list:?}: {err}")))?;
+    }
     let mut config = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, ssl)?;
     let protocols: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
     config.set_application_protos(&protocols)?;
@@ -427,6 +437,16 @@ macro_rules! transport_setters {
             /// Enables or disables QUIC DATAGRAM frames.
             pub fn datagrams(mut self, enabled: bool) -> Self {
                 self.transport.datagrams = enabled;
+                self
+            }
+
+            /// See [`TransportConfig::key_exchange_groups`].
+            pub fn key_exchange_groups<I, S>(mut self, groups: I) -> Self
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<String>,
+            {
+                self.transport.key_exchange_groups = Some(groups.into_iter().map(Into::into).collect());
                 self
             }
 
@@ -725,6 +745,16 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("bad.toml") && message.contains("idle_timeot_ms"), "{message}");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn key_exchange_groups_are_validated_when_building() {
+        let base = || ServerConfig::builder().alpn(["echo"]).self_signed(["localhost"]);
+        assert!(base().key_exchange_groups(["X25519", "P-256"]).build().is_ok());
+        let err = base().key_exchange_groups(["X25519", "no-such-group"]).build().unwrap_err();
+        assert!(err.to_string().contains("no-such-group"), "{err}");
+        let client = ClientConfig::builder().alpn(["echo"]).key_exchange_groups(["X25519MLKEM768"]).build();
+        assert!(client.is_ok());
     }
 
     #[test]
