@@ -8,7 +8,7 @@ use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 /// Size of a DNS header: anything shorter is not a DNS message.
-pub(crate) const HEADER_BYTES: usize = 12;
+pub const HEADER_BYTES: usize = 12;
 
 /// Responses to padded queries are padded to a multiple of this many bytes: RFC 8467 §4.1's
 /// recommended block-length policy for responses. (Queries [`DoqClient`](crate::DoqClient) sends are
@@ -19,7 +19,7 @@ pub const PADDING_BLOCK_BYTES: usize = 468;
 pub(crate) const QUERY_PADDING_BLOCK_BYTES: usize = 128;
 
 /// The message ID, if `message` is long enough to have one.
-pub(crate) fn message_id(message: &[u8]) -> Option<u16> {
+pub fn message_id(message: &[u8]) -> Option<u16> {
     match message {
         [high, low, ..] => Some(u16::from_be_bytes([*high, *low])),
         _ => None,
@@ -35,7 +35,7 @@ pub(crate) fn set_message_id(message: &mut [u8], id: u16) {
 
 /// The header and question section of a wire message, without parsing the records behind them (an
 /// upstream answer we only forward must not fail on a record type the parser does not know).
-pub(crate) fn header_and_questions(message: &[u8]) -> Option<(Header, Vec<Query>)> {
+pub fn header_and_questions(message: &[u8]) -> Option<(Header, Vec<Query>)> {
     let mut decoder = BinDecoder::new(message);
     let header = Header::read(&mut decoder).ok()?;
     let questions = Message::read_queries(&mut decoder, usize::from(header.counts.queries)).ok()?;
@@ -43,7 +43,7 @@ pub(crate) fn header_and_questions(message: &[u8]) -> Option<(Header, Vec<Query>
 }
 
 /// An error answer with ID 0 for `query`: same opcode, question, RD and CD bits.
-pub(crate) fn error_answer(query: &Message, code: ResponseCode) -> Vec<u8> {
+pub fn error_answer(query: &Message, code: ResponseCode) -> Vec<u8> {
     let mut answer = Message::error_msg(0, query.metadata.op_code, code);
     answer.metadata.recursion_desired = query.metadata.recursion_desired;
     answer.metadata.checking_disabled = query.metadata.checking_disabled;
@@ -57,7 +57,7 @@ pub(crate) fn error_answer(query: &Message, code: ResponseCode) -> Vec<u8> {
 
 /// FORMERR with ID 0 for bytes that do not parse as a query: opcode and RD are copied from the
 /// header when there is one (RFC 1035 §4.1.1 lets a server answer FORMERR without a question).
-pub(crate) fn format_error_for(bytes: &[u8]) -> Vec<u8> {
+pub fn format_error_for(bytes: &[u8]) -> Vec<u8> {
     let mut answer = Message::error_msg(0, OpCode::Query, ResponseCode::FormErr);
     if bytes.len() >= HEADER_BYTES {
         answer.metadata.op_code = OpCode::from_u8((bytes[2] >> 3) & 0x0f);
@@ -79,12 +79,12 @@ fn encode_or_bare(message: &Message, code: ResponseCode) -> Vec<u8> {
 
 /// Whether the query carries an EDNS(0) padding option, asking for a padded answer (RFC 7830 §4;
 /// RFC 9250 §5.4).
-pub(crate) fn wants_padding(query: &Message) -> bool {
+pub fn wants_padding(query: &Message) -> bool {
     query.edns.as_ref().is_some_and(|edns| edns.option(EdnsCode::Padding).is_some())
 }
 
 /// Whether the query carries edns-tcp-keepalive, which RFC 9250 §5.5.2 forbids on DoQ.
-pub(crate) fn has_tcp_keepalive(query: &Message) -> bool {
+pub fn has_tcp_keepalive(query: &Message) -> bool {
     query.edns.as_ref().is_some_and(|edns| edns.option(EdnsCode::Keepalive).is_some())
 }
 
@@ -92,7 +92,7 @@ pub(crate) fn has_tcp_keepalive(query: &Message) -> bool {
 /// replacing any padding it had and adding an OPT record if it had none. Returns `None` when the
 /// message does not parse or padding would push it past the 65535-byte limit; the caller then sends
 /// it unpadded.
-pub(crate) fn pad(message: &[u8], block: usize) -> Option<Vec<u8>> {
+pub fn pad(message: &[u8], block: usize) -> Option<Vec<u8>> {
     let mut parsed = Message::from_vec(message).ok()?;
     pad_message(&mut parsed, block)
 }

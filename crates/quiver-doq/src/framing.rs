@@ -13,7 +13,7 @@ pub(crate) const READ_CHUNK_BYTES: usize = 16 * 1024;
 
 /// How a stream broke the one-message-then-FIN rule; each is a DOQ_PROTOCOL_ERROR (RFC 9250 §4.3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum FramingError {
+pub enum FramingError {
     /// More bytes than the length prefix announced: a second message on one stream.
     #[error("more than one DNS message on a stream")]
     TrailingData,
@@ -25,14 +25,14 @@ pub(crate) enum FramingError {
 /// Collects the one length-prefixed message a stream carries. Holds at most
 /// 2 + [`MAX_MESSAGE_BYTES`] bytes: anything beyond the announced length is an error, not buffered.
 #[derive(Debug, Default)]
-pub(crate) struct MessageReader {
+pub struct MessageReader {
     buffer: Vec<u8>,
 }
 
 impl MessageReader {
     /// Adds what the stream delivered. Returns the message (without its prefix) once it is complete
     /// and the stream has ended.
-    pub(crate) fn push(&mut self, data: &[u8], fin: bool) -> Result<Option<Vec<u8>>, FramingError> {
+    pub fn push(&mut self, data: &[u8], fin: bool) -> Result<Option<Vec<u8>>, FramingError> {
         let expected = self.expected_len();
         let room = expected.map_or(2 + MAX_MESSAGE_BYTES, |len| 2 + len).saturating_sub(self.buffer.len());
         if data.len() > room {

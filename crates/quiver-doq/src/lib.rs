@@ -58,6 +58,16 @@ pub use hickory_proto as proto;
 pub use hickory_proto::op::Message;
 pub use hickory_proto::rr::{Name, RecordType};
 
+/// Pure framing and message checks exposed for the fuzz targets (`fuzz/`). Not a stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::dns::{
+        HEADER_BYTES, error_answer, format_error_for, has_tcp_keepalive, header_and_questions, message_id, pad,
+        wants_padding,
+    };
+    pub use crate::framing::{FramingError, MessageReader};
+}
+
 /// The ALPN token that selects DoQ in the TLS handshake (RFC 9250 §4.1).
 pub const ALPN: &[u8] = b"doq";
 

@@ -9,7 +9,7 @@ use quiver::quiche::h3::{Header, NameValue};
 /// Why a field section is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct Malformed(pub(crate) String);
+pub struct Malformed(pub(crate) String);
 
 fn malformed(reason: impl Into<String>) -> Malformed {
     Malformed(reason.into())
@@ -38,7 +38,7 @@ fn regular_field(name: &[u8], value: &[u8], into: &mut HeaderMap) -> Result<(), 
 }
 
 /// Builds a request head from a request field section.
-pub(crate) fn parse_request(fields: &[Header]) -> Result<Request<()>, Malformed> {
+pub fn parse_request(fields: &[Header]) -> Result<Request<()>, Malformed> {
     let mut method = None;
     let mut scheme = None;
     let mut authority = None;
@@ -104,7 +104,7 @@ pub(crate) fn parse_request(fields: &[Header]) -> Result<Request<()>, Malformed>
 }
 
 /// Builds a response head from a response field section.
-pub(crate) fn parse_response(fields: &[Header]) -> Result<Response<()>, Malformed> {
+pub fn parse_response(fields: &[Header]) -> Result<Response<()>, Malformed> {
     let mut status = None;
     let mut headers = HeaderMap::new();
     let mut regular_seen = false;
@@ -129,7 +129,7 @@ pub(crate) fn parse_response(fields: &[Header]) -> Result<Response<()>, Malforme
 }
 
 /// Builds a trailer map; trailers may not carry pseudo-headers.
-pub(crate) fn parse_trailers(fields: &[Header]) -> Result<HeaderMap, Malformed> {
+pub fn parse_trailers(fields: &[Header]) -> Result<HeaderMap, Malformed> {
     let mut trailers = HeaderMap::new();
     for field in fields {
         if field.name().first() == Some(&b':') {
@@ -150,7 +150,7 @@ fn push_regular(fields: &mut Vec<Header>, headers: &HeaderMap) {
 }
 
 /// The field section for a request head.
-pub(crate) fn request_fields<B>(request: &Request<B>) -> Result<Vec<Header>, String> {
+pub fn request_fields<B>(request: &Request<B>) -> Result<Vec<Header>, String> {
     let uri = request.uri();
     let authority = uri
         .authority()
@@ -173,7 +173,7 @@ pub(crate) fn request_fields<B>(request: &Request<B>) -> Result<Vec<Header>, Str
 }
 
 /// The field section for a response head.
-pub(crate) fn response_fields(status: StatusCode, headers: &HeaderMap) -> Vec<Header> {
+pub fn response_fields(status: StatusCode, headers: &HeaderMap) -> Vec<Header> {
     let mut fields = Vec::with_capacity(headers.len() + 1);
     fields.push(Header::new(b":status", status.as_str().as_bytes()));
     push_regular(&mut fields, headers);
@@ -181,7 +181,7 @@ pub(crate) fn response_fields(status: StatusCode, headers: &HeaderMap) -> Vec<He
 }
 
 /// The field section for trailers.
-pub(crate) fn trailer_fields(trailers: &HeaderMap) -> Vec<Header> {
+pub fn trailer_fields(trailers: &HeaderMap) -> Vec<Header> {
     let mut fields = Vec::with_capacity(trailers.len());
     push_regular(&mut fields, trailers);
     fields

@@ -56,6 +56,14 @@ pub use crate::error::{
 pub use crate::headers::Protocol;
 pub use crate::server::Server;
 
+/// Pure parsing functions exposed for the fuzz targets (`fuzz/`). Not a stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::headers::{
+        Malformed, parse_request, parse_response, parse_trailers, request_fields, response_fields, trailer_fields,
+    };
+}
+
 /// The ALPN identifier of HTTP/3.
 pub const ALPN: &[u8] = b"h3";
 

@@ -15,12 +15,12 @@ pub const LOCAL_CID_LEN: usize = 16;
 
 /// The router a connection ID of ours names, or `None` for an ID we did not mint (a client's original
 /// DCID, or garbage).
-pub(crate) fn router_index(cid: &[u8]) -> Option<usize> {
+pub fn router_index(cid: &[u8]) -> Option<usize> {
     (cid.len() == LOCAL_CID_LEN).then(|| usize::from(cid[0]))
 }
 
 /// Shortest DCID a client may put in its first Initial (RFC 9000 §7.2).
-pub(crate) const MIN_INITIAL_DCID_LEN: usize = 8;
+pub const MIN_INITIAL_DCID_LEN: usize = 8;
 
 /// Mints connection IDs for one router.
 #[derive(Debug, Clone)]
@@ -119,11 +119,21 @@ impl<V> CidTable<V> {
 
 /// What the first bytes of a datagram say about where it goes.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum PacketKind<'a> {
+pub enum PacketKind<'a> {
     /// Short header: only the DCID is visible.
-    Short { dcid: &'a [u8] },
+    Short {
+        /// The destination connection ID ([`LOCAL_CID_LEN`] bytes: only ours are routable).
+        dcid: &'a [u8],
+    },
     /// Long header.
-    Long { version: u32, dcid: &'a [u8], is_initial: bool },
+    Long {
+        /// The QUIC version field.
+        version: u32,
+        /// The destination connection ID.
+        dcid: &'a [u8],
+        /// Whether the type bits say Initial (meaningful for supported versions only).
+        is_initial: bool,
+    },
 }
 
 const LONG_HEADER_BIT: u8 = 0x80;
@@ -134,7 +144,7 @@ const MAX_CID_LEN: usize = 20;
 
 /// Reads a packet's kind and DCID without decrypting anything. Returns `None` for bytes that cannot be a
 /// QUIC packet addressed to us. Never panics, whatever the input.
-pub(crate) fn classify(datagram: &[u8]) -> Option<PacketKind<'_>> {
+pub fn classify(datagram: &[u8]) -> Option<PacketKind<'_>> {
     let first = *datagram.first()?;
     if first & LONG_HEADER_BIT == 0 {
         let dcid = datagram.get(1..1 + LOCAL_CID_LEN)?;
@@ -154,7 +164,7 @@ pub(crate) fn classify(datagram: &[u8]) -> Option<PacketKind<'_>> {
 }
 
 /// The source CID of a long-header packet (needed for Version Negotiation), or `None` if truncated.
-pub(crate) fn long_header_scid(datagram: &[u8]) -> Option<&[u8]> {
+pub fn long_header_scid(datagram: &[u8]) -> Option<&[u8]> {
     let dcid_len = usize::from(*datagram.get(5)?);
     let scid_len_at = 6 + dcid_len;
     let scid_len = usize::from(*datagram.get(scid_len_at)?);

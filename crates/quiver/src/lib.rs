@@ -67,9 +67,20 @@ pub use crate::error::{ApplicationError, CloseReason, ConfigError, ConnectError,
 pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 pub use quiche;
 
-/// Internals exposed for the crate's micro-benchmarks (`benches/`). Not a stable API.
+/// Internals exposed for the crate's micro-benchmarks (`benches/`) and fuzz targets (`fuzz/`). Not a
+/// stable API.
 #[doc(hidden)]
 pub mod internals {
     pub use crate::batch::{Batch, HeldPacket, ProducedPacket, fill_batch};
     pub use crate::cid::{CidKey, CidTable};
+    pub use crate::cid::{MIN_INITIAL_DCID_LEN, PacketKind, classify, long_header_scid, router_index};
+
+    /// The `quiche::Config` a server endpoint with `config` accepts connections with: the fuzz target
+    /// for the router's accept path feeds `quiche::accept` exactly what the router does.
+    ///
+    /// # Errors
+    /// As [`Endpoint::server`](crate::Endpoint::server) for a bad identity or transport setting.
+    pub fn server_quiche_config(config: &crate::ServerConfig) -> Result<quiche::Config, crate::ConfigError> {
+        config.quiche_config()
+    }
 }
