@@ -22,6 +22,7 @@ use crate::app::{ApplicationOverQuic, QuicConnection};
 use crate::batch::{self, HeldPacket, ProducedPacket};
 use crate::endpoint::{EndpointShared, IncomingConnection};
 use crate::error::{ApplicationError, CloseReason, ConnectionError};
+use crate::handshake::HandshakeInfo;
 use crate::router::{Inbound, InboundQueue, Route, RouterCommand, RouterHandle};
 use crate::socket::SEND_BATCH_BYTES;
 use crate::stats::ConnectionStats;
@@ -60,6 +61,7 @@ struct HandleShared {
     local_addr: SocketAddr,
     alpn: Vec<u8>,
     server_name: Option<String>,
+    handshake: HandshakeInfo,
     close_requests: watch::Sender<Option<CloseReason>>,
     stats_requests: mpsc::Sender<oneshot::Sender<ConnectionStats>>,
     closed: watch::Receiver<Option<ConnectionError>>,
@@ -89,6 +91,11 @@ impl ConnectionHandle {
     /// The server name the client asked for (SNI), if any.
     pub fn server_name(&self) -> Option<&str> {
         self.shared.server_name.as_deref()
+    }
+
+    /// What the handshake negotiated (QUIC version, TLS cipher and group) and how long it took.
+    pub fn handshake(&self) -> &HandshakeInfo {
+        &self.shared.handshake
     }
 
     /// Asks the connection to close with an application error code and reason. Returns at once; await
@@ -193,6 +200,8 @@ pub(crate) struct ConnectionCore {
     registered: Vec<Vec<u8>>,
     unregistered: bool,
     trace_id: String,
+    /// When the connection was created: the start of its handshake.
+    created: Instant,
     handshake_deadline: Option<(Instant, Duration)>,
     forced_reason: Option<ConnectionError>,
     timer: Pin<Box<Sleep>>,
@@ -216,6 +225,7 @@ impl ConnectionCore {
         parts.shared.counters.active_connections.fetch_add(1, Ordering::Relaxed);
         Self {
             trace_id: parts.conn.trace_id().to_owned(),
+            created: Instant::now(),
             handshake_deadline: parts.handshake_timeout.map(|timeout| (Instant::now() + timeout, timeout)),
             conn: parts.conn,
             inbound: parts.inbound,
@@ -409,6 +419,10 @@ impl ConnectionCore {
         if self.handle.is_some() {
             return;
         }
+        // First, before anything else can run on this thread: see `handshake` for why.
+        let tls = crate::handshake::take_completed();
+        let handshake = HandshakeInfo::new(self.created.elapsed(), tls, &self.conn);
+        crate::metrics::handshake_completed(handshake.duration);
         let path = self.conn.path_stats().next();
         let handle = ConnectionHandle {
             shared: Arc::new(HandleShared {
@@ -417,12 +431,15 @@ impl ConnectionCore {
                 local_addr: path.as_ref().map(|path| path.local_addr).unwrap_or(self.router.socket.local_addr()),
                 alpn: self.conn.application_proto().to_vec(),
                 server_name: self.conn.server_name().map(str::to_owned),
+                handshake,
                 close_requests: self.close_requests_tx.clone(),
                 stats_requests: self.stats_requests_tx.clone(),
                 closed: self.closed_tx.subscribe(),
             }),
         };
-        tracing::debug!(alpn = %String::from_utf8_lossy(handle.alpn()), "handshake complete");
+        let alpn = String::from_utf8_lossy(handle.alpn());
+        tracing::Span::current().record("alpn", &*alpn);
+        tracing::debug!(handshake = ?handle.handshake(), "handshake complete");
         if let Some(waiter) = self.established_waiter.take() {
             let _ = waiter.send(Ok(handle.clone()));
         }
@@ -564,6 +581,7 @@ impl ConnectionCore {
         let reason = self.close_reason();
         let stats = self.stats();
         tracing::debug!(%reason, ?stats, "connection closed");
+        crate::metrics::connection_closed(&stats);
         let _ = guard(|| {
             app.on_conn_close(&mut self.conn, &reason);
             Ok(())

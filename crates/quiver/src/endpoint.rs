@@ -327,6 +327,9 @@ impl Endpoint {
         if let Some(keylog) = &client.config.keylog {
             conn.set_keylog(keylog.writer());
         }
+        if let Some(dir) = &client.config.transport.qlog_dir {
+            crate::qlog::attach(&mut conn, dir).open();
+        }
         let (route, inbound_rx) = Route::new(client.config.transport.connection_queue_datagrams);
         // Mapped before the first Initial leaves, so the server's answer always finds the connection.
         router
@@ -347,7 +350,7 @@ impl Endpoint {
         self.inner.shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);
         let established = core.notify_when_established();
         let mut closed = core.closed_signal();
-        let span = tracing::info_span!("conn", scid = %core.trace_id(), peer = %remote);
+        let span = tracing::info_span!("conn", scid = %core.trace_id(), peer = %remote, alpn = tracing::field::Empty);
         tokio::spawn(core.run(app).instrument(span));
         let outcome = match established.await {
             Ok(outcome) => outcome,

@@ -72,6 +72,14 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    /// The qlog directory is unusable.
+    #[error("cannot write qlog files into {path}: {reason}")]
+    Qlog {
+        /// The directory as given.
+        path: PathBuf,
+        /// Why not (missing, not a directory, no qlog support compiled in).
+        reason: String,
+    },
 }
 
 /// Creating an [`Endpoint`](crate::Endpoint) failed.

@@ -50,6 +50,9 @@ mod config;
 mod connection;
 mod endpoint;
 mod error;
+mod handshake;
+pub mod metrics;
+mod qlog;
 mod router;
 mod socket;
 mod stats;
@@ -64,6 +67,7 @@ pub use crate::config::{
 pub use crate::connection::ConnectionHandle;
 pub use crate::endpoint::{Endpoint, EndpointBuilder, IncomingConnection};
 pub use crate::error::{ApplicationError, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError};
+pub use crate::handshake::HandshakeInfo;
 pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 pub use quiche;
 

@@ -479,12 +479,16 @@ impl Router {
         if let Some(keylog) = &server.config.keylog {
             conn.set_keylog(keylog.writer());
         }
+        let qlog = server.config.transport.qlog_dir.as_ref().map(|dir| crate::qlog::attach(&mut conn, dir));
         let processed = conn.recv(data, quiche::RecvInfo { from, to });
         if processed.is_err() || conn.stats().recv == 0 {
             counters.drop(DropReason::InvalidInitial);
             return;
         }
         counters.datagrams_delivered.fetch_add(1, Ordering::Relaxed);
+        if let Some(qlog) = qlog {
+            qlog.open();
+        }
 
         let (route, inbound_rx) = Route::new(server.config.transport.connection_queue_datagrams);
         self.routes.insert(&scid, route.clone());
@@ -498,7 +502,7 @@ impl Router {
             odcid: Some(odcid),
             handshake_timeout: None,
         });
-        let span = tracing::info_span!("conn", scid = %core.trace_id(), peer = %from);
+        let span = tracing::info_span!("conn", scid = %core.trace_id(), peer = %from, alpn = tracing::field::Empty);
         tokio::spawn(connection::run_server(core, server.accept_queue.clone()).instrument(span));
     }
 }

@@ -98,6 +98,9 @@ pub struct TransportConfig {
     pub connection_queue_datagrams: usize,
     /// Append TLS secrets in NSS key-log format to this file (for Wireshark). Off by default.
     pub keylog_path: Option<PathBuf>,
+    /// Write a qlog (JSON-SEQ) of every connection into this directory, one file per connection named
+    /// `<trace ID>-<server|client>.sqlog`. Off by default; needs the crate's `qlog` feature (default).
+    pub qlog_dir: Option<PathBuf>,
     /// TLS key-exchange groups to offer (client) or accept (server), most preferred first, by their
     /// BoringSSL names (`X25519MLKEM768`, `X25519`, `P-256`, ...). `None` keeps BoringSSL's defaults,
     /// which include the post-quantum hybrid.
@@ -124,6 +127,7 @@ impl Default for TransportConfig {
             active_connection_id_limit: 4,
             connection_queue_datagrams: DEFAULT_CONNECTION_QUEUE_DATAGRAMS,
             keylog_path: None,
+            qlog_dir: None,
             key_exchange_groups: None,
         }
     }
@@ -172,6 +176,22 @@ impl TransportConfig {
             .open(path)
             .map_err(|source| ConfigError::Keylog { path: path.clone(), source })?;
         Ok(Some(KeyLog(Arc::new(Mutex::new(file)))))
+    }
+
+    /// Checks the qlog directory once, at build time, so a typo fails there rather than per connection.
+    fn check_qlog_dir(&self) -> Result<(), ConfigError> {
+        let Some(dir) = &self.qlog_dir else { return Ok(()) };
+        if !cfg!(feature = "qlog") {
+            return Err(ConfigError::Qlog {
+                path: dir.clone(),
+                reason: "quiver was built without its `qlog` feature".into(),
+            });
+        }
+        match std::fs::metadata(dir) {
+            Ok(metadata) if metadata.is_dir() => Ok(()),
+            Ok(_) => Err(ConfigError::Qlog { path: dir.clone(), reason: "not a directory".into() }),
+            Err(err) => Err(ConfigError::Qlog { path: dir.clone(), reason: err.to_string() }),
+        }
     }
 }
 
@@ -227,6 +247,7 @@ fn new_quiche_config(
     let mut ssl = boring::ssl::SslContextBuilder::new(boring::ssl::SslMethod::tls())
         .map_err(|err| ConfigError::Tls(err.to_string()))?;
     install_tls(&mut ssl)?;
+    crate::handshake::install(&mut ssl);
     if let Some(groups) = &transport.key_exchange_groups {
         let list = groups.join(":");
         ssl.set_curves_list(&list)
@@ -455,6 +476,12 @@ macro_rules! transport_setters {
                 self.transport.keylog_path = Some(path.into());
                 self
             }
+
+            /// See [`TransportConfig::qlog_dir`].
+            pub fn qlog_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+                self.transport.qlog_dir = Some(dir.into());
+                self
+            }
         }
     };
 }
@@ -510,6 +537,7 @@ impl ServerConfigBuilder {
             IdentitySource::SelfSigned(names) => TlsIdentity::self_signed(&names)?,
         };
         let keylog = self.transport.open_keylog()?;
+        self.transport.check_qlog_dir()?;
         let config = ServerConfig {
             transport: self.transport,
             alpn: self.alpn,
@@ -688,6 +716,7 @@ impl ClientConfigBuilder {
             }
         }
         let keylog = self.transport.open_keylog()?;
+        self.transport.check_qlog_dir()?;
         let config = ClientConfig {
             transport: self.transport,
             alpn: self.alpn,
