@@ -43,6 +43,7 @@ pub mod datagram;
 mod driver;
 mod error;
 mod headers;
+pub mod metrics;
 mod server;
 
 pub use crate::body::RecvBody;

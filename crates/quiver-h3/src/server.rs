@@ -4,23 +4,27 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
 use quiver::Endpoint;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::body::RecvBody;
 use crate::driver::{self, Dispatch, H3Driver, H3Settings, OutFrame, StreamSink, Wake, WakeSender};
 use crate::error::H3_INTERNAL_ERROR;
 use crate::headers;
+use crate::metrics::RequestMetrics;
 
 /// Serves a `tower` service over HTTP/3.
 ///
 /// Each request runs in its own task; a handler that fails or panics is answered with 500 and the
-/// connection lives on.
+/// connection lives on. Requests are counted by status and timed through the `metrics` facade
+/// ([`metrics`](crate::metrics)): install the recorder before building the server. Each request runs
+/// in a `request` span (level DEBUG, fields `stream`, `method`, `path`) inside its connection's span.
 ///
 /// ```no_run
 /// use http::{Request, Response};
@@ -38,6 +42,7 @@ use crate::headers;
 pub struct Server<S> {
     service: S,
     settings: H3Settings,
+    metrics: Arc<RequestMetrics>,
 }
 
 impl<S, B> Server<S>
@@ -51,7 +56,7 @@ where
 {
     /// A server for `service` with default settings.
     pub fn new(service: S) -> Self {
-        Self { service, settings: H3Settings::default() }
+        Self { service, settings: H3Settings::default(), metrics: Arc::new(RequestMetrics::new()) }
     }
 
     /// Replaces the HTTP/3 settings (header size limit, extended CONNECT).
@@ -63,8 +68,18 @@ where
     /// The application to start on one accepted connection; use it to mix HTTP/3 with other ALPNs.
     pub fn application(&self) -> H3Driver {
         let service = self.service.clone();
+        let metrics = self.metrics.clone();
         let dispatch: Dispatch = Arc::new(move |request, sink| {
-            run_inline_first(handle(service.clone(), request, sink));
+            // DEBUG: at the usual INFO level the span costs nothing. When it is off, the handler still
+            // runs in its connection's span, even if it moves to a task of its own.
+            let span = tracing::debug_span!(
+                "request",
+                stream = sink.stream_id(),
+                method = %request.method(),
+                path = request.uri().path()
+            );
+            let span = if span.is_disabled() { tracing::Span::current() } else { span };
+            run_inline_first(handle(service.clone(), request, sink, metrics.clone()).instrument(span));
         });
         H3Driver::server(self.settings.clone(), dispatch)
     }
@@ -141,10 +156,14 @@ fn run_inline_first(handler: impl Future<Output = ()> + Send + 'static) {
     }
 }
 
-/// Resets the stream if the handler task ends (or unwinds) before the response was complete.
+/// Resets the stream if the handler task ends (or unwinds) before the response was complete, and
+/// records the request's metrics once its response has a status.
 struct ResponseGuard {
     sink: StreamSink,
     complete: bool,
+    status: Option<StatusCode>,
+    started: Instant,
+    metrics: Arc<RequestMetrics>,
 }
 
 impl Drop for ResponseGuard {
@@ -152,17 +171,20 @@ impl Drop for ResponseGuard {
         if !self.complete {
             self.sink.abort(H3_INTERNAL_ERROR);
         }
+        if let Some(status) = self.status {
+            self.metrics.record(status, self.started.elapsed());
+        }
     }
 }
 
-async fn handle<S, B>(mut service: S, request: Request<RecvBody>, sink: StreamSink)
+async fn handle<S, B>(mut service: S, request: Request<RecvBody>, sink: StreamSink, metrics: Arc<RequestMetrics>)
 where
     S: Service<Request<RecvBody>, Response = Response<B>>,
     S::Error: std::fmt::Display,
     B: Body,
     B::Error: std::fmt::Display,
 {
-    let mut guard = ResponseGuard { sink, complete: false };
+    let mut guard = ResponseGuard { sink, complete: false, status: None, started: Instant::now(), metrics };
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let outcome = AssertUnwindSafe(async {
@@ -175,16 +197,19 @@ where
         Ok(Ok(response)) => response,
         Ok(Err(err)) => {
             tracing::warn!(%method, %path, error = %err, "handler failed; answering 500");
+            guard.status = Some(StatusCode::INTERNAL_SERVER_ERROR);
             guard.complete = send_status(&guard.sink, StatusCode::INTERNAL_SERVER_ERROR);
             return;
         }
         Err(_) => {
             tracing::error!(%method, %path, "handler panicked; answering 500");
+            guard.status = Some(StatusCode::INTERNAL_SERVER_ERROR);
             guard.complete = send_status(&guard.sink, StatusCode::INTERNAL_SERVER_ERROR);
             return;
         }
     };
     let (parts, body) = response.into_parts();
+    guard.status = Some(parts.status);
     let end = body.is_end_stream();
     let fields = headers::response_fields(parts.status, &parts.headers);
     if guard.sink.frame(OutFrame::Head { fields, end }).is_err() {
