@@ -39,6 +39,7 @@ mod client;
 mod dns;
 mod error;
 mod framing;
+pub mod metrics;
 mod server;
 #[cfg(feature = "test-util")]
 pub mod test_util;

@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::cache::AnswerCache;
 use crate::dns::{PADDING_BLOCK_BYTES, error_answer, pad};
+use crate::metrics::RcodeCounters;
 use crate::upstream;
 
 /// How long the server waits for the upstream resolver before answering SERVFAIL. Stub resolvers
@@ -112,6 +113,7 @@ impl DoqServerBuilder {
                 upstream_slots: Semaphore::new(self.max_upstream_in_flight),
                 cache: (self.cache_entries > 0).then(|| Mutex::new(AnswerCache::new(self.cache_entries))),
                 counters: Counters::default(),
+                rcodes: RcodeCounters::new(),
             }),
             sources: Arc::new(SourceTable {
                 live: Mutex::new(HashMap::new()),
@@ -291,6 +293,7 @@ pub(crate) struct ServerShared {
     upstream_slots: Semaphore,
     cache: Option<Mutex<AnswerCache>>,
     counters: Counters,
+    pub(crate) rcodes: RcodeCounters,
 }
 
 impl ServerShared {

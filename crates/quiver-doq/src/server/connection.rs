@@ -118,6 +118,7 @@ impl ServerConnection {
         // Every answer built or forwarded here fits: upstream answers are read into 65535 bytes and
         // padding never exceeds the limit.
         if let Some(outbound) = Outbound::new(&answer) {
+            self.shared.rcodes.count(&answer);
             self.sending.insert(stream, outbound);
         }
         Ok(())
