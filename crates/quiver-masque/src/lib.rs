@@ -41,6 +41,7 @@
 mod body;
 mod client;
 pub mod ip;
+pub mod metrics;
 pub mod policy;
 mod proxy;
 pub mod target;
