@@ -5,11 +5,16 @@
 //! when a queue is full or a payload does not fit the path, it is dropped and counted, never truncated.
 //!
 //! Requests with the CONNECT method (plain or extended, RFC 9220) carry a [`DatagramFlow`] in their
-//! extensions on the server side, and their responses carry one on the client side, when both peers
-//! negotiated HTTP Datagrams (QUIC datagrams on, `SETTINGS_H3_DATAGRAM`).
+//! extensions on the server side, and their responses carry one on the client side, when the peer has
+//! QUIC datagrams on and has not said no to HTTP Datagrams. RFC 9297 §2.1.1 allows sending HTTP
+//! Datagrams only to a peer whose SETTINGS carry `SETTINGS_H3_DATAGRAM = 1`. When its SETTINGS are
+//! known and say no, no flow is created. A flow created before they arrived (a request that overtook
+//! them) holds what it sends until they do, then sends it or drops and counts it; an application with
+//! another way to carry a payload checks [`DatagramFlow::peer_enabled`] first (MASQUE sends a
+//! DATAGRAM capsule instead).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::{Semaphore, mpsc};
@@ -36,10 +41,19 @@ pub enum DatagramError {
     /// The send queue is full: the connection is not keeping up. The datagram was dropped.
     #[error("datagram send queue full")]
     QueueFull,
-    /// The peer did not negotiate HTTP Datagrams, or the stream or connection is gone.
+    /// The stream or connection is gone.
     #[error("HTTP datagrams are not available on this stream")]
     Unavailable,
+    /// The peer's SETTINGS did not enable HTTP Datagrams (`SETTINGS_H3_DATAGRAM = 1`, RFC 9297
+    /// §2.1.1): send the payload another way, such as a DATAGRAM capsule.
+    #[error("the peer has not enabled HTTP datagrams (SETTINGS_H3_DATAGRAM)")]
+    NotNegotiated,
 }
+
+/// The peer sent `SETTINGS_H3_DATAGRAM = 1` and has QUIC datagrams on.
+pub(crate) const PEER_SETTINGS_ENABLED: u8 = 1;
+/// The peer's SETTINGS arrived without `SETTINGS_H3_DATAGRAM = 1`.
+pub(crate) const PEER_SETTINGS_DISABLED: u8 = 2;
 
 /// Counters and limits one connection's flows share with its task.
 #[derive(Debug, Default)]
@@ -50,6 +64,21 @@ pub(crate) struct DatagramShared {
     pub(crate) recv_dropped: AtomicU64,
     /// Datagrams the QUIC layer refused to send.
     pub(crate) send_dropped: AtomicU64,
+    /// What the peer's SETTINGS said about HTTP Datagrams: 0 while they have not arrived, then
+    /// `PEER_SETTINGS_ENABLED` or `PEER_SETTINGS_DISABLED` (the driver updates it).
+    pub(crate) peer_settings: AtomicU8,
+}
+
+impl DatagramShared {
+    /// Whether the peer's SETTINGS enabled HTTP Datagrams.
+    pub(crate) fn peer_enabled(&self) -> bool {
+        self.peer_settings.load(Ordering::Relaxed) == PEER_SETTINGS_ENABLED
+    }
+
+    /// Whether the peer's SETTINGS arrived and did not enable HTTP Datagrams.
+    pub(crate) fn peer_disabled(&self) -> bool {
+        self.peer_settings.load(Ordering::Relaxed) == PEER_SETTINGS_DISABLED
+    }
 }
 
 /// The datagram side of one request stream.
@@ -100,6 +129,13 @@ impl DatagramFlow {
         self.stream
     }
 
+    /// Whether the peer's SETTINGS have enabled HTTP Datagrams (RFC 9297 §2.1.1). False while they
+    /// have not arrived: [`send`](Self::send) then holds the datagram until they do (and drops it if
+    /// they say no). Receiving works either way.
+    pub fn peer_enabled(&self) -> bool {
+        self.shared.peer_enabled()
+    }
+
     /// The largest payload that fits in one datagram on the current path.
     pub fn max_payload(&self) -> usize {
         self.shared.max_writable.load(Ordering::Relaxed).saturating_sub(self.prefix.len())
@@ -109,8 +145,12 @@ impl DatagramFlow {
     /// datagram is not sent.
     ///
     /// # Errors
+    /// [`DatagramError::NotNegotiated`] once the peer's SETTINGS said no to HTTP Datagrams,
     /// [`DatagramError::TooLarge`], [`DatagramError::QueueFull`], [`DatagramError::Unavailable`].
     pub fn send(&self, payload: &[u8]) -> Result<(), DatagramError> {
+        if self.shared.peer_disabled() {
+            return Err(DatagramError::NotNegotiated);
+        }
         let max = self.max_payload();
         if payload.len() > max {
             return Err(DatagramError::TooLarge { size: payload.len(), max });

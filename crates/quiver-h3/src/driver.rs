@@ -23,7 +23,9 @@ use quiver::{ApplicationError, ApplicationOverQuic, ConnectionError, QuicConnect
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::body::{BodyFrame, RecvBody};
-use crate::datagram::{DATAGRAM_SEND_QUEUE, DatagramFlow, DatagramShared, get_varint};
+use crate::datagram::{
+    DATAGRAM_SEND_QUEUE, DatagramFlow, DatagramShared, PEER_SETTINGS_DISABLED, PEER_SETTINGS_ENABLED, get_varint,
+};
 use crate::error::{Error, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR};
 use crate::headers;
 
@@ -280,6 +282,9 @@ pub struct H3Driver {
     peer_addr: Option<std::net::SocketAddr>,
     datagram_permits: Arc<Semaphore>,
     datagrams: Arc<DatagramShared>,
+    /// Datagrams flows sent before the peer's SETTINGS arrived; each holds a `datagram_permits` permit,
+    /// so there are at most `DATAGRAM_SEND_QUEUE`.
+    datagrams_awaiting_settings: VecDeque<(Bytes, OwnedSemaphorePermit)>,
 }
 
 /// The client's address, in every request's extensions on the server side.
@@ -303,6 +308,7 @@ impl H3Driver {
             peer_addr: None,
             datagram_permits: Arc::new(Semaphore::new(DATAGRAM_SEND_QUEUE)),
             datagrams: Arc::default(),
+            datagrams_awaiting_settings: VecDeque::new(),
         }
     }
 
@@ -537,9 +543,13 @@ impl H3Driver {
                 Role::Client { deferred, .. } => deferred.push_back(request),
                 Role::Server { .. } => {}
             },
-            Wake::Datagram { frame, .. } => {
-                if conn.dgram_send(&frame).is_err() {
-                    self.datagrams.send_dropped.fetch_add(1, Ordering::Relaxed);
+            Wake::Datagram { frame, _permit: permit } => {
+                if h3.peer_settings_raw().is_none() {
+                    // RFC 9297 §2.1.1: wait for the peer's SETTINGS. The permit keeps counting against
+                    // the connection's datagram queue, which bounds what waits here.
+                    self.datagrams_awaiting_settings.push_back((frame, permit));
+                } else {
+                    self.send_datagram(h3, conn, &frame);
                 }
             }
             Wake::GoAway => {
@@ -660,12 +670,40 @@ impl H3Driver {
         }
         self.remove_if_finished(stream);
     }
+    /// Sends an HTTP datagram if the peer's SETTINGS enabled them; drops and counts it otherwise.
+    fn send_datagram(&self, h3: &h3::Connection, conn: &mut QuicConnection, frame: &[u8]) {
+        if !h3.dgram_enabled_by_peer(conn) || conn.dgram_send(frame).is_err() {
+            self.datagrams.send_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records whether the peer's SETTINGS (once they arrived) enabled HTTP Datagrams, for the flows.
+    fn note_peer_settings(&self, h3: &h3::Connection, conn: &QuicConnection) {
+        if h3.peer_settings_raw().is_none() {
+            return;
+        }
+        let state = if h3.dgram_enabled_by_peer(conn) { PEER_SETTINGS_ENABLED } else { PEER_SETTINGS_DISABLED };
+        self.datagrams.peer_settings.store(state, Ordering::Relaxed);
+    }
+
+    /// Sends (or drops) the datagrams that waited for the peer's SETTINGS, once they are here.
+    fn settle_waiting_datagrams(&mut self, h3: &h3::Connection, conn: &mut QuicConnection) {
+        if h3.peer_settings_raw().is_none() {
+            return;
+        }
+        while let Some((frame, _permit)) = self.datagrams_awaiting_settings.pop_front() {
+            self.send_datagram(h3, conn, &frame);
+        }
+    }
+
     /// Handles every event quiche has queued. Called on each wake-up and again after reads the driver
     /// made on its own (read credit), because `recv_body` queues `Finished` for the next poll.
     fn poll_events(&mut self, h3: &mut h3::Connection, conn: &mut QuicConnection) {
         loop {
             match h3.poll(conn) {
                 Ok((stream, h3::Event::Headers { list, more_frames })) => {
+                    // A flow for this stream depends on what the peer's SETTINGS said so far.
+                    self.note_peer_settings(h3, conn);
                     self.on_headers(conn, stream, list, more_frames);
                     // A request with a body may already have data buffered.
                     if more_frames {
@@ -692,8 +730,9 @@ impl H3Driver {
     }
 }
 
-/// A datagram flow for `stream` if QUIC datagrams are on for this connection. A free function so the
-/// caller can hold a stream's state mutably while passing the driver's shared parts.
+/// A datagram flow for `stream` if the peer has QUIC datagrams on and its SETTINGS (if they arrived)
+/// enabled HTTP Datagrams; a flow made before they arrive sends only once they say yes. A free
+/// function so the caller can hold a stream's state mutably while passing the driver's shared parts.
 fn datagram_flow(
     conn: &QuicConnection,
     stream: u64,
@@ -702,6 +741,9 @@ fn datagram_flow(
     shared: &Arc<DatagramShared>,
 ) -> Option<(DatagramFlow, mpsc::Sender<Bytes>)> {
     conn.dgram_max_writable_len()?;
+    if shared.peer_settings.load(Ordering::Relaxed) == PEER_SETTINGS_DISABLED {
+        return None;
+    }
     Some(DatagramFlow::new(stream, wake.clone(), permits.clone(), shared.clone()))
 }
 
@@ -746,6 +788,8 @@ impl ApplicationOverQuic for H3Driver {
     fn process_reads(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
         let Some(mut h3) = self.h3.take() else { return Ok(()) };
         self.poll_events(&mut h3, conn);
+        self.note_peer_settings(&h3, conn);
+        self.settle_waiting_datagrams(&h3, conn);
         self.h3 = Some(h3);
         self.recv_datagrams(conn);
         Ok(())
@@ -762,6 +806,8 @@ impl ApplicationOverQuic for H3Driver {
             self.handle_wake(&mut h3, conn, wake);
         }
         self.poll_events(&mut h3, conn);
+        self.note_peer_settings(&h3, conn);
+        self.settle_waiting_datagrams(&h3, conn);
         self.start_requests(&mut h3, conn);
         let mut ids = std::mem::take(&mut self.stream_ids);
         ids.extend(self.streams.iter().filter(|(_, state)| !state.outbound.is_empty()).map(|(id, _)| *id));

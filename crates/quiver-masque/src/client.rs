@@ -99,8 +99,9 @@ pub struct MasqueClient {
     template: UriTemplate,
     bearer_token: Option<String>,
     open_timeout: Option<Duration>,
-    /// Whether our configuration offers QUIC datagrams. A flow exists whenever the *proxy* offers them,
-    /// but RFC 9297 wants both sides to agree before HTTP Datagrams are used.
+    /// Whether our configuration offers QUIC datagrams. quiver-h3 checks the proxy's side (its QUIC
+    /// transport parameter and `SETTINGS_H3_DATAGRAM`) but cannot see ours, and RFC 9297 §2.1.1 wants
+    /// both sides to have enabled HTTP Datagrams before they are used.
     datagrams: bool,
 }
 
@@ -252,12 +253,17 @@ pub(crate) enum StreamEvent {
 }
 
 impl TunnelStream {
+    /// The flow, if the proxy has enabled HTTP Datagrams (RFC 9297 §2.1.1); `None` means capsules.
+    fn datagram_flow(&self) -> Option<&DatagramFlow> {
+        self.flow.as_ref().filter(|flow| flow.peer_enabled())
+    }
+
     pub(crate) fn uses_quic_datagrams(&self) -> bool {
-        self.flow.is_some()
+        self.datagram_flow().is_some()
     }
 
     pub(crate) fn max_payload(&self) -> usize {
-        match &self.flow {
+        match self.datagram_flow() {
             // One byte of context ID.
             Some(flow) => flow.max_payload().saturating_sub(1),
             None => MAX_UDP_PAYLOAD,
@@ -270,7 +276,7 @@ impl TunnelStream {
             return Err(TunnelError::TooLarge { size: payload.len(), max: self.max_payload() });
         }
         let frame = context_zero_datagram(payload);
-        match &self.flow {
+        match self.datagram_flow() {
             Some(flow) => flow.send(&frame).map_err(|err| match err {
                 DatagramError::TooLarge { max, .. } => {
                     TunnelError::TooLarge { size: payload.len(), max: max.saturating_sub(1) }

@@ -91,6 +91,52 @@ async fn h3_client_tunnels_udp_over_http_datagrams() {
     tokio::time::timeout(GUARD, run).await.expect("timed out");
 }
 
+type H3Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Sends `udp` as a DATAGRAM capsule (context ID 0) and checks that the echo comes back as one.
+async fn capsule_echo(stream: &mut H3Stream, decoder: &mut CapsuleDecoder, udp: &[u8]) {
+    let mut value = vec![0u8];
+    value.extend_from_slice(udp);
+    stream.send_data(encode_capsule(CAPSULE_DATAGRAM, &value)).await.unwrap();
+    let capsule = loop {
+        if let Some(capsule) = decoder.next_capsule().unwrap() {
+            break capsule;
+        }
+        let mut chunk = stream.recv_data().await.unwrap().expect("tunnel open");
+        decoder.push(&chunk.copy_to_bytes(chunk.remaining()));
+    };
+    assert_eq!(capsule.capsule_type, CAPSULE_DATAGRAM);
+    assert_eq!(capsule.value[0], 0, "context ID");
+    assert!(capsule.value[1..] == udp[..], "echo of {} bytes differs", udp.len());
+}
+
+/// RFC 9297 §2.1.1: quinn offers QUIC datagrams (its transport parameter is on by default) but h3
+/// leaves `SETTINGS_H3_DATAGRAM` off unless asked. The proxy must then answer with capsules: HTTP
+/// Datagrams sent to this client would be dropped by it and the echo would never arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h3_client_with_quic_datagrams_but_no_http_datagrams_gets_capsules() {
+    let proxy = start_proxy(loopback_config());
+    let echo = udp_echo().await;
+    let quinn = quinn_client(&proxy.identity, true);
+    let run = async {
+        let port = proxy.endpoint.local_addr().port();
+        let connection = quinn.connect(proxy.endpoint.local_addr(), "localhost").unwrap().await.unwrap();
+        assert!(connection.max_datagram_size().is_some(), "the proxy offers QUIC datagrams to this client");
+        let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(connection)).await.unwrap();
+        let _driver = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let mut stream = send_request.send_request(connect_udp(port, "127.0.0.1", echo.port())).await.unwrap();
+        assert_eq!(stream.recv_response().await.unwrap().status(), StatusCode::OK);
+        let mut decoder = CapsuleDecoder::new(70_000);
+        for index in 0..20u32 {
+            capsule_echo(&mut stream, &mut decoder, &payload(index, 4 + index as usize * 50)).await;
+        }
+        let stats = proxy.proxy.stats();
+        assert_eq!((stats.datagrams_to_target, stats.datagrams_from_target), (20, 20), "{stats:?}");
+    };
+    tokio::time::timeout(GUARD, run).await.expect("timed out: the proxy sent HTTP Datagrams the client never enabled");
+}
+
+/// The client turns QUIC datagrams off at the transport: capsules again, on several streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_client_without_quic_datagrams_uses_capsules() {
     let proxy = start_proxy(loopback_config());
@@ -120,19 +166,7 @@ async fn h3_client_without_quic_datagrams_uses_capsules() {
         for index in 0..100u32 {
             let (stream, decoder) = &mut tunnels[index as usize % 2];
             let udp = payload(index, sizes[index as usize % sizes.len()]);
-            let mut value = vec![0u8];
-            value.extend_from_slice(&udp);
-            stream.send_data(encode_capsule(CAPSULE_DATAGRAM, &value)).await.unwrap();
-            let capsule = loop {
-                if let Some(capsule) = decoder.next_capsule().unwrap() {
-                    break capsule;
-                }
-                let mut chunk = stream.recv_data().await.unwrap().expect("tunnel open");
-                decoder.push(&chunk.copy_to_bytes(chunk.remaining()));
-            };
-            assert_eq!(capsule.capsule_type, CAPSULE_DATAGRAM);
-            assert_eq!(capsule.value[0], 0, "context ID");
-            assert!(capsule.value[1..] == udp[..], "datagram {index}");
+            capsule_echo(stream, decoder, &udp).await;
         }
         // Finishing our side closes the tunnel: the proxy finishes its side too.
         let (mut stream, _) = tunnels.remove(0);
