@@ -1,8 +1,8 @@
 //! HTTP/3 server metrics through the [`metrics`] facade: requests by status and their duration.
 //!
-//! The handles are resolved when the [`Server`](crate::Server) is built (once per status code the
-//! first time it is answered), so a request costs two atomic updates and no registry lookup. Install
-//! the recorder before building the server; without one, every update is a no-op. The table of every
+//! The handles are resolved once per process, when the first request is answered (and once per status
+//! code the first time it is answered), so a request costs two atomic updates and no registry lookup.
+//! Install the recorder before serving; without one, every update is a no-op. The table of every
 //! metric is in `docs/metrics.md`.
 
 use std::sync::OnceLock;
@@ -31,15 +31,20 @@ pub fn describe() {
 /// Status codes `http` can represent (100 to 999), one lazily registered counter each.
 const STATUS_CODES: usize = 900;
 
-/// A server's request metrics, shared by all its connections.
+/// The process's request metrics, shared by every server and connection (one table for all: a
+/// server is built per connection in some applications, and each would otherwise carry its own).
 pub(crate) struct RequestMetrics {
     duration: Histogram,
     by_status: Box<[OnceLock<Counter>]>,
 }
 
 impl RequestMetrics {
-    pub(crate) fn new() -> Self {
-        Self { duration: histogram!(REQUEST_DURATION), by_status: (0..STATUS_CODES).map(|_| OnceLock::new()).collect() }
+    pub(crate) fn global() -> &'static Self {
+        static METRICS: OnceLock<RequestMetrics> = OnceLock::new();
+        METRICS.get_or_init(|| Self {
+            duration: histogram!(REQUEST_DURATION),
+            by_status: (0..STATUS_CODES).map(|_| OnceLock::new()).collect(),
+        })
     }
 
     /// One request answered with `status` after `elapsed`.

@@ -23,7 +23,7 @@ use crate::metrics::RequestMetrics;
 ///
 /// Each request runs in its own task; a handler that fails or panics is answered with 500 and the
 /// connection lives on. Requests are counted by status and timed through the `metrics` facade
-/// ([`metrics`](crate::metrics)): install the recorder before building the server. Each request runs
+/// ([`metrics`](crate::metrics)): install the recorder before serving. Each request runs
 /// in a `request` span (level DEBUG, fields `stream`, `method`, `path`) inside its connection's span.
 ///
 /// ```no_run
@@ -42,7 +42,6 @@ use crate::metrics::RequestMetrics;
 pub struct Server<S> {
     service: S,
     settings: H3Settings,
-    metrics: Arc<RequestMetrics>,
 }
 
 impl<S, B> Server<S>
@@ -56,7 +55,7 @@ where
 {
     /// A server for `service` with default settings.
     pub fn new(service: S) -> Self {
-        Self { service, settings: H3Settings::default(), metrics: Arc::new(RequestMetrics::new()) }
+        Self { service, settings: H3Settings::default() }
     }
 
     /// Replaces the HTTP/3 settings (header size limit, extended CONNECT).
@@ -68,7 +67,6 @@ where
     /// The application to start on one accepted connection; use it to mix HTTP/3 with other ALPNs.
     pub fn application(&self) -> H3Driver {
         let service = self.service.clone();
-        let metrics = self.metrics.clone();
         let dispatch: Dispatch = Arc::new(move |request, sink| {
             // DEBUG: at the usual INFO level the span costs nothing. When it is off, the handler still
             // runs in its connection's span, even if it moves to a task of its own.
@@ -79,7 +77,7 @@ where
                 path = request.uri().path()
             );
             let span = if span.is_disabled() { tracing::Span::current() } else { span };
-            run_inline_first(handle(service.clone(), request, sink, metrics.clone()).instrument(span));
+            run_inline_first(handle(service.clone(), request, sink, RequestMetrics::global()).instrument(span));
         });
         H3Driver::server(self.settings.clone(), dispatch)
     }
@@ -163,7 +161,7 @@ struct ResponseGuard {
     complete: bool,
     status: Option<StatusCode>,
     started: Instant,
-    metrics: Arc<RequestMetrics>,
+    metrics: &'static RequestMetrics,
 }
 
 impl Drop for ResponseGuard {
@@ -177,7 +175,7 @@ impl Drop for ResponseGuard {
     }
 }
 
-async fn handle<S, B>(mut service: S, request: Request<RecvBody>, sink: StreamSink, metrics: Arc<RequestMetrics>)
+async fn handle<S, B>(mut service: S, request: Request<RecvBody>, sink: StreamSink, metrics: &'static RequestMetrics)
 where
     S: Service<Request<RecvBody>, Response = Response<B>>,
     S::Error: std::fmt::Display,
