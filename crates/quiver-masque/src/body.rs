@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::Frame;
+use quiver_h3::datagram::{Capsule, CapsuleDecoder, CapsuleTooLarge, put_varint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// Capsules queued towards the peer per tunnel before more are dropped: about a bandwidth-delay
@@ -43,6 +44,9 @@ pub(crate) enum QueueRefused {
 pub(crate) struct CapsuleSender {
     queue: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
+    /// A queue slot reserved for the reset, so a full queue cannot swallow it. Shared by the clones,
+    /// so it goes (with its hold on the channel) when the last one does.
+    abort_slot: Arc<std::sync::Mutex<Option<mpsc::OwnedPermit<Queued>>>>,
 }
 
 impl CapsuleSender {
@@ -56,14 +60,59 @@ impl CapsuleSender {
         })
     }
 
-    /// Resets the stream instead of finishing it, if there is room to say so.
+    /// Resets the stream instead of finishing it, after what is queued. Never refused for lack of
+    /// room: the slot was reserved when the body was made. Later calls do nothing.
     pub(crate) fn abort(&self, reason: String) {
-        let _ = self.queue.try_send(Err(TunnelAborted(reason)));
+        let slot = self.abort_slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        if let Some(slot) = slot {
+            slot.send(Err(TunnelAborted(reason)));
+        }
     }
 
     /// Whether the body is gone (the stream was reset or the connection closed).
     pub(crate) fn is_closed(&self) -> bool {
         self.queue.is_closed()
+    }
+}
+
+/// A [`CapsuleDecoder`] for a tunnel's stream that also knows whether a capsule was left incomplete,
+/// which RFC 9297 §3.3 makes a malformed stream when the stream ends there.
+#[derive(Debug)]
+pub(crate) struct CapsuleReader {
+    decoder: CapsuleDecoder,
+    /// Bytes pushed and not yet returned as capsules.
+    pending_bytes: usize,
+}
+
+impl CapsuleReader {
+    /// A reader refusing capsules over [`MAX_CAPSULE_BYTES`](crate::MAX_CAPSULE_BYTES).
+    pub(crate) fn new() -> Self {
+        Self { decoder: CapsuleDecoder::new(crate::MAX_CAPSULE_BYTES), pending_bytes: 0 }
+    }
+
+    pub(crate) fn push(&mut self, data: &[u8]) {
+        self.decoder.push(data);
+        self.pending_bytes += data.len();
+    }
+
+    /// As [`CapsuleDecoder::next_capsule`].
+    pub(crate) fn next_capsule(&mut self) -> Result<Option<Capsule>, CapsuleTooLarge> {
+        let capsule = self.decoder.next_capsule()?;
+        if let Some(capsule) = &capsule {
+            let mut header = Vec::with_capacity(16);
+            put_varint(&mut header, capsule.capsule_type);
+            put_varint(&mut header, capsule.value.len() as u64);
+            self.pending_bytes = self.pending_bytes.saturating_sub(header.len() + capsule.value.len());
+        }
+        Ok(capsule)
+    }
+
+    /// Checks the end of the stream: `Err` when it cut a capsule short.
+    pub(crate) fn finish(&self) -> Result<(), String> {
+        match self.pending_bytes {
+            0 => Ok(()),
+            left => Err(format!("the stream ended inside a capsule ({left} bytes of it received)")),
+        }
     }
 }
 
@@ -79,11 +128,14 @@ impl ChannelBody {
         Self { queue: None }
     }
 
-    /// A body and its sender, bounded by [`CAPSULE_QUEUE`] and [`CAPSULE_QUEUE_BYTES`].
+    /// A body and its sender, bounded by [`CAPSULE_QUEUE`] and [`CAPSULE_QUEUE_BYTES`] (plus one slot
+    /// kept for the reset).
     pub(crate) fn channel() -> (CapsuleSender, Self) {
-        let (queue, receiver) = mpsc::channel(CAPSULE_QUEUE);
+        let (queue, receiver) = mpsc::channel(CAPSULE_QUEUE + 1);
+        let abort_slot = queue.clone().try_reserve_owned().ok();
         let budget = Arc::new(Semaphore::new(CAPSULE_QUEUE_BYTES));
-        (CapsuleSender { queue, budget }, Self { queue: Some(receiver) })
+        let sender = CapsuleSender { queue, budget, abort_slot: Arc::new(std::sync::Mutex::new(abort_slot)) };
+        (sender, Self { queue: Some(receiver) })
     }
 }
 
@@ -139,6 +191,44 @@ mod tests {
         }
         assert_eq!(body.frame().await.unwrap().unwrap_err(), TunnelAborted("bad capsule".into()));
         assert!(body.is_end_stream());
+    }
+
+    #[tokio::test]
+    async fn an_abort_gets_through_a_full_queue() {
+        let (sender, mut body) = ChannelBody::channel();
+        let mut queued = 0;
+        while sender.try_send(Bytes::from_static(b"x")).is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, CAPSULE_QUEUE);
+        sender.abort("malformed".into());
+        sender.abort("second".into()); // no effect
+        for _ in 0..queued {
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        assert_eq!(body.frame().await.unwrap().unwrap_err(), TunnelAborted("malformed".into()));
+    }
+
+    #[tokio::test]
+    async fn dropping_a_clone_keeps_the_body_open_and_the_last_one_finishes_it() {
+        let (sender, mut body) = ChannelBody::channel();
+        drop(sender.clone());
+        sender.try_send(Bytes::from_static(b"still")).unwrap();
+        drop(sender);
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "still");
+        assert!(body.frame().await.is_none(), "the reserved abort slot does not hold the body open");
+    }
+
+    #[test]
+    fn a_stream_ending_inside_a_capsule_is_malformed() {
+        let capsule = quiver_h3::datagram::encode_capsule(0, &[7u8; 300]);
+        let mut reader = CapsuleReader::new();
+        reader.push(&capsule[..100]);
+        assert_eq!(reader.next_capsule(), Ok(None));
+        assert!(reader.finish().is_err());
+        reader.push(&capsule[100..]);
+        assert_eq!(reader.next_capsule().unwrap().unwrap().value.len(), 300);
+        assert_eq!(reader.finish(), Ok(()));
     }
 
     #[tokio::test]

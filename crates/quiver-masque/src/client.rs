@@ -8,13 +8,13 @@ use http::uri::Authority;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::BodyExt;
 use quiver::{ClientConfig, ConnectionError};
-use quiver_h3::datagram::{CAPSULE_DATAGRAM, CapsuleDecoder, encode_capsule};
+use quiver_h3::datagram::{CAPSULE_DATAGRAM, encode_capsule};
 use quiver_h3::{BodyError, DatagramError, DatagramFlow, H3Connection, Protocol, RecvBody};
 
-use crate::body::{CapsuleSender, ChannelBody, QueueRefused};
+use crate::body::{CapsuleReader, CapsuleSender, ChannelBody, QueueRefused};
 use crate::target::Target;
 use crate::template::UriTemplate;
-use crate::{CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_CAPSULE_BYTES, MAX_UDP_PAYLOAD, context_zero_datagram};
+use crate::{CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_UDP_PAYLOAD, context_zero_datagram};
 
 /// How long a tunnel that saw its stream end unexpectedly waits for the connection's close reason.
 const CLOSE_REASON_WAIT: Duration = Duration::from_secs(1);
@@ -224,7 +224,7 @@ impl MasqueClient {
             flow,
             uploads,
             downloads: response.into_body(),
-            decoder: CapsuleDecoder::new(MAX_CAPSULE_BYTES),
+            decoder: CapsuleReader::new(),
             connection,
             dropped_on_receive: 0,
         })
@@ -239,7 +239,7 @@ pub(crate) struct TunnelStream {
     flow: Option<DatagramFlow>,
     uploads: CapsuleSender,
     downloads: RecvBody,
-    decoder: CapsuleDecoder,
+    decoder: CapsuleReader,
     connection: H3Connection,
     dropped_on_receive: u64,
 }
@@ -327,7 +327,8 @@ impl TunnelStream {
                             self.decoder.push(data);
                         }
                     }
-                    None => return Err(TunnelError::Closed),
+                    // RFC 9297 §3.3: a stream that ends inside a capsule is malformed.
+                    None => return Err(self.decoder.finish().map_or_else(TunnelError::Malformed, |()| TunnelError::Closed)),
                     Some(Err(BodyError::Reset(code))) => return Err(TunnelError::Reset(code)),
                     Some(Err(_)) => return Err(self.connection_lost().await),
                 },
@@ -344,6 +345,17 @@ impl TunnelStream {
                 None
             }
         }
+    }
+
+    /// Finishes our side of the stream and waits for the proxy to finish (or reset) its side, which
+    /// it does once the tunnel's socket or address is released. Payloads still arriving are dropped.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped call has finished our side; the proxy closes the tunnel anyway.
+    pub(crate) async fn close(self) {
+        let Self { uploads, flow, mut downloads, .. } = self;
+        drop((uploads, flow));
+        while let Some(Ok(_)) = downloads.frame().await {}
     }
 
     async fn connection_lost(&self) -> TunnelError {
@@ -420,6 +432,15 @@ impl UdpTunnel {
                 return Ok(payload);
             }
         }
+    }
+
+    /// Closes the tunnel and waits until the proxy has closed it too (its socket is then free),
+    /// rather than only dropping it. Bound it with a timeout if the proxy may not answer.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the tunnel is closing either way.
+    pub async fn close(self) {
+        self.stream.close().await;
     }
 
     /// Datagrams this tunnel dropped on receive because their context ID was not 0.

@@ -44,6 +44,7 @@ pub mod ip;
 pub mod metrics;
 pub mod policy;
 mod proxy;
+mod resolve;
 pub mod target;
 pub mod template;
 

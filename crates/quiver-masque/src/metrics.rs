@@ -55,6 +55,7 @@ pub fn publish(stats: &ProxyStats) {
         ("policy", stats.refused_policy),
         ("limit", stats.refused_limit),
         ("resolve", stats.refused_resolve),
+        ("dns_busy", stats.refused_dns_busy),
         ("unreachable", stats.refused_unreachable),
     ];
     for (reason, count) in refused {
@@ -71,6 +72,7 @@ pub fn publish(stats: &ProxyStats) {
         ("malformed", stats.dropped_malformed),
         ("send_failed", stats.dropped_send_failed),
         ("not_routed", stats.dropped_not_routed),
+        ("policy", stats.dropped_policy),
     ];
     for (reason, count) in dropped {
         counter!(DATAGRAMS_DROPPED, "reason" => reason).absolute(count);

@@ -15,6 +15,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
+use crate::ip::IpNetwork;
+use crate::ip::capsule::max_prefix;
 use crate::target::{TargetHost, parse_port};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +26,7 @@ enum HostPattern {
     /// An exact DNS name (lowercase); its addresses must be public.
     Name(String),
     /// A network; may open special-purpose ranges.
-    Network { base: IpAddr, prefix: u8 },
+    Network(IpNetwork),
 }
 
 /// One `HOST:PORTS` allow rule.
@@ -59,22 +61,19 @@ impl FromStr for AllowRule {
             HostPattern::AnyPublic
         } else if let Some((address, prefix)) = host.split_once('/') {
             let base: IpAddr = address.parse().map_err(|_| error("the network address is not an IP address"))?;
-            let max = if base.is_ipv4() { 32 } else { 128 };
+            let max = max_prefix(base);
             let prefix = prefix.parse::<u8>().ok().filter(|prefix| *prefix <= max);
             let prefix = prefix.ok_or_else(|| error(&format!("the prefix length must be 0 to {max}")))?;
             // `::ffff:a.b.c.d/N` is the IPv4 network a.b.c.d/(N - 96): addresses are compared canonically.
             let canonical = base.to_canonical();
             let (base, prefix) =
                 if canonical != base && prefix >= 96 { (canonical, prefix - 96) } else { (base, prefix) };
-            HostPattern::Network { base, prefix }
+            HostPattern::Network(IpNetwork::containing(base, prefix).ok_or_else(|| error("bad prefix length"))?)
         } else {
             match TargetHost::parse(host)
                 .map_err(|_| error("the host is not *, a DNS name, an IP address or a CIDR"))?
             {
-                TargetHost::Ip(ip) => {
-                    let ip = ip.to_canonical();
-                    HostPattern::Network { base: ip, prefix: if ip.is_ipv4() { 32 } else { 128 } }
-                }
+                TargetHost::Ip(ip) => HostPattern::Network(IpNetwork::host(ip.to_canonical())),
                 TargetHost::Name(name) => HostPattern::Name(name),
             }
         };
@@ -171,17 +170,56 @@ impl TargetPolicy {
     /// # Errors
     /// [`Denied`] says why not.
     pub fn check(&self, name: Option<&str>, address: IpAddr, port: u16) -> Result<(), Denied> {
+        self.check_address(name, address, Some(port), false)
+    }
+
+    /// Whether an IP packet (CONNECT-IP) may go to `address`. `port` is the destination port of a
+    /// TCP, UDP or SCTP packet (0 when it cannot be read: only a rule for every port allows that);
+    /// without one (ICMP, other protocols) any rule covering the address allows it, whatever its
+    /// ports.
+    ///
+    /// # Errors
+    /// [`Denied`] says why not.
+    pub fn check_packet(&self, address: IpAddr, port: Option<u16>) -> Result<(), Denied> {
+        self.check_address(None, address, port, false)
+    }
+
+    /// Whether an IP or CIDR rule names `address` (and `port`, if given) explicitly: `*` and name
+    /// rules do not count. Used for addresses that are never reachable by default, such as the
+    /// CONNECT-IP gateway's own.
+    ///
+    /// # Errors
+    /// [`Denied::NotAllowed`] when no such rule exists.
+    pub fn check_explicit(&self, address: IpAddr, port: Option<u16>) -> Result<(), Denied> {
+        self.check_address(None, address, port, true)
+    }
+
+    fn check_address(
+        &self,
+        name: Option<&str>,
+        address: IpAddr,
+        port: Option<u16>,
+        explicit_only: bool,
+    ) -> Result<(), Denied> {
         let address = address.to_canonical();
         let special = is_special_purpose(address);
         let mut blocked_by_special = false;
-        for rule in self.rules.iter().filter(|rule| rule.ports.iter().any(|range| range.contains(&port))) {
+        // Port 0 stands for "a port that cannot be read" (a later IP fragment): only rules for every
+        // port cover it.
+        let port_matches = |rule: &&AllowRule| match port {
+            None => true,
+            Some(0) => rule.ports.contains(&(1..=u16::MAX)),
+            Some(port) => rule.ports.iter().any(|range| range.contains(&port)),
+        };
+        for rule in self.rules.iter().filter(port_matches) {
             let matches = match &rule.host {
-                HostPattern::Network { base, prefix } => {
-                    if in_network(address, *base, *prefix) {
+                HostPattern::Network(network) => {
+                    if network.contains(address) {
                         return Ok(());
                     }
                     false
                 }
+                _ if explicit_only => false,
                 HostPattern::AnyPublic => true,
                 HostPattern::Name(allowed) => name.is_some_and(|name| name.eq_ignore_ascii_case(allowed)),
             };
@@ -194,24 +232,12 @@ impl TargetPolicy {
     }
 }
 
-fn in_network(address: IpAddr, base: IpAddr, prefix: u8) -> bool {
-    match (address, base) {
-        (IpAddr::V4(address), IpAddr::V4(base)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            u32::from(address) & mask == u32::from(base) & mask
-        }
-        (IpAddr::V6(address), IpAddr::V6(base)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            u128::from(address) & mask == u128::from(base) & mask
-        }
-        _ => false,
-    }
-}
-
 /// Addresses a proxy must not reach unless told to: this host, private networks, link-local,
 /// multicast, broadcast, documentation and other special-purpose ranges (RFC 6890 and successors).
+/// Addresses that embed an IPv4 address (NAT64's `64:ff9b::/96`, 6to4's `2002::/16`) are judged by
+/// the IPv4 address they lead to, so `64:ff9b::127.0.0.1` is as closed as `127.0.0.1`.
 pub fn is_special_purpose(address: IpAddr) -> bool {
-    const V4: &[(Ipv4Addr, u8)] = &[
+    const V4: [(Ipv4Addr, u8); 14] = [
         (Ipv4Addr::new(0, 0, 0, 0), 8),
         (Ipv4Addr::new(10, 0, 0, 0), 8),
         (Ipv4Addr::new(100, 64, 0, 0), 10),
@@ -227,21 +253,42 @@ pub fn is_special_purpose(address: IpAddr) -> bool {
         (Ipv4Addr::new(224, 0, 0, 0), 4),
         (Ipv4Addr::new(240, 0, 0, 0), 4),
     ];
-    const V6: &[(Ipv6Addr, u8)] = &[
-        (Ipv6Addr::UNSPECIFIED, 128),
-        (Ipv6Addr::LOCALHOST, 128),
+    const V6: [(Ipv6Addr, u8); 9] = [
+        // IPv4-compatible addresses (RFC 4291 §2.5.5.1, deprecated), including :: and ::1.
+        (Ipv6Addr::UNSPECIFIED, 96),
         (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48),
         (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64),
         (Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 23),
         (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0), 32),
         (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7),
         (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10),
+        // Site-local (RFC 3879 deprecated them; routers may still treat them as private).
+        (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10),
         (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8),
     ];
+    let listed = |list: &[(IpAddr, u8)], address: IpAddr| {
+        list.iter().any(|(base, prefix)| IpNetwork { address: *base, prefix: *prefix }.contains(address))
+    };
     match address.to_canonical() {
-        IpAddr::V4(v4) => V4.iter().any(|(base, prefix)| in_network(IpAddr::V4(v4), IpAddr::V4(*base), *prefix)),
-        IpAddr::V6(v6) => V6.iter().any(|(base, prefix)| in_network(IpAddr::V6(v6), IpAddr::V6(*base), *prefix)),
+        IpAddr::V4(v4) => listed(&V4.map(|(base, prefix)| (IpAddr::V4(base), prefix)), v4.into()),
+        IpAddr::V6(v6) => match embedded_ipv4(v6) {
+            Some(v4) => is_special_purpose(v4.into()),
+            None => listed(&V6.map(|(base, prefix)| (IpAddr::V6(base), prefix)), v6.into()),
+        },
     }
+}
+
+/// The IPv4 address a NAT64 (`64:ff9b::/96`, RFC 6052) or 6to4 (`2002::/16`, RFC 3056) address
+/// leads to.
+fn embedded_ipv4(address: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(address);
+    if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 {
+        return Some(Ipv4Addr::from(bits as u32));
+    }
+    if bits >> 112 == 0x2002 {
+        return Some(Ipv4Addr::from((bits >> 80) as u32));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -270,9 +317,46 @@ mod tests {
             "0.0.0.0",
             "224.0.0.1",
             "255.255.255.255",
+            "::",
+            "::127.0.0.1",
+            "::8.8.8.8",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::10.0.0.1",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::",
+            "fec0::1",
+            "feff::1",
         ] {
             assert_eq!(policy.check(None, ip(special), 53), Err(Denied::SpecialPurpose), "{special}");
         }
+    }
+
+    #[test]
+    fn addresses_embedding_public_ipv4_are_public() {
+        let policy = TargetPolicy::default();
+        for public in ["64:ff9b::8.8.8.8", "2002:808:808::1", "2003::1"] {
+            assert_eq!(policy.check(None, ip(public), 53), Ok(()), "{public}");
+        }
+        assert_eq!(embedded_ipv4("64:ff9b::c000:201".parse().unwrap()), Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(embedded_ipv4("2002:c000:201:ffff::1".parse().unwrap()), Some(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(embedded_ipv4("64:ff9b:0:1::1".parse().unwrap()), None, "outside the /96");
+    }
+
+    #[test]
+    fn packets_and_explicit_rules() {
+        let policy = TargetPolicy::parse(&["*:53", "10.89.0.1/32:80", "198.51.100.0/24:*"]).unwrap();
+        // ICMP has no port: any rule covering the address allows it.
+        assert_eq!(policy.check_packet(ip("9.9.9.9"), None), Ok(()));
+        assert_eq!(policy.check_packet(ip("9.9.9.9"), Some(443)), Err(Denied::NotAllowed));
+        assert_eq!(policy.check_packet(ip("10.89.0.1"), None), Ok(()));
+        assert_eq!(policy.check_packet(ip("10.89.0.1"), Some(22)), Err(Denied::NotAllowed));
+        // Only IP/CIDR rules are explicit: `*` does not name 9.9.9.9.
+        assert_eq!(policy.check_explicit(ip("9.9.9.9"), None), Err(Denied::NotAllowed));
+        assert_eq!(policy.check_explicit(ip("10.89.0.1"), Some(80)), Ok(()));
+        assert_eq!(policy.check_explicit(ip("198.51.100.7"), None), Ok(()));
+        // An unreadable port (0) passes only a rule for every port.
+        assert_eq!(policy.check_packet(ip("198.51.100.7"), Some(0)), Ok(()));
+        assert_eq!(policy.check_packet(ip("10.89.0.1"), Some(0)), Err(Denied::NotAllowed));
     }
 
     #[test]

@@ -23,18 +23,19 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use quiver::Endpoint;
-use quiver_h3::datagram::{CAPSULE_DATAGRAM, Capsule, CapsuleDecoder, encode_capsule};
+use quiver_h3::datagram::{CAPSULE_DATAGRAM, Capsule, encode_capsule};
 use quiver_h3::{BodyError, DatagramError, DatagramFlow, H3Driver, H3Settings, PeerAddr, Protocol, RecvBody, Server};
 use tokio::net::UdpSocket;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{CapsuleSender, ChannelBody};
+use crate::body::{CapsuleReader, CapsuleSender, ChannelBody};
 use crate::ip::capsule::{AddressEntry, IpCapsule, IpNetwork};
 use crate::ip::gateway::{ForwardRefused, IpGateway, IpLease};
 use crate::policy::{Denied, TargetPolicy};
+use crate::resolve::{LookupError, MAX_LOOKUPS_IN_FLIGHT, Resolver};
 use crate::target::{Target, TargetHost};
 use crate::template::{MatchError, UriTemplate};
-use crate::{CONNECT_UDP, CONTEXT_UDP_PAYLOAD, MAX_CAPSULE_BYTES, capsule_protocol_enabled};
+use crate::{CONNECT_UDP, CONTEXT_UDP_PAYLOAD, capsule_protocol_enabled};
 
 /// Tunnels one client connection may hold open: enough for a busy client (a DNS forwarder opens one
 /// per source port), few enough that one client cannot take every socket of the proxy.
@@ -140,6 +141,8 @@ counters! {
     refused_limit,
     /// Requests refused with 502 or 504 because the target name did not resolve.
     refused_resolve,
+    /// Requests refused with 503 because every name lookup slot was taken (the resolver hangs).
+    refused_dns_busy,
     /// Requests refused with 502 because no socket could be connected to the target.
     refused_unreachable,
     /// UDP payloads sent to targets (IP packets handed to the TUN device, for CONNECT-IP).
@@ -163,12 +166,15 @@ counters! {
     /// IP packets from clients with a source other than their address or a destination outside the
     /// routes, dropped (CONNECT-IP).
     dropped_not_routed,
+    /// IP packets from clients to a destination the target policy denies, dropped (CONNECT-IP).
+    dropped_policy,
 }
 
 struct ProxyInner {
     config: ProxyConfig,
     counters: Counters,
     tunnels: Arc<Semaphore>,
+    resolver: Resolver,
 }
 
 /// A CONNECT-UDP proxy; cheap to clone (clones share counters and limits).
@@ -204,7 +210,14 @@ impl Proxy {
     /// A proxy with this configuration.
     pub fn new(config: ProxyConfig) -> Self {
         let tunnels = Arc::new(Semaphore::new(config.max_tunnels));
-        Self { inner: Arc::new(ProxyInner { config, counters: Counters::default(), tunnels }) }
+        Self {
+            inner: Arc::new(ProxyInner {
+                config,
+                counters: Counters::default(),
+                tunnels,
+                resolver: Resolver::system(),
+            }),
+        }
     }
 
     /// A snapshot of the counters.
@@ -256,7 +269,10 @@ impl Proxy {
 struct Refusal {
     status: StatusCode,
     error: Option<&'static str>,
+    /// Sent to the client in `Proxy-Status`.
     details: String,
+    /// Logged only: what the client must not learn (resolved addresses, resolver errors).
+    log_details: Option<String>,
     counter: fn(&Counters) -> &AtomicU64,
 }
 
@@ -267,7 +283,12 @@ impl Refusal {
         details: impl Into<String>,
         counter: fn(&Counters) -> &AtomicU64,
     ) -> Self {
-        Self { status, error, details: details.into(), counter }
+        Self { status, error, details: details.into(), log_details: None, counter }
+    }
+
+    fn with_log_details(mut self, log_details: String) -> Self {
+        self.log_details = Some(log_details);
+        self
     }
 
     fn into_response(self) -> Response<ChannelBody> {
@@ -341,7 +362,8 @@ impl ProxyInner {
             Ok(response) => response,
             Err(refusal) => {
                 (refusal.counter)(&self.counters).fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(?peer, %path, status = %refusal.status, details = %refusal.details, "tunnel refused");
+                let logged = refusal.log_details.as_deref().unwrap_or(&refusal.details);
+                tracing::debug!(?peer, %path, status = %refusal.status, details = %logged, "tunnel refused");
                 refusal.into_response()
             }
         }
@@ -426,7 +448,11 @@ impl ProxyInner {
         require_capsule_protocol(&request)?;
         let permits = self.tunnel_permits(connection_tunnels)?;
         let lease = gateway.lease().ok_or_else(|| {
-            let details = format!("the address pool {} is exhausted", gateway.pool());
+            let details = if gateway.is_stopped() {
+                "CONNECT-IP stopped: the proxy cannot read its TUN device".to_owned()
+            } else {
+                "the address pool is exhausted".to_owned()
+            };
             Refusal::new(StatusCode::SERVICE_UNAVAILABLE, Some("connection_limit_reached"), details, |c| {
                 &c.refused_limit
             })
@@ -475,24 +501,37 @@ impl ProxyInner {
         let (name, addresses) = match &target.host {
             TargetHost::Ip(ip) => (None, vec![SocketAddr::new(*ip, target.port)]),
             TargetHost::Name(name) => {
-                let lookup = tokio::net::lookup_host((name.as_str(), target.port));
-                let addresses = match tokio::time::timeout(self.config.dns_timeout, lookup).await {
-                    Err(_) => {
-                        let details = format!("resolving {name} took longer than {:?}", self.config.dns_timeout);
+                let timeout = self.config.dns_timeout;
+                // What went wrong stays in the log: resolver error texts describe the proxy's network.
+                let addresses = match self.resolver.resolve(name, target.port, timeout).await {
+                    Err(LookupError::Busy) => {
+                        let details = "too many name lookups in flight; try again later";
+                        let refusal = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, Some("dns_error"), details, |c| {
+                            &c.refused_dns_busy
+                        });
+                        return Err(refusal.with_log_details(format!(
+                            "all {MAX_LOOKUPS_IN_FLIGHT} lookup slots taken resolving {name}"
+                        )));
+                    }
+                    Err(LookupError::TimedOut) => {
+                        let details = format!("resolving the target took longer than {timeout:?}");
                         return Err(Refusal::new(StatusCode::GATEWAY_TIMEOUT, Some("dns_timeout"), details, |c| {
                             &c.refused_resolve
                         }));
                     }
-                    Ok(Err(err)) => {
-                        let details = format!("cannot resolve {name}: {err}");
-                        return Err(Refusal::new(StatusCode::BAD_GATEWAY, Some("dns_error"), details, |c| {
-                            &c.refused_resolve
-                        }));
+                    Err(LookupError::Failed(err)) => {
+                        let refusal = Refusal::new(
+                            StatusCode::BAD_GATEWAY,
+                            Some("dns_error"),
+                            "cannot resolve the target",
+                            |c| &c.refused_resolve,
+                        );
+                        return Err(refusal.with_log_details(format!("cannot resolve {name}: {err}")));
                     }
-                    Ok(Ok(addresses)) => addresses.collect::<Vec<_>>(),
+                    Ok(addresses) => addresses,
                 };
                 if addresses.is_empty() {
-                    let details = format!("{name} has no addresses");
+                    let details = "the target name has no addresses";
                     return Err(Refusal::new(StatusCode::BAD_GATEWAY, Some("dns_error"), details, |c| {
                         &c.refused_resolve
                     }));
@@ -507,9 +546,38 @@ impl ProxyInner {
                 Err(reason) => denied = reason,
             }
         }
-        let details = format!("{target} ({}) is denied: {denied}", addresses[0].ip());
-        Err(Refusal::new(StatusCode::FORBIDDEN, Some("destination_ip_prohibited"), details, |c| &c.refused_policy))
+        // The resolved address is for the log only: it would tell the client about the proxy's network.
+        let refusal = Refusal::new(StatusCode::FORBIDDEN, Some("destination_ip_prohibited"), denied.to_string(), |c| {
+            &c.refused_policy
+        });
+        Err(refusal.with_log_details(format!("{target} ({}) is denied: {denied}", addresses[0].ip())))
     }
+}
+
+/// The ADDRESS_ASSIGN that answers `requests` on a tunnel holding `leased` (RFC 9484 §4.7.1). A
+/// request is met when it asks for the leased address's family and either any address (all zeros) or
+/// a network holding the leased one: its entry carries the lease. Others cannot be met (one address
+/// per tunnel): their entry carries the all-zero address with the full prefix length, as the RFC asks.
+/// The lease is always in the answer (request ID 0 if no request got it), because an ADDRESS_ASSIGN
+/// lists every address the client holds.
+fn answer_address_requests(leased: IpAddr, requests: &[AddressEntry]) -> Vec<AddressEntry> {
+    let unspecified = |family: IpAddr| -> IpAddr {
+        if family.is_ipv4() { Ipv4Addr::UNSPECIFIED.into() } else { Ipv6Addr::UNSPECIFIED.into() }
+    };
+    let mut entries: Vec<AddressEntry> = requests
+        .iter()
+        .map(|request| {
+            let asked = request.network;
+            let met = asked.address.is_ipv4() == leased.is_ipv4()
+                && (asked.address.is_unspecified() || asked.contains(leased));
+            let address = if met { leased } else { unspecified(asked.address) };
+            AddressEntry { request_id: request.request_id, network: IpNetwork::host(address) }
+        })
+        .collect();
+    if !entries.iter().any(|entry| entry.network.address == leased) {
+        entries.insert(0, AddressEntry { request_id: 0, network: IpNetwork::host(leased) });
+    }
+    entries
 }
 
 async fn connect_socket(address: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -571,6 +639,8 @@ struct Relay {
 enum RelayEnd {
     ClientClosed,
     ClientReset(u64),
+    /// The connection ended under the tunnel.
+    ConnectionClosed,
     Idle,
     Malformed(String),
     GatewayStopped,
@@ -591,7 +661,7 @@ impl Relay {
                 self.downloads.abort(reason);
             }
             RelayEnd::ClientReset(code) => tracing::debug!(code, "client reset the tunnel"),
-            RelayEnd::ClientClosed | RelayEnd::GatewayStopped => {}
+            RelayEnd::ClientClosed | RelayEnd::ConnectionClosed | RelayEnd::GatewayStopped => {}
         }
         // Dropping `downloads` finishes our side of the stream (FIN) unless it was aborted above;
         // dropping the far end frees its socket or returns its address to the pool.
@@ -601,17 +671,15 @@ impl Relay {
         if let FarEnd::Ip(lease) = &self.far {
             // RFC 9484 §4.7: the client learns its address and routes before it can send anything.
             let gateway = lease.gateway();
-            let assign = IpCapsule::AddressAssign(vec![AddressEntry {
-                request_id: 0,
-                network: IpNetwork { address: lease.address, prefix: if lease.address.is_ipv4() { 32 } else { 128 } },
-            }]);
+            let assign =
+                IpCapsule::AddressAssign(vec![AddressEntry { request_id: 0, network: IpNetwork::host(lease.address) }]);
             let _ = self.downloads.try_send(assign.encode());
             let _ = self.downloads.try_send(IpCapsule::RouteAdvertisement(gateway.routes().to_vec()).encode());
         }
         let idle_timeout = self.proxy.config.idle_timeout;
         let idle = tokio::time::sleep(idle_timeout);
         tokio::pin!(idle);
-        let mut decoder = CapsuleDecoder::new(MAX_CAPSULE_BYTES);
+        let mut decoder = CapsuleReader::new();
         let mut flow = self.flow.take();
         let end = loop {
             tokio::select! {
@@ -643,9 +711,13 @@ impl Relay {
                             }
                         }
                     }
-                    None => break RelayEnd::ClientClosed,
+                    // RFC 9297 §3.3: a stream that ends inside a capsule is malformed.
+                    None => match decoder.finish() {
+                        Ok(()) => break RelayEnd::ClientClosed,
+                        Err(truncated) => break RelayEnd::Malformed(truncated),
+                    },
                     Some(Err(BodyError::Reset(code))) => break RelayEnd::ClientReset(code),
-                    Some(Err(_)) => break RelayEnd::ClientReset(quiver_h3::H3_REQUEST_INCOMPLETE),
+                    Some(Err(_)) => break RelayEnd::ConnectionClosed,
                 },
                 arrival = self.far.arrival() => {
                     let relayed = match arrival {
@@ -671,20 +743,12 @@ impl Relay {
     }
 
     /// A capsule other than DATAGRAM. Unknown types are skipped (RFC 9297 §3.2); on an IP tunnel an
-    /// ADDRESS_REQUEST is answered with the address the tunnel has (RFC 9484 §4.7.1: the proxy may
-    /// assign another address than the one asked for). `Err` when the capsule is malformed.
+    /// ADDRESS_REQUEST is answered by [`answer_address_requests`]. `Err` when the capsule is malformed.
     fn on_capsule(&self, capsule: &Capsule) -> Result<(), String> {
         let FarEnd::Ip(lease) = &self.far else { return Ok(()) };
         match IpCapsule::decode(capsule.capsule_type, &capsule.value).map_err(|err| err.to_string())? {
             Some(IpCapsule::AddressRequest(requests)) => {
-                let prefix = if lease.address.is_ipv4() { 32 } else { 128 };
-                let assigned = requests
-                    .iter()
-                    .map(|request| AddressEntry {
-                        request_id: request.request_id,
-                        network: IpNetwork { address: lease.address, prefix },
-                    })
-                    .collect();
+                let assigned = answer_address_requests(lease.address, &requests);
                 if self.downloads.try_send(IpCapsule::AddressAssign(assigned).encode()).is_err() {
                     self.proxy.counters.dropped_queue_full.fetch_add(1, Ordering::Relaxed);
                 }
@@ -712,9 +776,10 @@ impl Relay {
                 std::io::ErrorKind::WouldBlock => &counters.dropped_queue_full,
                 _ => &counters.dropped_send_failed,
             }),
-            FarEnd::Ip(lease) => lease.forward(inner).map_err(|refused| match refused {
+            FarEnd::Ip(lease) => lease.forward(inner, &self.proxy.config.policy).map_err(|refused| match refused {
                 ForwardRefused::Malformed => &counters.dropped_malformed,
                 ForwardRefused::Spoofed => &counters.dropped_not_routed,
+                ForwardRefused::Denied => &counters.dropped_policy,
                 ForwardRefused::QueueFull => &counters.dropped_queue_full,
                 ForwardRefused::Failed => &counters.dropped_send_failed,
             }),
@@ -759,7 +824,8 @@ impl Relay {
     fn relay_to_client(&self, flow: Option<&DatagramFlow>, frame: Vec<u8>) {
         let counters = &self.proxy.counters;
         let inner_length = frame.len() - 1;
-        let sent = match flow {
+        // RFC 9297 §2.1.1: HTTP Datagrams only to a client whose SETTINGS enabled them; else a capsule.
+        let sent = match flow.filter(|flow| flow.peer_enabled()) {
             Some(flow) => flow.send(&frame).map_err(|err| match err {
                 DatagramError::TooLarge { .. } => &counters.dropped_too_large,
                 _ => &counters.dropped_queue_full,
@@ -792,6 +858,22 @@ mod tests {
             proxy_status("dns_error", "cannot resolve \"x\\y\": é"),
             "quiver; error=dns_error; details=\"cannot resolve \\\"x\\\\y\\\": ?\""
         );
+    }
+
+    #[test]
+    fn address_requests_get_the_lease_or_the_all_zero_answer() {
+        let leased: IpAddr = "10.89.0.2".parse().unwrap();
+        let request = |id: u64, network: &str| AddressEntry { request_id: id, network: network.parse().unwrap() };
+        let answer = answer_address_requests(
+            leased,
+            &[request(1, "0.0.0.0/32"), request(2, "10.89.0.0/24"), request(3, "::/128"), request(4, "10.1.0.0/16")],
+        );
+        let shown: Vec<String> = answer.iter().map(|entry| format!("{} {}", entry.request_id, entry.network)).collect();
+        assert_eq!(shown, ["1 10.89.0.2/32", "2 10.89.0.2/32", "3 ::/128", "4 0.0.0.0/32"]);
+        // Nothing met: the lease is still listed, unsolicited.
+        let answer = answer_address_requests(leased, &[request(7, "192.0.2.9/32")]);
+        let shown: Vec<String> = answer.iter().map(|entry| format!("{} {}", entry.request_id, entry.network)).collect();
+        assert_eq!(shown, ["0 10.89.0.2/32", "7 0.0.0.0/32"]);
     }
 
     #[test]

@@ -30,19 +30,20 @@ impl IpNetwork {
         (prefix <= max_prefix(address) && network.first() == address).then_some(network)
     }
 
-    /// Whether `address` is in this network.
+    /// The network of `prefix` bits that holds `address` (host bits cleared), or `None` if the prefix
+    /// is too long for the address family.
+    pub fn containing(address: IpAddr, prefix: u8) -> Option<Self> {
+        (prefix <= max_prefix(address)).then(|| Self { address: Self { address, prefix }.first(), prefix })
+    }
+
+    /// The network of just `address` (a /32 or /128).
+    pub fn host(address: IpAddr) -> Self {
+        Self { address, prefix: max_prefix(address) }
+    }
+
+    /// Whether `address` is in this network (of the same family).
     pub fn contains(&self, address: IpAddr) -> bool {
-        match (self.address, address) {
-            (IpAddr::V4(base), IpAddr::V4(address)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
-                u32::from(base) & mask == u32::from(address) & mask
-            }
-            (IpAddr::V6(base), IpAddr::V6(address)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
-                u128::from(base) & mask == u128::from(address) & mask
-            }
-            _ => false,
-        }
+        address.is_ipv4() == self.address.is_ipv4() && Self { address, prefix: self.prefix }.first() == self.first()
     }
 
     /// The first address (the network address itself).
@@ -99,7 +100,8 @@ impl std::str::FromStr for IpNetwork {
     }
 }
 
-fn max_prefix(address: IpAddr) -> u8 {
+/// The longest prefix of `address`'s family: 32 for IPv4, 128 for IPv6.
+pub(crate) fn max_prefix(address: IpAddr) -> u8 {
     if address.is_ipv4() { 32 } else { 128 }
 }
 

@@ -4,15 +4,16 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::capsule::{IpNetwork, IpRange};
+use super::capsule::{IpNetwork, IpRange, max_prefix};
 use super::packet::inspect;
 use super::tun::TunDevice;
+use crate::policy::TargetPolicy;
 
 /// Packets queued from the TUN device towards one tunnel before more are dropped: a few
 /// milliseconds of a fast flow, at most 384 KiB of 1500-byte packets.
@@ -80,6 +81,8 @@ pub struct IpGateway {
     routes: Vec<IpRange>,
     leases: Leases,
     counters: Arc<Counters>,
+    /// Set when reading the TUN device failed: no new leases, and every tunnel has been told.
+    stopped: Arc<AtomicBool>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -107,7 +110,7 @@ impl IpGateway {
     /// [`IpGatewayError`] for a pool without room or routes of another family.
     pub fn start(tun: TunDevice, config: IpGatewayConfig) -> Result<Arc<Self>, IpGatewayError> {
         let pool = config.pool;
-        let host_bits = if pool.address.is_ipv4() { 32 } else { 128 } - u32::from(pool.prefix);
+        let host_bits = u32::from(max_prefix(pool.address) - pool.prefix);
         if host_bits < 2 {
             return Err(IpGatewayError::PoolTooSmall(pool));
         }
@@ -130,8 +133,9 @@ impl IpGateway {
         let tun = Arc::new(tun);
         let leases: Leases = Arc::default();
         let counters = Arc::new(Counters::default());
-        let reader = tokio::spawn(read_tun(tun.clone(), leases.clone(), counters.clone()));
-        Ok(Arc::new(Self { tun, pool, routes: merged, leases, counters, reader }))
+        let stopped = Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn(read_tun(tun.clone(), leases.clone(), counters.clone(), stopped.clone()));
+        Ok(Arc::new(Self { tun, pool, routes: merged, leases, counters, stopped, reader }))
     }
 
     /// The TUN interface's name.
@@ -165,10 +169,18 @@ impl IpGateway {
         }
     }
 
-    /// Leases a free address, or `None` when the pool is exhausted.
+    /// Whether the gateway stopped because its TUN device failed (then it leases nothing).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Leases a free address, or `None` when the pool is exhausted or the gateway stopped.
     pub(crate) fn lease(self: &Arc<Self>) -> Option<IpLease> {
         let mut leases = self.leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let host_bits = if self.pool.address.is_ipv4() { 32 } else { 128 } - u32::from(self.pool.prefix);
+        if self.is_stopped() {
+            return None;
+        }
+        let host_bits = u32::from(max_prefix(self.pool.address) - self.pool.prefix);
         // Host addresses 2 ..= last - 1: not the network, the gateway, or (IPv4) broadcast.
         let usable = 1u128.checked_shl(host_bits).map_or(u128::MAX, |size| size - 1).saturating_sub(2);
         let address = (2..2 + usable.min(MAX_ADDRESS_PROBES))
@@ -189,13 +201,19 @@ fn nth_address(pool: IpNetwork, index: u128) -> IpAddr {
 }
 
 /// Routes packets from the TUN device to the tunnels holding their destination address.
-async fn read_tun(tun: Arc<TunDevice>, leases: Leases, counters: Arc<Counters>) {
+async fn read_tun(tun: Arc<TunDevice>, leases: Leases, counters: Arc<Counters>, stopped: Arc<AtomicBool>) {
     let mut buffer = vec![0u8; MAX_PACKET_BYTES];
     loop {
         let length = match tun.recv(&mut buffer).await {
             Ok(length) => length,
             Err(err) => {
                 tracing::warn!(tun = tun.name(), error = %err, "reading the TUN device failed; CONNECT-IP stops");
+                // Dropping every tunnel's sender ends its relay (GatewayStopped) instead of leaving it
+                // waiting for packets that will never come; the flag (set under the same lock that
+                // `lease` takes) keeps new tunnels from starting.
+                let mut leases = leases.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                stopped.store(true, Ordering::Relaxed);
+                leases.clear();
                 return;
             }
         };
@@ -233,6 +251,8 @@ pub(crate) enum ForwardRefused {
     Malformed,
     /// Its source is not the tunnel's address, or its destination is not in the routes.
     Spoofed,
+    /// The target policy denies its destination.
+    Denied,
     /// The TUN device's queue is full.
     QueueFull,
     /// The kernel refused it (for example larger than the MTU).
@@ -244,12 +264,28 @@ impl IpLease {
         &self.gateway
     }
 
-    /// Hands a client's packet to the kernel if its addresses are ones this tunnel may use.
-    pub(crate) fn forward(&self, packet: &[u8]) -> Result<(), ForwardRefused> {
+    /// Hands a client's packet to the kernel if its addresses are ones this tunnel may use and
+    /// `policy` allows its destination.
+    ///
+    /// Destinations in the pool are other clients of this gateway (client-to-client traffic, when the
+    /// routes cover the pool, as they do by default): the kernel sends them straight back through
+    /// the TUN device to the tunnel that holds the address. The gateway's own address is this host:
+    /// only an IP or CIDR rule naming it opens it. Every other destination must pass `policy` like a
+    /// CONNECT-UDP target (special-purpose ranges need an explicit rule).
+    pub(crate) fn forward(&self, packet: &[u8], policy: &TargetPolicy) -> Result<(), ForwardRefused> {
         let header = inspect(packet).map_err(|_| ForwardRefused::Malformed)?;
         let routed = self.gateway.routes.iter().any(|range| range.allows(header.destination, header.protocol));
         if header.source != self.address || !routed {
             return Err(ForwardRefused::Spoofed);
+        }
+        let destination = header.destination;
+        let allowed = if destination == self.gateway.gateway_address() {
+            policy.check_explicit(destination, header.destination_port).is_ok()
+        } else {
+            self.gateway.pool.contains(destination) || policy.check_packet(destination, header.destination_port).is_ok()
+        };
+        if !allowed {
+            return Err(ForwardRefused::Denied);
         }
         self.gateway.tun.try_send(packet).map_err(|err| match err.kind() {
             std::io::ErrorKind::WouldBlock => ForwardRefused::QueueFull,

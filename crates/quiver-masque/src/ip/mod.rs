@@ -95,6 +95,15 @@ impl IpTunnel {
         self.stream.max_payload()
     }
 
+    /// Closes the tunnel and waits until the proxy has closed it too (its address is then back in
+    /// the pool). Bound it with a timeout if the proxy may not answer.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the tunnel is closing either way.
+    pub async fn close(self) {
+        self.stream.close().await;
+    }
+
     /// Sends one IP packet. Never waits.
     ///
     /// # Errors

@@ -10,8 +10,52 @@ pub struct PacketHeader {
     pub source: IpAddr,
     /// Destination address.
     pub destination: IpAddr,
-    /// IPv4 protocol, or the IPv6 next header (extension headers are not walked).
+    /// IPv4 protocol, or the IPv6 next header of the fixed header.
     pub protocol: u8,
+    /// The destination port of a TCP, UDP or SCTP packet (after IPv6 extension headers); `Some(0)`
+    /// when the packet is one of those but the port cannot be read (a later fragment, a cut header),
+    /// `None` for protocols without ports.
+    pub destination_port: Option<u16>,
+}
+
+/// IP protocols whose header starts with a source and a destination port: TCP, UDP, SCTP, UDP-Lite.
+const PORT_PROTOCOLS: [u8; 4] = [6, 17, 132, 136];
+/// IPv6 extension headers walked to find the transport header (hop-by-hop, routing, fragment,
+/// destination options, authentication).
+const IPV6_EXTENSION_HEADERS: [u8; 5] = [0, 43, 44, 60, 51];
+/// Extension headers walked at most: more is no real packet, and bounds the work per packet.
+const MAX_IPV6_EXTENSION_HEADERS: usize = 8;
+
+/// The destination port of the transport header at `offset`, if `protocol` has ports.
+fn port_at(packet: &[u8], protocol: u8, offset: usize) -> Option<u16> {
+    PORT_PROTOCOLS.contains(&protocol).then(|| match packet.get(offset + 2..offset + 4) {
+        Some(port) => u16::from_be_bytes([port[0], port[1]]),
+        None => 0,
+    })
+}
+
+/// Walks IPv6 extension headers from `next_header` at `offset` to the transport header's port.
+fn ipv6_destination_port(packet: &[u8], mut next_header: u8, mut offset: usize) -> Option<u16> {
+    for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
+        if !IPV6_EXTENSION_HEADERS.contains(&next_header) {
+            return port_at(packet, next_header, offset);
+        }
+        let Some(&[following, length, ..]) = packet.get(offset..offset + 8) else { return Some(0) };
+        if next_header == 44 {
+            let fragment_offset = u16::from_be_bytes([packet[offset + 2], packet[offset + 3]]) >> 3;
+            if fragment_offset != 0 {
+                // A later fragment carries no transport header; unknown if it is a port protocol.
+                return PORT_PROTOCOLS.contains(&following).then_some(0);
+            }
+            offset += 8;
+        } else if next_header == 51 {
+            offset += (usize::from(length) + 2) * 4;
+        } else {
+            offset += (usize::from(length) + 1) * 8;
+        }
+        next_header = following;
+    }
+    Some(0)
 }
 
 /// Why bytes are not an IP packet we forward.
@@ -43,10 +87,17 @@ pub fn inspect(packet: &[u8]) -> Result<PacketHeader, PacketError> {
             if header_length < 20 || header_length > total_length || total_length != packet.len() {
                 return Err(PacketError::LengthMismatch);
             }
+            let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
+            let protocol = header[9];
+            let destination_port = match fragment_offset {
+                0 => port_at(packet, protocol, header_length),
+                _ => PORT_PROTOCOLS.contains(&protocol).then_some(0),
+            };
             Ok(PacketHeader {
                 source: IpAddr::V4(Ipv4Addr::new(header[12], header[13], header[14], header[15])),
                 destination: IpAddr::V4(Ipv4Addr::new(header[16], header[17], header[18], header[19])),
-                protocol: header[9],
+                protocol,
+                destination_port,
             })
         }
         6 => {
@@ -60,16 +111,22 @@ pub fn inspect(packet: &[u8]) -> Result<PacketHeader, PacketError> {
                 octets.copy_from_slice(&header[at..at + 16]);
                 IpAddr::V6(Ipv6Addr::from(octets))
             };
-            Ok(PacketHeader { source: address(8), destination: address(24), protocol: header[6] })
+            Ok(PacketHeader {
+                source: address(8),
+                destination: address(24),
+                protocol: header[6],
+                destination_port: ipv6_destination_port(packet, header[6], 40),
+            })
         }
         _ => Err(PacketError::UnknownVersion),
     }
 }
 
-/// The Internet checksum (RFC 1071) of `bytes`.
+/// The Internet checksum (RFC 1071) of `bytes`, of any length.
 pub fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 =
-        bytes.chunks(2).map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum();
+    // A u64 holds the sum of 2^48 16-bit words without overflowing: far beyond any slice.
+    let mut sum: u64 =
+        bytes.chunks(2).map(|pair| u64::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]))).sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -126,6 +183,41 @@ mod tests {
         for end in 0..packet.len() {
             assert!(inspect(&packet[..end]).is_err());
         }
+    }
+
+    #[test]
+    fn checksum_of_large_inputs_does_not_overflow() {
+        // 256 KiB of 0xff: the u32 sum of its words would overflow (a panic in debug builds).
+        let ones = vec![0xffu8; 256 * 1024];
+        assert_eq!(internet_checksum(&ones), 0);
+        let mut bytes = vec![0u8; 200_000];
+        bytes[199_998] = 0x12;
+        bytes[199_999] = 0x34;
+        assert_eq!(internet_checksum(&bytes), !0x1234);
+    }
+
+    #[test]
+    fn destination_ports_of_transport_headers() {
+        let udp = |fragment: [u8; 2]| {
+            let mut packet =
+                vec![0x45, 0, 0, 28, 0, 1, fragment[0], fragment[1], 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1];
+            packet.extend_from_slice(&[0x9c, 0x40, 0x00, 0x35, 0, 8, 0, 0]);
+            packet
+        };
+        assert_eq!(inspect(&udp([0, 0])).unwrap().destination_port, Some(53));
+        assert_eq!(inspect(&udp([0x00, 0x10])).unwrap().destination_port, Some(0), "later fragment");
+        assert_eq!(inspect(&icmp_echo([10, 0, 0, 2], [10, 0, 0, 1])).unwrap().destination_port, None);
+        // IPv6: UDP behind a hop-by-hop options header.
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 16, 0, 64];
+        v6.extend_from_slice(&[0; 32]);
+        v6.extend_from_slice(&[17, 0, 0, 0, 0, 0, 0, 0]);
+        v6.extend_from_slice(&[0x9c, 0x40, 0x01, 0xbb, 0, 8, 0, 0]);
+        assert_eq!(inspect(&v6).unwrap().destination_port, Some(443));
+        // A cut extension header: a port protocol cannot be ruled out.
+        let mut cut = vec![0x60, 0, 0, 0, 0, 4, 0, 64];
+        cut.extend_from_slice(&[0; 32]);
+        cut.extend_from_slice(&[17, 0, 0, 0]);
+        assert_eq!(inspect(&cut).unwrap().destination_port, Some(0));
     }
 
     #[test]
