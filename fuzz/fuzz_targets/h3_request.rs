@@ -45,6 +45,10 @@ fn check_request(fields: &[Header]) {
         assert!(uri.scheme().is_some(), "accepted a request without a scheme: {uri}");
         assert!(!uri.path().is_empty(), "accepted a request without a path: {uri}");
     }
+    // RFC 9114 §4.3.1: Host, when present, names the same authority as the URI.
+    if let Some(host) = request.headers().get(HOST) {
+        assert_eq!(uri.authority().map(|authority| authority.as_str().as_bytes()), Some(host.as_bytes()));
+    }
     for name in request.headers().keys() {
         assert!(!name.as_str().starts_with(':'), "pseudo-header {name} among regular fields");
     }

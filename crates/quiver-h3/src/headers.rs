@@ -71,6 +71,13 @@ pub fn parse_request(fields: &[Header]) -> Result<Request<()>, Malformed> {
     let method = Method::from_bytes(method.ok_or_else(|| malformed("missing :method"))?)
         .map_err(|_| malformed("invalid :method"))?;
     let is_connect = method == Method::CONNECT;
+    // RFC 9114 §4.3.1: when both are present they name the same authority; otherwise a proxy or router
+    // that reads one could be steered somewhere else than the handler that reads the other.
+    if let (Some(authority), Some(host)) = (authority, headers.get(http::header::HOST))
+        && authority != host.as_bytes()
+    {
+        return Err(malformed(":authority and Host differ"));
+    }
     let uri = if is_connect && protocol.is_none() {
         // Plain CONNECT: only :authority (RFC 9114 §4.4).
         if scheme.is_some() || path.is_some() {
@@ -225,10 +232,25 @@ mod tests {
             &[(":method", "GET"), (":scheme", "https"), (":path", "/"), (":protocol", "x")],
             &[(":method", "CONNECT"), (":scheme", "https"), (":authority", "a:1")],
             &[(":method", "G E T"), (":scheme", "https"), (":path", "/")],
+            &[(":method", "GET"), (":scheme", "https"), (":authority", "a:1"), (":path", "/"), ("host", "b:1")],
+            &[(":method", "CONNECT"), (":authority", "a:1"), ("host", "b:1")],
         ];
         for case in cases {
             assert!(parse_request(&fields(case)).is_err(), "accepted {case:?}");
         }
+    }
+
+    #[test]
+    fn host_must_agree_with_authority() {
+        let request =
+            parse_request(&fields(&[(":method", "GET"), (":scheme", "https"), (":path", "/"), ("host", "h:1")]))
+                .unwrap();
+        assert_eq!(request.uri(), "https://h:1/", "Host stands in for a missing :authority");
+        let both = [(":method", "GET"), (":scheme", "https"), (":authority", "h:1"), (":path", "/"), ("host", "h:1")];
+        assert!(parse_request(&fields(&both)).is_ok(), "the same value in both is fine");
+        let differ =
+            [(":method", "GET"), (":scheme", "https"), (":authority", "h:1"), (":path", "/"), ("host", "evil:1")];
+        assert_eq!(parse_request(&fields(&differ)).unwrap_err(), malformed(":authority and Host differ"));
     }
 
     #[test]
