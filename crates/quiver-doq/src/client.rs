@@ -16,7 +16,7 @@ use quiver::quiche;
 use quiver::{ApplicationError, ApplicationOverQuic, ConnectionError, ConnectionHandle, Endpoint, QuicConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::dns::{QUERY_PADDING_BLOCK_BYTES, message_id, pad_message};
+use crate::dns::{QUERY_PADDING_BLOCK_BYTES, has_tcp_keepalive, message_id, pad_message};
 use crate::error::DoqError;
 use crate::framing::{MessageReader, Outbound, READ_CHUNK_BYTES, StreamRead, WriteFailure, read_message};
 use crate::{DOQ_NO_ERROR, DOQ_PROTOCOL_ERROR, DOQ_REQUEST_CANCELLED};
@@ -48,7 +48,8 @@ impl DoqClientBuilder {
         self
     }
 
-    /// How long a query waits for its answer (default [`DEFAULT_QUERY_TIMEOUT`]).
+    /// How long a query may take in all (default [`DEFAULT_QUERY_TIMEOUT`]): connecting if no
+    /// connection is open, waiting for a stream, and waiting for the answer.
     pub fn query_timeout(mut self, timeout: Duration) -> Self {
         self.query_timeout = timeout;
         self
@@ -193,21 +194,28 @@ impl DoqClient {
         let outbound = Outbound::new(query).ok_or_else(|| {
             DoqError::InvalidQuery(format!("{} bytes is more than a DNS message can hold", query.len()))
         })?;
-        let commands = self.connection().await?;
-        let (reply_tx, reply_rx) = oneshot::channel();
-        commands
-            .send(Command::Query(PendingQuery { outbound, reply: reply_tx }))
-            .await
-            .map_err(|_| DoqError::ConnectionClosed { reason: ConnectionError::Aborted })?;
-        match tokio::time::timeout(self.inner.query_timeout, reply_rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(DoqError::ConnectionClosed { reason: ConnectionError::Aborted }),
-            Err(_) => {
-                // Wake the connection so it cancels the stream now rather than at its next packet.
+        let timeout = self.inner.query_timeout;
+        // The connection the query went to, to wake it if the query times out.
+        let mut handed_to = None;
+        let exchange = async {
+            let commands = self.connection().await?;
+            handed_to = Some(commands.clone());
+            let (reply_tx, reply_rx) = oneshot::channel();
+            commands
+                .send(Command::Query(PendingQuery { outbound, reply: reply_tx }))
+                .await
+                .map_err(|_| DoqError::ConnectionClosed { reason: ConnectionError::Aborted })?;
+            reply_rx.await.map_err(|_| DoqError::ConnectionClosed { reason: ConnectionError::Aborted })?
+        };
+        // One deadline for all of it: connecting, queueing behind the stream limit, the answer.
+        let outcome = tokio::time::timeout(timeout, exchange).await;
+        outcome.unwrap_or_else(|_| {
+            // Wake the connection so it cancels the stream now rather than at its next packet.
+            if let Some(commands) = handed_to {
                 let _ = commands.try_send(Command::Sweep);
-                Err(DoqError::Timeout(self.inner.query_timeout))
             }
-        }
+            Err(DoqError::Timeout(timeout))
+        })
     }
 
     /// The handle of the current connection, if one is open.
@@ -294,6 +302,15 @@ impl ClientConnection {
         }
     }
 
+    /// Fails the query on `stream` and returns the DOQ_PROTOCOL_ERROR that closes the connection.
+    fn server_stopped_sending(&mut self, stream: u64) -> ApplicationError {
+        let reason = "the server sent STOP_SENDING, which RFC 9250 section 4.3.3 makes a protocol error";
+        if let Some(exchange) = self.exchanges.remove(&stream) {
+            let _ = exchange.reply.send(Err(DoqError::MalformedAnswer(reason.into())));
+        }
+        ApplicationError::new(DOQ_PROTOCOL_ERROR, reason)
+    }
+
     /// Cancels exchanges whose caller went away: STOP_SENDING and RESET_STREAM with
     /// DOQ_REQUEST_CANCELLED (RFC 9250 §4.3.1).
     fn cancel_abandoned(&mut self, conn: &mut QuicConnection) {
@@ -349,6 +366,11 @@ impl ApplicationOverQuic for ClientConnection {
             let Some(exchange) = self.exchanges.remove(&stream) else { continue };
             let result = match outcome {
                 StreamRead::Message(answer) => match message_id(&answer) {
+                    Some(0) if Message::from_vec(&answer).is_ok_and(|parsed| has_tcp_keepalive(&parsed)) => {
+                        let reason = "answer carries edns-tcp-keepalive (RFC 9250 section 5.5.2)";
+                        let _ = exchange.reply.send(Err(DoqError::MalformedAnswer(reason.into())));
+                        return Err(ApplicationError::new(DOQ_PROTOCOL_ERROR, reason));
+                    }
                     Some(0) => Ok(answer),
                     Some(id) => {
                         let reason = format!("answer has message ID {id}, not 0 (RFC 9250 section 4.2.1)");
@@ -369,6 +391,15 @@ impl ApplicationOverQuic for ClientConnection {
 
     fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
         self.cancel_abandoned(conn);
+        // RFC 9250 §4.3.3: a server never sends STOP_SENDING; a client that gets one closes the
+        // connection with DOQ_PROTOCOL_ERROR.
+        let stopped = self
+            .exchanges
+            .keys()
+            .find(|stream| matches!(conn.stream_capacity(**stream), Err(quiche::Error::StreamStopped(_))));
+        if let Some(stream) = stopped.copied() {
+            return Err(self.server_stopped_sending(stream));
+        }
         let mut failed = Vec::new();
         for (stream, exchange) in self.exchanges.iter_mut().filter(|(_, exchange)| !exchange.sent) {
             match exchange.outbound.write(conn, *stream) {
@@ -396,11 +427,11 @@ impl ApplicationOverQuic for ClientConnection {
             self.exchanges.insert(stream, exchange);
         }
         for (stream, failure) in failed {
+            if failure != WriteFailure::Gone {
+                return Err(self.server_stopped_sending(stream));
+            }
             if let Some(exchange) = self.exchanges.remove(&stream) {
-                let error = match failure {
-                    WriteFailure::Stopped(code) => DoqError::StreamReset { code },
-                    WriteFailure::Gone => DoqError::InvalidQuery("the connection refused the query's stream".into()),
-                };
+                let error = DoqError::InvalidQuery("the connection refused the query's stream".into());
                 let _ = exchange.reply.send(Err(error));
             }
         }

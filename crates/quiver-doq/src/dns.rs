@@ -88,6 +88,27 @@ pub fn has_tcp_keepalive(query: &Message) -> bool {
     query.edns.as_ref().is_some_and(|edns| edns.option(EdnsCode::Keepalive).is_some())
 }
 
+/// The EDNS(0) UDP payload size the forwarder advertises upstream at most: 1232 bytes fits the IPv6
+/// minimum MTU without fragmentation (the DNS Flag Day 2020 value). A client's larger size is for
+/// its own path to us (over QUIC, irrelevant upstream), not for the UDP path to the resolver.
+pub(crate) const MAX_UPSTREAM_UDP_PAYLOAD: u16 = 1232;
+
+/// The query as the forwarder sends it upstream: EDNS padding removed (it protects the client's
+/// encrypted hop only, and would just cost bytes in clear text) and the advertised UDP size capped at
+/// [`MAX_UPSTREAM_UDP_PAYLOAD`]. Queries needing neither change go as they came, byte for byte.
+pub(crate) fn for_upstream(query: &Message, bytes: Vec<u8>) -> Vec<u8> {
+    let Some(edns) = &query.edns else { return bytes };
+    if edns.max_payload() <= MAX_UPSTREAM_UDP_PAYLOAD && edns.option(EdnsCode::Padding).is_none() {
+        return bytes;
+    }
+    let mut rewritten = query.clone();
+    if let Some(edns) = rewritten.edns.as_mut() {
+        edns.set_max_payload(edns.max_payload().min(MAX_UPSTREAM_UDP_PAYLOAD));
+        edns.options_mut().remove(EdnsCode::Padding);
+    }
+    rewritten.to_vec().unwrap_or(bytes)
+}
+
 /// Pads `message` to a multiple of `block` bytes with an EDNS(0) padding option (RFC 7830),
 /// replacing any padding it had and adding an OPT record if it had none. Returns `None` when the
 /// message does not parse or padding would push it past the 65535-byte limit; the caller then sends
@@ -227,6 +248,30 @@ mod tests {
         // The next multiple of 40000 is 80000: over the limit, so no padding.
         assert!(pad(&bytes, 40_000).is_none());
         assert_eq!(pad(&bytes, 25_000).map(|padded| padded.len()), Some(50_000));
+    }
+
+    #[test]
+    fn upstream_queries_lose_padding_and_large_udp_sizes() {
+        let mut asked = query("example.com.", RecordType::A);
+        let plain = asked.to_vec().unwrap();
+        assert_eq!(for_upstream(&asked, plain.clone()), plain, "no EDNS: byte for byte");
+        let mut edns = Edns::new();
+        edns.set_max_payload(4096);
+        asked.edns = Some(edns);
+        let padded = pad_message(&mut asked, QUERY_PADDING_BLOCK_BYTES).unwrap();
+        let parsed = Message::from_vec(&padded).unwrap();
+        let forwarded = Message::from_vec(&for_upstream(&parsed, padded.clone())).unwrap();
+        let edns = forwarded.edns.as_ref().unwrap();
+        assert_eq!(edns.max_payload(), MAX_UPSTREAM_UDP_PAYLOAD);
+        assert!(edns.option(EdnsCode::Padding).is_none());
+        assert_eq!((forwarded.metadata.id, &forwarded.queries), (0, &parsed.queries));
+        // Already small and unpadded: unchanged.
+        let mut small = query("example.com.", RecordType::A);
+        let mut edns = Edns::new();
+        edns.set_max_payload(1200);
+        small.edns = Some(edns);
+        let bytes = small.to_vec().unwrap();
+        assert_eq!(for_upstream(&Message::from_vec(&bytes).unwrap(), bytes.clone()), bytes);
     }
 
     #[test]

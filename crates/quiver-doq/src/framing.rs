@@ -8,6 +8,16 @@ use quiver::quiche;
 /// Largest DNS message: the 2-octet length prefix caps it (RFC 9250 §4.2), as for DNS over TCP.
 pub const MAX_MESSAGE_BYTES: usize = u16::MAX as usize;
 
+/// `message` with its 2-octet length prefix, as DoQ (RFC 9250 §4.2) and DNS over TCP (RFC 1035
+/// §4.2.2) frame it; `None` when it is longer than [`MAX_MESSAGE_BYTES`].
+pub(crate) fn length_prefixed(message: &[u8]) -> Option<Vec<u8>> {
+    let len = u16::try_from(message.len()).ok()?;
+    let mut framed = Vec::with_capacity(2 + message.len());
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    Some(framed)
+}
+
 /// Bytes read from a stream per `stream_recv` call.
 pub(crate) const READ_CHUNK_BYTES: usize = 16 * 1024;
 
@@ -121,11 +131,7 @@ pub(crate) enum WriteFailure {
 impl Outbound {
     /// Frames `message`; `None` when it is longer than [`MAX_MESSAGE_BYTES`].
     pub(crate) fn new(message: &[u8]) -> Option<Self> {
-        let len = u16::try_from(message.len()).ok()?;
-        let mut framed = Vec::with_capacity(2 + message.len());
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(message);
-        Some(Self { framed, written: 0 })
+        Some(Self { framed: length_prefixed(message)?, written: 0 })
     }
 
     /// Writes as much as flow control allows. `Ok(true)` once everything and the FIN are queued.
@@ -147,9 +153,7 @@ mod tests {
     use super::*;
 
     fn framed(message: &[u8]) -> Vec<u8> {
-        let mut bytes = (message.len() as u16).to_be_bytes().to_vec();
-        bytes.extend_from_slice(message);
-        bytes
+        length_prefixed(message).unwrap()
     }
 
     #[test]

@@ -51,7 +51,8 @@ pub use crate::error::DoqError;
 pub use crate::framing::MAX_MESSAGE_BYTES;
 pub use crate::server::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
-    DEFAULT_UPSTREAM_TIMEOUT, DoqServer, DoqServerBuilder, MAX_TRACKED_SOURCES, ServerStats,
+    DEFAULT_QUERY_READ_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT, DoqServer, DoqServerBuilder, MAX_TRACKED_SOURCES,
+    ServerStats,
 };
 /// The DNS message library this crate speaks (`hickory-proto`), for building queries and reading
 /// answers in full.
@@ -90,9 +91,22 @@ pub const DOQ_EXCESSIVE_LOAD: u64 = 0x4;
 /// A catch-all for errors without a more specific code.
 pub const DOQ_UNSPECIFIED_ERROR: u64 = 0x5;
 
+/// Flow-control window of one query stream on the server: the largest DoQ message with its length
+/// prefix (2 + 65535 bytes). A stream carries exactly one message, so a client never needs more, and
+/// quiche never buffers more than this for a stream the server has not read.
+pub const STREAM_WINDOW_BYTES: u64 = 2 + MAX_MESSAGE_BYTES as u64;
+
+/// Flow-control window of a whole connection on the server: bytes of queries a client may have in
+/// flight, unread, at once. Queries are typically under 100 bytes, so 256 KiB is thousands of them,
+/// and still four of the largest; it bounds what one slow or hostile client makes quiche buffer
+/// (the per-stream window alone would allow 100 streams x 64 KiB).
+pub const CONNECTION_WINDOW_BYTES: u64 = 256 * 1024;
+
 /// A server configuration builder preset for DoQ: ALPN `doq`, at most
 /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`] concurrent queries per connection, no unidirectional streams
-/// (a client that opens one breaks the transport's stream limit), and a [`DEFAULT_IDLE_TIMEOUT`].
+/// (a client that opens one breaks the transport's stream limit), flow-control windows of
+/// [`STREAM_WINDOW_BYTES`] per stream and [`CONNECTION_WINDOW_BYTES`] per connection (fixed: no
+/// auto-tuning beyond them), and a [`DEFAULT_IDLE_TIMEOUT`].
 ///
 /// Add a certificate (`.identity(..)`, `.certificate_pem_files(..)` or `.self_signed(..)`) and build.
 ///
@@ -105,6 +119,11 @@ pub fn server_config() -> quiver::ServerConfigBuilder {
         .alpn([ALPN])
         .max_streams(DEFAULT_MAX_STREAMS_PER_CONNECTION as u64, 0)
         .idle_timeout(DEFAULT_IDLE_TIMEOUT)
+        .flow_control(CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES)
+        .with_transport(|transport| {
+            transport.max_connection_window = CONNECTION_WINDOW_BYTES;
+            transport.max_stream_window = STREAM_WINDOW_BYTES;
+        })
 }
 
 /// A client configuration builder preset for DoQ: ALPN `doq`, and no streams the server may open
@@ -134,4 +153,17 @@ pub fn error_code_name(code: u64) -> &'static str {
 /// Whether a stream ID belongs to a client-initiated bidirectional stream, the only kind DoQ uses.
 pub(crate) fn is_client_bidi(stream: u64) -> bool {
     stream.is_multiple_of(4)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_config_bounds_flow_control() {
+        let config = super::server_config().self_signed(["localhost"]).build().unwrap();
+        let transport = config.transport();
+        assert_eq!(transport.initial_max_data, super::CONNECTION_WINDOW_BYTES);
+        assert_eq!(transport.initial_max_stream_data_bidi_remote, 65_537);
+        assert_eq!(transport.max_stream_window, 65_537);
+        assert_eq!(transport.max_connection_window, 256 * 1024);
+    }
 }

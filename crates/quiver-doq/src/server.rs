@@ -5,17 +5,19 @@
 mod connection;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::net::Ipv6Addr;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
 use quiver::{ApplicationError, ApplicationOverQuic, Endpoint, QuicConnection};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
-use crate::cache::AnswerCache;
-use crate::dns::{PADDING_BLOCK_BYTES, error_answer, pad};
+use crate::cache::{AnswerCache, CachedAnswer};
+use crate::dns::{PADDING_BLOCK_BYTES, error_answer, for_upstream, pad, wants_padding};
 use crate::metrics::RcodeCounters;
 use crate::upstream;
 
@@ -32,6 +34,13 @@ pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: usize = 100;
 /// Connections one client address may hold at once. A stub resolver needs one; 32 leaves room for
 /// several behind one NAT while stopping one address from filling the endpoint.
 pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+
+/// How long a query may take to arrive whole (length prefix, message, FIN) once its stream started.
+/// A query is one small message sent at once, so an honest client is done within a few round trips
+/// even with loss; five seconds is when stub resolvers give up anyway. A stream still incomplete by
+/// then only holds memory (up to 64 KiB of partial message): it is reset with DOQ_PROTOCOL_ERROR,
+/// the code RFC 9250 §4.3.3 gives to a peer that "does not indicate the expected STREAM FIN".
+pub const DEFAULT_QUERY_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Idle timeout for DoQ connections. RFC 9250 §5.5 asks servers not to close idle connections too
 /// eagerly (clients reuse them) but to reclaim them; 30 s is the common resolver setting.
@@ -66,9 +75,27 @@ pub struct DoqServerBuilder {
     max_connections_per_source: usize,
     max_upstream_in_flight: usize,
     cache_entries: usize,
+    query_read_timeout: Duration,
+    cache_clock_offset: Arc<AtomicU64>,
 }
 
 impl DoqServerBuilder {
+    /// How long a query may take to arrive whole before its stream is reset with DOQ_PROTOCOL_ERROR
+    /// (default [`DEFAULT_QUERY_READ_TIMEOUT`]).
+    pub fn query_read_timeout(mut self, timeout: Duration) -> Self {
+        self.query_read_timeout = timeout;
+        self
+    }
+
+    /// Tests only: the cache's clock runs this many seconds ahead of the real one (so a test can
+    /// see TTLs age without waiting).
+    #[cfg(feature = "test-util")]
+    #[doc(hidden)]
+    pub fn cache_clock_offset_seconds(mut self, offset: Arc<AtomicU64>) -> Self {
+        self.cache_clock_offset = offset;
+        self
+    }
+
     /// How long to wait for the upstream before answering SERVFAIL (default
     /// [`DEFAULT_UPSTREAM_TIMEOUT`]).
     pub fn upstream_timeout(mut self, timeout: Duration) -> Self {
@@ -112,6 +139,10 @@ impl DoqServerBuilder {
                 max_queries_per_connection: self.max_queries_per_connection,
                 upstream_slots: Semaphore::new(self.max_upstream_in_flight),
                 cache: (self.cache_entries > 0).then(|| Mutex::new(AnswerCache::new(self.cache_entries))),
+                cache_clock_offset: self.cache_clock_offset,
+                query_read_timeout: self.query_read_timeout,
+                in_flight: AtomicUsize::new(0),
+                all_answered: Notify::new(),
                 counters: Counters::default(),
                 rcodes: RcodeCounters::new(),
             }),
@@ -127,11 +158,16 @@ impl DoqServerBuilder {
 ///
 /// Every query arrives on its own stream with message ID 0; the server checks it, forwards it to the
 /// upstream resolver with a random ID (UDP, then TCP if the answer is truncated), and answers with
-/// the upstream's message byte for byte, ID set back to 0. What it answers itself:
+/// the upstream's message, ID set back to 0. What the upstream sees is the client's query with its
+/// EDNS padding removed and its advertised UDP size capped at 1232 bytes; what the client gets is
+/// the upstream's answer byte for byte, unless the client padded (then the answer is padded) or the
+/// answer comes from the cache (re-encoded, TTLs aged). What it answers itself:
 ///
 /// * SERVFAIL when the upstream does not answer within the timeout or refuses (never silence);
 /// * FORMERR for a message that does not parse, is a response, or has other than one question;
-/// * NOTIMP for opcodes other than QUERY (a forwarder does not relay UPDATE or NOTIFY).
+/// * NOTIMP for opcodes other than QUERY (a forwarder does not relay UPDATE or NOTIFY), and for
+///   zone transfers (AXFR, IXFR): RFC 9250 §4.4 carries them over DoQ, but a forwarder that relays
+///   them over UDP/TCP one message at a time cannot, and they belong to a primary, not a resolver.
 ///
 /// Protocol violations close the connection with DOQ_PROTOCOL_ERROR (RFC 9250 §4.3.3): a non-zero
 /// message ID, a length prefix that does not match the stream, a second message on a stream, the
@@ -170,6 +206,8 @@ impl DoqServer {
             max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
             max_upstream_in_flight: DEFAULT_MAX_UPSTREAM_IN_FLIGHT,
             cache_entries: 0,
+            query_read_timeout: DEFAULT_QUERY_READ_TIMEOUT,
+            cache_clock_offset: Arc::default(),
         }
     }
 
@@ -196,6 +234,39 @@ impl DoqServer {
                     incoming.start(RefuseExcessiveLoad);
                 }
             }
+        }
+    }
+
+    /// A drain deadline for [`serve_until`](Self::serve_until) long enough for every query in flight
+    /// to get its answer or SERVFAIL: the upstream timeout, plus a second to send it.
+    pub fn drain_deadline(&self) -> Duration {
+        self.shared.upstream_timeout + Duration::from_secs(1)
+    }
+
+    /// As [`serve`](Self::serve) until `shutdown` resolves; then stops accepting connections, lets
+    /// the queries in flight finish (their answers sent) for at most `drain`, and closes the endpoint
+    /// (DOQ_NO_ERROR). Returns whether every query in flight was answered within `drain`.
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops accepting and leaves the endpoint open.
+    pub async fn serve_until(&self, endpoint: Endpoint, shutdown: impl Future<Output = ()>, drain: Duration) -> bool {
+        tokio::select! {
+            () = self.serve(endpoint.clone()) => {}
+            () = shutdown => {}
+        }
+        let drained = tokio::time::timeout(drain, self.queries_answered()).await.is_ok();
+        endpoint.close();
+        drained
+    }
+
+    /// Waits until no query is being read, resolved or answered.
+    async fn queries_answered(&self) {
+        loop {
+            let notified = self.shared.all_answered.notified();
+            if self.shared.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -239,6 +310,11 @@ pub struct ServerStats {
     pub padded_answers: u64,
     /// Upstream datagrams ignored because they did not answer the query they arrived for.
     pub upstream_datagrams_ignored: u64,
+    /// Query streams reset (DOQ_PROTOCOL_ERROR) because the query did not arrive whole in time.
+    pub read_timeouts: u64,
+    /// Query streams reset with DOQ_INTERNAL_ERROR because the answer could not be sent (larger
+    /// than a DNS message may be).
+    pub internal_errors: u64,
 }
 
 #[derive(Default)]
@@ -257,6 +333,8 @@ struct Counters {
     protocol_errors: AtomicU64,
     padded_answers: AtomicU64,
     upstream_datagrams_ignored: AtomicU64,
+    read_timeouts: AtomicU64,
+    internal_errors: AtomicU64,
 }
 
 impl Counters {
@@ -277,6 +355,8 @@ impl Counters {
             protocol_errors: get(&self.protocol_errors),
             padded_answers: get(&self.padded_answers),
             upstream_datagrams_ignored: get(&self.upstream_datagrams_ignored),
+            read_timeouts: get(&self.read_timeouts),
+            internal_errors: get(&self.internal_errors),
         }
     }
 }
@@ -292,17 +372,28 @@ pub(crate) struct ServerShared {
     max_queries_per_connection: usize,
     upstream_slots: Semaphore,
     cache: Option<Mutex<AnswerCache>>,
+    cache_clock_offset: Arc<AtomicU64>,
+    pub(crate) query_read_timeout: Duration,
+    /// Queries read, being resolved or being answered, server-wide (see [`InFlight`]).
+    in_flight: AtomicUsize,
+    /// Woken when `in_flight` drops to zero.
+    all_answered: Notify,
     counters: Counters,
     pub(crate) rcodes: RcodeCounters,
 }
 
 impl ServerShared {
-    /// The answer to a well-formed QUERY (`bytes` is its wire form, ID 0): from the cache, from the
-    /// upstream, or SERVFAIL; padded when `padded` is set.
-    async fn resolve(&self, bytes: Vec<u8>, query: Message, padded: bool) -> Vec<u8> {
+    /// The answer to a well-formed QUERY: from the cache, from the upstream, or SERVFAIL; padded
+    /// when the query was. The upstream gets [`for_upstream`]'s form of the query, which is also the
+    /// cache key (padding does not change the question).
+    async fn resolve(&self, bytes: Vec<u8>, query: Message) -> Vec<u8> {
         let counters = &self.counters;
-        let cached = self.cache.as_ref().and_then(|cache| lock(cache).get(&bytes, Instant::now()));
-        let answer = match cached {
+        let padded = wants_padding(&query);
+        let upstream_query = for_upstream(&query, bytes);
+        let now = self.cache_now();
+        // Only the map lookup holds the lock; encoding the aged answer happens outside it.
+        let cached = self.cache.as_ref().and_then(|cache| lock(cache).get(&upstream_query, now));
+        let answer = match cached.and_then(|cached| cached.render(now)) {
             Some(answer) => {
                 count(&counters.answered_from_cache);
                 answer
@@ -310,7 +401,7 @@ impl ServerShared {
             None => {
                 let exchange = async {
                     let _slot = self.upstream_slots.acquire().await;
-                    upstream::exchange(self.upstream, &bytes).await
+                    upstream::exchange(self.upstream, &upstream_query, &counters.upstream_datagrams_ignored).await
                 };
                 match tokio::time::timeout(self.upstream_timeout, exchange).await {
                     Ok(Ok(answer)) => {
@@ -318,9 +409,10 @@ impl ServerShared {
                         if answer.via_tcp {
                             count(&counters.truncated_retried_over_tcp);
                         }
-                        counters.upstream_datagrams_ignored.fetch_add(answer.ignored_datagrams, Ordering::Relaxed);
-                        if let Some(cache) = &self.cache {
-                            lock(cache).insert(&bytes, &answer.message, Instant::now());
+                        if let Some(cache) = &self.cache
+                            && let Some(parsed) = CachedAnswer::parse(&answer.message, self.cache_now())
+                        {
+                            lock(cache).insert(&upstream_query, parsed);
                         }
                         answer.message
                     }
@@ -338,6 +430,11 @@ impl ServerShared {
             }
         };
         self.pad_if(answer, padded)
+    }
+
+    /// The cache's clock: now, plus the test offset (0 outside tests).
+    fn cache_now(&self) -> Instant {
+        Instant::now() + Duration::from_secs(self.cache_clock_offset.load(Ordering::Relaxed))
     }
 
     fn pad_if(&self, answer: Vec<u8>, padded: bool) -> Vec<u8> {
@@ -358,7 +455,36 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Live connections per client address.
+/// One query in flight (read, resolved or answered), counted in [`ServerShared::in_flight`] until
+/// dropped, so a draining server knows when every query has its answer.
+pub(crate) struct InFlight(Arc<ServerShared>);
+
+impl InFlight {
+    pub(crate) fn start(shared: &Arc<ServerShared>) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_answered.notify_waiters();
+        }
+    }
+}
+
+/// The key the per-source cap counts by: the address, with IPv6 addresses grouped by /64. One
+/// IPv6 host usually holds a whole /64 (SLAAC, privacy addresses), so counting single addresses
+/// would let it open 2^64 times the cap.
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64))),
+        v4 => v4,
+    }
+}
+
+/// Live connections per client address (IPv6: per /64).
 struct SourceTable {
     live: Mutex<HashMap<IpAddr, usize>>,
     max_per_source: usize,
@@ -368,7 +494,7 @@ impl SourceTable {
     /// Counts a new connection from `ip`, or `None` when that address is at its cap (or the table
     /// is full).
     fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        let ip = ip.to_canonical();
+        let ip = source_key(ip);
         let mut live = lock(&self.live);
         if !live.contains_key(&ip) && live.len() >= MAX_TRACKED_SOURCES {
             return None;
@@ -433,5 +559,14 @@ mod tests {
         let third = table.try_acquire(ip).unwrap();
         drop((second, third));
         assert!(lock(&table.live).is_empty(), "addresses without connections are forgotten");
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64() {
+        let table = Arc::new(SourceTable { live: Mutex::new(HashMap::new()), max_per_source: 2 });
+        let _first = table.try_acquire("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        let _second = table.try_acquire("2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap()).unwrap();
+        assert!(table.try_acquire("2001:db8:1:2:abcd::9".parse().unwrap()).is_none(), "same /64");
+        assert!(table.try_acquire("2001:db8:1:3::1".parse().unwrap()).is_some(), "next /64");
     }
 }

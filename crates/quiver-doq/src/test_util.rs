@@ -24,6 +24,7 @@ use hickory_proto::rr::rdata::{A, AAAA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 /// Answers in [`TestUpstream::answers_sent`] kept at most (oldest dropped first): enough for any test.
@@ -44,6 +45,9 @@ struct Shared {
     udp_queries: AtomicU64,
     tcp_queries: AtomicU64,
     answers: Mutex<Vec<Vec<u8>>>,
+    queries: Mutex<Vec<Vec<u8>>>,
+    /// Woken on every query received.
+    query_arrived: Notify,
 }
 
 impl Drop for TestUpstream {
@@ -92,6 +96,25 @@ impl TestUpstream {
     /// Queries received over TCP.
     pub fn tcp_queries(&self) -> u64 {
         self.shared.tcp_queries.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `count` queries (UDP and TCP) have arrived.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn wait_for_queries(&self, count: u64) {
+        loop {
+            let arrived = self.shared.query_arrived.notified();
+            if self.udp_queries() + self.tcp_queries() >= count {
+                return;
+            }
+            arrived.await;
+        }
+    }
+
+    /// Every query received so far, as wire bytes (the last [`MAX_RECORDED_ANSWERS`] of them).
+    pub fn queries_received(&self) -> Vec<Vec<u8>> {
+        self.shared.queries.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
 
     /// Every answer sent so far, as wire bytes (with the ID the query had).
@@ -156,15 +179,22 @@ impl TestUpstream {
 
     /// Builds, records and returns the wire answer to `query`.
     fn respond(shared: &Shared, query: &[u8], over_udp: bool) -> Option<Vec<u8>> {
+        record(&shared.queries, query);
+        shared.query_arrived.notify_waiters();
         let query = Message::from_vec(query).ok()?;
         let bytes = Self::answer(&query, over_udp)?.to_vec().ok()?;
-        let mut answers = shared.answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if answers.len() >= MAX_RECORDED_ANSWERS {
-            answers.remove(0);
-        }
-        answers.push(bytes.clone());
+        record(&shared.answers, &bytes);
         Some(bytes)
     }
+}
+
+/// Appends `message` to `log`, forgetting the oldest past [`MAX_RECORDED_ANSWERS`].
+fn record(log: &Mutex<Vec<Vec<u8>>>, message: &[u8]) {
+    let mut log = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if log.len() >= MAX_RECORDED_ANSWERS {
+        log.remove(0);
+    }
+    log.push(message.to_vec());
 }
 
 async fn serve_udp(socket: UdpSocket, shared: Arc<Shared>) {

@@ -10,12 +10,13 @@
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::dns::{header_and_questions, message_id, set_message_id};
-use crate::framing::MAX_MESSAGE_BYTES;
+use crate::framing::{MAX_MESSAGE_BYTES, length_prefixed};
 
 /// Largest query sent over UDP. Larger ones go straight to TCP: a UDP datagram cannot carry a full
 /// 65535-byte DNS message, and fragments are the classic spoofing vector (RFC 8900).
@@ -44,18 +45,20 @@ pub(crate) struct UpstreamAnswer {
     pub(crate) message: Vec<u8>,
     /// Whether the UDP answer was truncated and this one came over TCP.
     pub(crate) via_tcp: bool,
-    /// Datagrams ignored because they did not answer this query.
-    pub(crate) ignored_datagrams: u64,
 }
 
 /// Forwards `query` (ID 0, as it came over DoQ) to `addr` and returns the answer with ID 0 again.
-/// Has no timeout of its own: the caller bounds it.
-pub(crate) async fn exchange(addr: SocketAddr, query: &[u8]) -> Result<UpstreamAnswer, UpstreamError> {
+/// Datagrams that do not answer it are counted in `ignored_datagrams` as they arrive (so the count
+/// survives the caller's timeout). Has no timeout of its own: the caller bounds it.
+pub(crate) async fn exchange(
+    addr: SocketAddr,
+    query: &[u8],
+    ignored_datagrams: &AtomicU64,
+) -> Result<UpstreamAnswer, UpstreamError> {
     let io_error = |source| UpstreamError::Io { addr, source };
     let id = random_nonzero_id();
     let mut query = query.to_vec();
     set_message_id(&mut query, id);
-    let mut ignored_datagrams = 0;
     if query.len() <= MAX_UDP_QUERY_BYTES {
         let local: SocketAddr =
             if addr.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
@@ -68,13 +71,13 @@ pub(crate) async fn exchange(addr: SocketAddr, query: &[u8]) -> Result<UpstreamA
             let answer = &buffer[..len];
             if !answers(&query, answer) {
                 // Late answers to nothing, or spoofing attempts: keep waiting for the real one.
-                ignored_datagrams += 1;
+                ignored_datagrams.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             if !is_truncated(answer) {
                 let mut message = answer.to_vec();
                 set_message_id(&mut message, 0);
-                return Ok(UpstreamAnswer { message, via_tcp: false, ignored_datagrams });
+                return Ok(UpstreamAnswer { message, via_tcp: false });
             }
             break;
         }
@@ -85,17 +88,14 @@ pub(crate) async fn exchange(addr: SocketAddr, query: &[u8]) -> Result<UpstreamA
     }
     let mut message = message;
     set_message_id(&mut message, 0);
-    Ok(UpstreamAnswer { message, via_tcp: true, ignored_datagrams })
+    Ok(UpstreamAnswer { message, via_tcp: true })
 }
 
 /// One query over TCP with 2-octet length framing (RFC 1035 §4.2.2).
 async fn exchange_tcp(addr: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
-    let len = u16::try_from(query.len()).map_err(|_| io::Error::other("query longer than 65535 bytes"))?;
-    let mut framed = Vec::with_capacity(2 + query.len());
-    framed.extend_from_slice(&len.to_be_bytes());
-    framed.extend_from_slice(query);
+    let framed = length_prefixed(query).ok_or_else(|| io::Error::other("query longer than 65535 bytes"))?;
     stream.write_all(&framed).await?;
     let mut prefix = [0u8; 2];
     stream.read_exact(&mut prefix).await?;

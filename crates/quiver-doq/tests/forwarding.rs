@@ -2,6 +2,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -9,7 +11,7 @@ use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{Name, RData, RecordType};
 use quiver_doq::test_util::TEST_TTL;
 use quiver_doq::{DOQ_EXCESSIVE_LOAD, DOQ_PROTOCOL_ERROR, PADDING_BLOCK_BYTES};
-use support::{client, forwarder, guarded, unpadded_client};
+use support::{GUARD, client, forwarder, guarded, unpadded_client};
 
 fn query_bytes(name: &str, record_type: RecordType, id: u16) -> Vec<u8> {
     let mut query = Message::new(id, MessageType::Query, OpCode::Query);
@@ -220,17 +222,26 @@ async fn padded_query_gets_an_answer_padded_to_the_block() {
 
 #[tokio::test]
 async fn cache_answers_repeats_with_aged_ttls() {
-    let forwarder = forwarder(|server| server.cache_entries(100)).await;
+    // The cache's clock is moved 100 s ahead between the queries, instead of waiting 100 s.
+    let clock_offset = Arc::new(AtomicU64::new(0));
+    let forwarder =
+        forwarder(|server| server.cache_entries(100).cache_clock_offset_seconds(clock_offset.clone())).await;
     let client = unpadded_client(forwarder.addr);
     let query = query_bytes("cached.test.", RecordType::A, 0);
     let first = guarded(client.send_bytes(&query)).await.expect("answer");
+    clock_offset.store(100, Ordering::Relaxed);
     let second = guarded(client.send_bytes(&query)).await.expect("answer");
     assert_eq!(forwarder.upstream.udp_queries(), 1, "the second answer came from the cache");
     assert_eq!(forwarder.server.stats().answered_from_cache, 1);
     let (first, second) = (Message::from_vec(&first).unwrap(), Message::from_vec(&second).unwrap());
-    assert_eq!(first.answers, second.answers);
-    assert!(second.answers[0].ttl <= TEST_TTL);
+    assert_eq!(first.answers[0].ttl, TEST_TTL);
+    assert_eq!(second.answers[0].ttl, TEST_TTL - 100, "served with the time it spent in the cache taken off");
+    assert_eq!(first.answers[0].data, second.answers[0].data);
     assert_eq!(second.metadata.id, 0);
+    // Past the TTL the entry is gone: the upstream is asked again.
+    clock_offset.store(u64::from(TEST_TTL) + 1, Ordering::Relaxed);
+    guarded(client.send_bytes(&query)).await.expect("answer");
+    assert_eq!(forwarder.upstream.udp_queries(), 2);
 }
 
 #[tokio::test]
@@ -250,23 +261,119 @@ async fn connections_past_the_per_source_cap_get_excessive_load() {
 #[tokio::test]
 async fn abandoned_query_is_cancelled_on_the_server() {
     let forwarder = forwarder(|server| server.upstream_timeout(Duration::from_secs(30))).await;
-    let config = quiver_doq::client_config().insecure_skip_verification().build().unwrap();
-    let impatient =
-        quiver_doq::DoqClient::builder(forwarder.addr).query_timeout(Duration::from_millis(100)).build(config).unwrap();
-    let failure = guarded(impatient.send_bytes(&query_bytes("silent.test.", RecordType::A, 0))).await.unwrap_err();
-    assert!(matches!(failure, quiver_doq::DoqError::Timeout(_)), "{failure}");
+    let client = unpadded_client(forwarder.addr);
+    guarded(client.send_bytes(&query_bytes("www.test.", RecordType::A, 0))).await.expect("connected");
+    // A query the upstream never answers, abandoned once the upstream has it (the caller drops it).
+    let abandoned = tokio::spawn({
+        let client = client.clone();
+        async move { client.send_bytes(&query_bytes("silent.test.", RecordType::A, 0)).await }
+    });
+    guarded(forwarder.upstream.wait_for_queries(2)).await;
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled());
     // The cancellation (STOP_SENDING + RESET_STREAM) leaves before the next query on the same
     // connection, so once that one is answered the server has seen it.
-    let client = impatient.clone();
     guarded(client.send_bytes(&query_bytes("www.test.", RecordType::A, 0))).await.expect("answer");
     assert_eq!(forwarder.server.stats().cancelled, 1);
     assert_eq!(forwarder.server.stats().connections_accepted, 1);
 }
 
-/// Writes raw bytes and FIN on the first stream, then waits for the server to react.
+#[tokio::test]
+async fn the_query_timeout_covers_connecting() {
+    // A "server" that never answers the handshake: the query must time out at the query timeout,
+    // not at the (ten second) handshake timeout.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let config = quiver_doq::client_config().insecure_skip_verification().build().unwrap();
+    let timeout = Duration::from_millis(200);
+    let client =
+        quiver_doq::DoqClient::builder(silent.local_addr().unwrap()).query_timeout(timeout).build(config).unwrap();
+    let failure = guarded(client.send_bytes(&query_bytes("www.test.", RecordType::A, 0))).await.unwrap_err();
+    assert!(matches!(failure, quiver_doq::DoqError::Timeout(after) if after == timeout), "{failure}");
+}
+
+#[tokio::test]
+async fn upstream_sees_no_padding_and_at_most_1232_bytes_of_udp() {
+    let forwarder = forwarder(|server| server).await;
+    let client = unpadded_client(forwarder.addr);
+    let mut query = Message::from_vec(&query_bytes("www.test.", RecordType::TXT, 0)).unwrap();
+    let mut edns = Edns::new();
+    edns.set_max_payload(4096);
+    edns.options_mut().insert(EdnsOption::Unknown(u16::from(EdnsCode::Padding), vec![0; 40]));
+    query.edns = Some(edns);
+    let answer = guarded(client.send_bytes(&query.to_vec().unwrap())).await.expect("answer");
+    assert_eq!(answer.len() % PADDING_BLOCK_BYTES, 0, "the client padded, so its answer is padded");
+    let forwarded = forwarder.upstream.queries_received();
+    let forwarded = Message::from_vec(&forwarded[0]).unwrap();
+    let edns = forwarded.edns.expect("EDNS kept");
+    assert_eq!(edns.max_payload(), 1232);
+    assert!(edns.option(EdnsCode::Padding).is_none(), "padding stays on the encrypted hop");
+}
+
+#[tokio::test]
+async fn zone_transfers_get_notimp() {
+    let forwarder = forwarder(|server| server).await;
+    let client = unpadded_client(forwarder.addr);
+    for transfer in [RecordType::AXFR, RecordType::IXFR] {
+        let answer = guarded(client.send_bytes(&query_bytes("zone.test.", transfer, 0))).await.expect("answer");
+        assert_eq!(Message::from_vec(&answer).unwrap().metadata.response_code, ResponseCode::NotImp);
+    }
+    assert_eq!(forwarder.upstream.udp_queries(), 0);
+    assert_eq!(forwarder.server.stats().not_implemented, 2);
+}
+
+#[tokio::test]
+async fn shutdown_lets_queries_in_flight_finish() {
+    let upstream = quiver_doq::test_util::TestUpstream::start().await.unwrap();
+    let config = quiver_doq::server_config().self_signed(["localhost"]).build().unwrap();
+    let endpoint = quiver::Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let server = quiver_doq::DoqServer::builder(upstream.addr()).upstream_timeout(Duration::from_millis(300)).build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn({
+        let (server, endpoint) = (server.clone(), endpoint.clone());
+        async move {
+            server
+                .serve_until(
+                    endpoint,
+                    async {
+                        let _ = stopped.await;
+                    },
+                    GUARD,
+                )
+                .await
+        }
+    });
+    let client = client(endpoint.local_addr());
+    let query = tokio::spawn(async move { client.query("silent.test.", RecordType::A).await });
+    guarded(upstream.wait_for_queries(1)).await;
+    stop.send(()).unwrap();
+    // The query still gets its SERVFAIL (after the upstream timeout), then the server stops.
+    let answer = guarded(query).await.unwrap().expect("answered despite the shutdown");
+    assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
+    assert!(guarded(serving).await.unwrap(), "drained within the deadline");
+}
+
+#[tokio::test]
+async fn a_query_that_never_finishes_arriving_is_reset() {
+    let forwarder = forwarder(|server| server.query_read_timeout(Duration::from_millis(100))).await;
+    let (reset_tx, reset_rx) = tokio::sync::oneshot::channel();
+    let mut framed = (40u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&[0; 10]); // 10 of the 40 bytes announced, and no FIN
+    let app = RawStream { bytes: framed, written: 0, fin: false, reset: Some(reset_tx) };
+    let config = quiver_doq::client_config().insecure_skip_verification().build().unwrap();
+    let endpoint = quiver::Endpoint::client("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let handle = guarded(endpoint.connect(forwarder.addr, "localhost", app)).await.expect("connect");
+    assert_eq!(guarded(reset_rx).await.unwrap(), DOQ_PROTOCOL_ERROR);
+    assert!(!handle.is_closed(), "only the stream is reset, not the connection");
+    assert_eq!(forwarder.server.stats().read_timeouts, 1);
+}
+
+/// Writes raw bytes (and FIN, if `fin`) on the first stream, then waits for the server to react;
+/// reports the code of a reset of that stream.
 struct RawStream {
     bytes: Vec<u8>,
     written: usize,
+    fin: bool,
+    reset: Option<tokio::sync::oneshot::Sender<u64>>,
 }
 
 impl quiver::ApplicationOverQuic for RawStream {
@@ -276,13 +383,24 @@ impl quiver::ApplicationOverQuic for RawStream {
     fn process_reads(&mut self, conn: &mut quiver::QuicConnection) -> Result<(), quiver::ApplicationError> {
         let mut scratch = [0u8; 4096];
         for stream in conn.readable() {
-            while conn.stream_recv(stream, &mut scratch).is_ok() {}
+            loop {
+                match conn.stream_recv(stream, &mut scratch) {
+                    Ok(_) => {}
+                    Err(quiver::quiche::Error::StreamReset(code)) => {
+                        if let Some(reset) = self.reset.take() {
+                            let _ = reset.send(code);
+                        }
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
         }
         Ok(())
     }
     fn process_writes(&mut self, conn: &mut quiver::QuicConnection) -> Result<(), quiver::ApplicationError> {
         if self.written < self.bytes.len()
-            && let Ok(written) = conn.stream_send(0, &self.bytes[self.written..], true)
+            && let Ok(written) = conn.stream_send(0, &self.bytes[self.written..], self.fin)
         {
             self.written += written;
         }
@@ -305,9 +423,13 @@ async fn framing_violations_close_with_protocol_error() {
     let config = quiver_doq::client_config().insecure_skip_verification().build().unwrap();
     let endpoint = quiver::Endpoint::client("127.0.0.1:0".parse().unwrap(), config).unwrap();
     for bytes in [two_messages, short] {
-        let handle = guarded(endpoint.connect(forwarder.addr, "localhost", RawStream { bytes, written: 0 }))
-            .await
-            .expect("connect");
+        let handle = guarded(endpoint.connect(
+            forwarder.addr,
+            "localhost",
+            RawStream { bytes, written: 0, fin: true, reset: None },
+        ))
+        .await
+        .expect("connect");
         match guarded(handle.closed()).await {
             quiver::ConnectionError::PeerClosed(close) => {
                 assert!(close.is_application && close.code == DOQ_PROTOCOL_ERROR, "{close}")

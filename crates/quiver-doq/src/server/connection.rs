@@ -4,31 +4,46 @@
 //! until FIN, as RFC 9250 §4.2 allows, so a second message on the stream is caught), checks it, and
 //! spawns a task that resolves it; the task hands the answer back through a bounded channel that
 //! [`wait_for_data`](ApplicationOverQuic::wait_for_data) awaits, and `process_writes` sends it with
-//! FIN. Queries past the per-connection limit stay unread in quiche until one finishes.
+//! FIN. Queries past the per-connection limit stay unread in quiche until one finishes. A query that
+//! does not arrive whole within the read timeout has its stream reset (DOQ_PROTOCOL_ERROR), so a
+//! slow sender cannot keep partial messages in memory.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::RecordType;
 use quiver::quiche;
 use quiver::{ApplicationError, ApplicationOverQuic, ConnectionError, QuicConnection};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
-use super::{ServerShared, count};
+use super::{InFlight, ServerShared, count};
 use crate::dns::{HEADER_BYTES, error_answer, format_error_for, has_tcp_keepalive, message_id, wants_padding};
 use crate::framing::{MessageReader, Outbound, READ_CHUNK_BYTES, StreamRead, WriteFailure, read_message};
-use crate::{DOQ_PROTOCOL_ERROR, DOQ_REQUEST_CANCELLED, is_client_bidi};
+use crate::{DOQ_INTERNAL_ERROR, DOQ_PROTOCOL_ERROR, DOQ_REQUEST_CANCELLED, is_client_bidi};
+
+/// A query still arriving.
+struct PartialQuery {
+    reader: MessageReader,
+    /// When the stream is reset if the query is not whole by then.
+    deadline: Instant,
+    _in_flight: InFlight,
+}
 
 /// Server side of one DoQ connection.
 pub(crate) struct ServerConnection {
     shared: Arc<ServerShared>,
     /// Streams whose query has not fully arrived.
-    reading: HashMap<u64, MessageReader>,
+    reading: HashMap<u64, PartialQuery>,
     /// Streams whose query is being resolved.
-    resolving: HashMap<u64, AbortHandle>,
+    resolving: HashMap<u64, (AbortHandle, InFlight)>,
     /// Streams whose answer is being written.
-    sending: HashMap<u64, Outbound>,
+    sending: HashMap<u64, (Outbound, InFlight)>,
+    /// Streams whose answer is written, until the client has acknowledged it (quiche then forgets the
+    /// stream): a draining server must not close the connection under an answer still in flight.
+    unacknowledged: Vec<(u64, InFlight)>,
     answers_tx: mpsc::Sender<(u64, Vec<u8>)>,
     /// Holds one answer per resolving query at most: every task sends exactly one, and resolving
     /// queries are capped at `max_queries_per_connection`, so a send never waits.
@@ -45,6 +60,7 @@ impl ServerConnection {
             reading: HashMap::new(),
             resolving: HashMap::new(),
             sending: HashMap::new(),
+            unacknowledged: Vec::new(),
             answers_tx,
             answers_rx,
             arrived: Vec::new(),
@@ -54,7 +70,7 @@ impl ServerConnection {
 
     /// Queries this connection is serving in any phase.
     fn live_queries(&self) -> usize {
-        self.reading.len() + self.resolving.len() + self.sending.len()
+        self.reading.len() + self.resolving.len() + self.sending.len() + self.unacknowledged.len()
     }
 
     fn protocol_error(&self, reason: &str) -> ApplicationError {
@@ -66,7 +82,7 @@ impl ServerConnection {
     /// The client gave up on `stream`: stop whatever we were doing for it.
     fn cancel(&mut self, conn: &mut QuicConnection, stream: u64) {
         let was_live = self.reading.remove(&stream).is_some()
-            | self.resolving.remove(&stream).map(|task| task.abort()).is_some()
+            | self.resolving.remove(&stream).map(|(task, _)| task.abort()).is_some()
             | self.sending.remove(&stream).is_some();
         if was_live {
             count(&self.shared.counters.cancelled);
@@ -75,19 +91,27 @@ impl ServerConnection {
     }
 
     /// Checks a complete query and starts answering it.
-    fn dispatch(&mut self, stream: u64, query: Vec<u8>) -> Result<(), ApplicationError> {
+    fn dispatch(
+        &mut self,
+        conn: &mut QuicConnection,
+        stream: u64,
+        query: Vec<u8>,
+        in_flight: InFlight,
+    ) -> Result<(), ApplicationError> {
         let counters = &self.shared.counters;
         count(&counters.queries);
         if query.len() < HEADER_BYTES {
             count(&counters.format_errors);
-            return self.respond(stream, format_error_for(&query));
+            self.respond(conn, stream, format_error_for(&query), in_flight);
+            return Ok(());
         }
         if message_id(&query) != Some(0) {
             return Err(self.protocol_error("DNS message ID must be 0 on DoQ (RFC 9250 section 4.2.1)"));
         }
         let Ok(parsed) = Message::from_vec(&query) else {
             count(&counters.format_errors);
-            return self.respond(stream, format_error_for(&query));
+            self.respond(conn, stream, format_error_for(&query), in_flight);
+            return Ok(());
         };
         if has_tcp_keepalive(&parsed) {
             return Err(self.protocol_error("edns-tcp-keepalive is not allowed on DoQ (RFC 9250 section 5.5.2)"));
@@ -96,32 +120,57 @@ impl ServerConnection {
         if parsed.metadata.message_type != MessageType::Query || parsed.queries.len() != 1 {
             count(&counters.format_errors);
             let answer = self.shared.pad_if(error_answer(&parsed, ResponseCode::FormErr), padded);
-            return self.respond(stream, answer);
+            self.respond(conn, stream, answer, in_flight);
+            return Ok(());
         }
-        if parsed.metadata.op_code != OpCode::Query {
+        // Other opcodes are not a forwarder's to relay; zone transfers need a multi-message exchange
+        // with a primary that one UDP/TCP query cannot carry.
+        let transfer = matches!(parsed.queries[0].query_type, RecordType::AXFR | RecordType::IXFR);
+        if parsed.metadata.op_code != OpCode::Query || transfer {
             count(&counters.not_implemented);
             let answer = self.shared.pad_if(error_answer(&parsed, ResponseCode::NotImp), padded);
-            return self.respond(stream, answer);
+            self.respond(conn, stream, answer, in_flight);
+            return Ok(());
         }
         let shared = self.shared.clone();
         let answers = self.answers_tx.clone();
         let task = tokio::spawn(async move {
-            let answer = shared.resolve(query, parsed, padded).await;
+            let answer = shared.resolve(query, parsed).await;
             let _ = answers.send((stream, answer)).await;
         });
-        self.resolving.insert(stream, task.abort_handle());
+        self.resolving.insert(stream, (task.abort_handle(), in_flight));
         Ok(())
     }
 
-    /// Queues `answer` for `stream`.
-    fn respond(&mut self, stream: u64, answer: Vec<u8>) -> Result<(), ApplicationError> {
-        // Every answer built or forwarded here fits: upstream answers are read into 65535 bytes and
-        // padding never exceeds the limit.
-        if let Some(outbound) = Outbound::new(&answer) {
-            self.shared.rcodes.count(&answer);
-            self.sending.insert(stream, outbound);
+    /// Queues `answer` for `stream`. An answer too large for the 2-octet length (none built or
+    /// forwarded here is: upstream answers are read into 65535 bytes, padding stays under the limit)
+    /// resets the stream with DOQ_INTERNAL_ERROR (RFC 9250 §4.3.2) rather than leaving it silent.
+    fn respond(&mut self, conn: &mut QuicConnection, stream: u64, answer: Vec<u8>, in_flight: InFlight) {
+        match Outbound::new(&answer) {
+            Some(outbound) => {
+                self.shared.rcodes.count(&answer);
+                self.sending.insert(stream, (outbound, in_flight));
+            }
+            None => {
+                count(&self.shared.counters.internal_errors);
+                tracing::warn!(stream, bytes = answer.len(), "answer too large for DoQ; resetting the stream");
+                let _ = conn.stream_shutdown(stream, quiche::Shutdown::Write, DOQ_INTERNAL_ERROR);
+            }
         }
-        Ok(())
+    }
+
+    /// Resets the streams whose query did not arrive whole in time.
+    fn expire_slow_reads(&mut self, conn: &mut QuicConnection) {
+        let now = Instant::now();
+        let overdue: Vec<u64> =
+            self.reading.iter().filter(|(_, partial)| partial.deadline <= now).map(|(stream, _)| *stream).collect();
+        for stream in overdue {
+            self.reading.remove(&stream);
+            count(&self.shared.counters.read_timeouts);
+            tracing::debug!(stream, "query not complete within the read timeout; resetting its stream");
+            let _ = conn.stream_shutdown(stream, quiche::Shutdown::Read, DOQ_PROTOCOL_ERROR);
+            let _ = conn.stream_shutdown(stream, quiche::Shutdown::Write, DOQ_PROTOCOL_ERROR);
+        }
     }
 }
 
@@ -130,13 +179,26 @@ impl ApplicationOverQuic for ServerConnection {
         Ok(())
     }
 
+    /// Returns when an answer arrived or a partial query's read deadline passed.
+    ///
     /// # Cancel safety
     /// Cancel safe: an answer is only taken from the channel when it is stored in `arrived`.
     async fn wait_for_data(&mut self) -> Result<(), ApplicationError> {
-        match self.answers_rx.recv().await {
-            Some(answer) => self.arrived.push(answer),
-            // Cannot happen (we hold a sender), but must not spin if it did.
-            None => std::future::pending::<()>().await,
+        let next_deadline = self.reading.values().map(|partial| partial.deadline).min();
+        let deadline = async {
+            match next_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            answer = self.answers_rx.recv() => match answer {
+                Some(answer) => self.arrived.push(answer),
+                // Cannot happen (we hold a sender), but must not spin if it did.
+                None => std::future::pending::<()>().await,
+            },
+            // `process_writes` resets the overdue streams.
+            () = deadline => return Ok(()),
         }
         while let Ok(answer) = self.answers_rx.try_recv() {
             self.arrived.push(answer);
@@ -159,13 +221,19 @@ impl ApplicationOverQuic for ServerConnection {
             if !self.reading.contains_key(&stream) && self.live_queries() >= self.shared.max_queries_per_connection {
                 continue; // left in quiche until a query finishes
             }
-            let reader = self.reading.entry(stream).or_default();
-            match read_message(conn, stream, reader, &mut self.scratch) {
+            let (shared, read_timeout) = (&self.shared, self.shared.query_read_timeout);
+            let partial = self.reading.entry(stream).or_insert_with(|| PartialQuery {
+                reader: MessageReader::default(),
+                deadline: Instant::now() + read_timeout,
+                _in_flight: InFlight::start(shared),
+            });
+            match read_message(conn, stream, &mut partial.reader, &mut self.scratch) {
                 Err(framing) => return Err(self.protocol_error(&framing.to_string())),
                 Ok(StreamRead::Pending) => {}
                 Ok(StreamRead::Message(query)) => {
-                    self.reading.remove(&stream);
-                    self.dispatch(stream, query)?;
+                    if let Some(partial) = self.reading.remove(&stream) {
+                        self.dispatch(conn, stream, query, partial._in_flight)?;
+                    }
                 }
                 Ok(StreamRead::Reset(_)) => self.cancel(conn, stream),
                 Ok(StreamRead::Gone) => {
@@ -179,10 +247,11 @@ impl ApplicationOverQuic for ServerConnection {
     fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
         for (stream, answer) in std::mem::take(&mut self.arrived) {
             // A query cancelled meanwhile has no entry any more: its answer is dropped.
-            if self.resolving.remove(&stream).is_some() {
-                self.respond(stream, answer)?;
+            if let Some((_, in_flight)) = self.resolving.remove(&stream) {
+                self.respond(conn, stream, answer, in_flight);
             }
         }
+        self.expire_slow_reads(conn);
         // STOP_SENDING from the client cancels a query still being resolved (RFC 9250 §4.3.1).
         let stopped: Vec<u64> = self
             .resolving
@@ -194,9 +263,10 @@ impl ApplicationOverQuic for ServerConnection {
             self.cancel(conn, stream);
         }
         let mut finished = Vec::new();
-        for (stream, outbound) in &mut self.sending {
+        let mut written = Vec::new();
+        for (stream, (outbound, _)) in &mut self.sending {
             match outbound.write(conn, *stream) {
-                Ok(true) => finished.push(*stream),
+                Ok(true) => written.push(*stream),
                 Ok(false) => {}
                 Err(WriteFailure::Stopped(_)) => {
                     count(&self.shared.counters.cancelled);
@@ -208,12 +278,20 @@ impl ApplicationOverQuic for ServerConnection {
         for stream in finished {
             self.sending.remove(&stream);
         }
+        for stream in written {
+            if let Some((_, in_flight)) = self.sending.remove(&stream) {
+                self.unacknowledged.push((stream, in_flight));
+            }
+        }
+        // quiche forgets a stream once both directions are done and our side is acknowledged.
+        self.unacknowledged
+            .retain(|(stream, _)| !matches!(conn.stream_capacity(*stream), Err(quiche::Error::InvalidStreamState(_))));
         Ok(())
     }
 
     fn on_conn_close(&mut self, _conn: &mut QuicConnection, reason: &ConnectionError) {
         tracing::debug!(%reason, resolving = self.resolving.len(), "DoQ connection closed");
-        for (_, task) in self.resolving.drain() {
+        for (_, (task, _)) in self.resolving.drain() {
             task.abort();
         }
     }
@@ -221,7 +299,7 @@ impl ApplicationOverQuic for ServerConnection {
 
 impl Drop for ServerConnection {
     fn drop(&mut self) {
-        for (_, task) in self.resolving.drain() {
+        for (_, (task, _)) in self.resolving.drain() {
             task.abort();
         }
     }
