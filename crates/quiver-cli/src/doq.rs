@@ -1,7 +1,6 @@
 //! `quiver doq`: a DNS over QUIC forwarder (`serve`) and a dig-like DoQ client (`query`).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -9,8 +8,8 @@ use anyhow::Context as _;
 use quiver::Endpoint;
 use quiver_doq::{DoqClient, DoqError, DoqServer, Message, Name, RecordType};
 
-use crate::get::UsageError;
-use crate::identity::IdentityArgs;
+use crate::get::usage;
+use crate::identity::{ClientTlsArgs, IdentityArgs, tls_hint};
 
 /// `quiver doq` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -56,12 +55,8 @@ pub struct QueryArgs {
     /// (default A).
     #[arg(value_name = "[@SERVER] NAME [TYPE]", required = true, num_args = 1..=3)]
     pub words: Vec<String>,
-    /// Do not verify the server's certificate (development servers only).
-    #[arg(short = 'k', long)]
-    pub insecure: bool,
-    /// Trust the certificates in this PEM file (for example a development server's own certificate).
-    #[arg(long, value_name = "PEM")]
-    pub cacert: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Name to verify the certificate against and send as SNI (default: the server's host).
     #[arg(long, value_name = "NAME")]
     pub tls_name: Option<String>,
@@ -78,10 +73,6 @@ pub async fn run(command: DoqCommand) -> anyhow::Result<()> {
         DoqCommand::Serve(args) => serve(args).await,
         DoqCommand::Query(args) => query(args).await,
     }
-}
-
-fn usage(message: impl Into<String>) -> anyhow::Error {
-    UsageError(message.into()).into()
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -111,11 +102,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         say!("{notice}");
         say!("  quiver doq query -k @{addr} example.com A");
     }
-    tokio::select! {
-        () = server.serve(endpoint.clone()) => {}
-        _ = tokio::signal::ctrl_c() => {
-            endpoint.close();
-        }
+    // Ctrl-C: no new connections; queries in flight get their answers (or SERVFAIL), then close.
+    let drain = server.drain_deadline();
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        say!("shutting down: answering the queries in flight (at most {:.1} s)", drain.as_secs_f64());
+    };
+    if !server.serve_until(endpoint.clone(), shutdown, drain).await {
+        say!("some queries were still unanswered after {:.1} s; closed anyway", drain.as_secs_f64());
     }
     let stats = server.stats();
     say!(
@@ -153,6 +147,11 @@ fn parse_question(words: &[String]) -> Result<Question, anyhow::Error> {
         }
     }
     let (host, port) = server.unwrap_or_else(|| ("127.0.0.1".to_owned(), quiver_doq::DEFAULT_PORT));
+    if port == 53 {
+        return Err(usage(format!(
+            "@{host}:53 is classic DNS, not DoQ: DoQ never uses port 53 (RFC 9250 section 4.1.1); try port 853"
+        )));
+    }
     let (name, record_type) = match rest.as_slice() {
         [name] => (*name, "A"),
         [name, record_type] => (*name, *record_type),
@@ -163,6 +162,11 @@ fn parse_question(words: &[String]) -> Result<Question, anyhow::Error> {
     let record_type = parse_record_type(record_type).ok_or_else(|| {
         usage(format!("unknown record type {record_type:?} (try A, AAAA, TXT, MX, NS, ... or TYPE65)"))
     })?;
+    if matches!(record_type, RecordType::AXFR | RecordType::IXFR) {
+        return Err(usage(format!(
+            "{record_type} is a zone transfer, which quiver doq query does not do (one question, one answer)"
+        )));
+    }
     Ok(Question { host, port, name: name.to_owned(), record_type })
 }
 
@@ -213,35 +217,21 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
         .and_then(|mut addrs| addrs.next())
         .with_context(|| format!("cannot resolve server name {:?}", question.host))?;
     let mut config = quiver_doq::client_config().handshake_timeout(timeout);
-    if args.insecure {
-        config = config.insecure_skip_verification();
-    }
-    if let Some(cacert) = &args.cacert {
-        config = config.trust_pem_file(cacert);
-    }
+    config = args.tls.apply(config);
     let client = DoqClient::builder(server)
         .server_name(args.tls_name.clone().unwrap_or_else(|| question.host.clone()))
         .query_timeout(timeout)
         .padding(!args.no_padding)
         .build(config.build()?)?;
     let started = Instant::now();
-    let answer = tokio::time::timeout(timeout, client.query(&question.name, question.record_type))
-        .await
-        .map_err(|_| DoqError::Timeout(timeout))
-        .and_then(|result| result)
-        .map_err(|err| {
-            let hint = match &err {
-                DoqError::Connect {
-                    source:
-                        quiver::ConnectError::HandshakeFailed(quiver::ConnectionError::LocallyClosed(close)),
-                    ..
-                } if close.tls_alert().is_some() => {
-                    "\n  (for a development server: --cacert CERT.pem to trust its certificate, or -k to skip verification)"
-                }
-                _ => "",
-            };
-            anyhow::anyhow!("query to {server} failed: {err}{hint}")
-        })?;
+    // The client's query timeout covers connecting, waiting for a stream and the answer.
+    let answer = client.query(&question.name, question.record_type).await.map_err(|err| {
+        let hint = match &err {
+            DoqError::Connect { source, .. } => tls_hint(source),
+            _ => "",
+        };
+        anyhow::anyhow!("query to {server} failed: {err}{hint}")
+    })?;
     let elapsed = started.elapsed();
     client.close().await;
     say!("; <<>> quiver doq {} <<>> @{server} {} {}", env!("CARGO_PKG_VERSION"), question.name, question.record_type);
@@ -382,7 +372,7 @@ mod tests {
     }
 
     fn is_usage(line: &str) -> bool {
-        parse_question(&words(line)).err().is_some_and(|err| err.is::<UsageError>())
+        parse_question(&words(line)).err().is_some_and(|err| err.is::<crate::get::UsageError>())
     }
 
     #[test]
@@ -422,6 +412,10 @@ mod tests {
             "@:53 example.com",
             "@a @b example.com",
             "@127.0.0.1",
+            "@127.0.0.1:53 example.com",
+            "@[::1]:53 example.com",
+            "example.com AXFR",
+            "example.com ixfr",
         ] {
             assert!(is_usage(line), "{line} should be a usage error");
         }

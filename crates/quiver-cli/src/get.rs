@@ -9,17 +9,15 @@ use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::{BodyExt, Full};
 use tokio::io::AsyncWriteExt;
 
+use crate::identity::{ClientTlsArgs, tls_hint};
+
 /// Options of `quiver get`.
 #[derive(Debug, clap::Args)]
 pub struct GetArgs {
     /// The https:// URL to fetch.
     pub url: String,
-    /// Do not verify the server's certificate (development servers only).
-    #[arg(short = 'k', long)]
-    pub insecure: bool,
-    /// Trust the certificates in this PEM file (for example a development server's own certificate).
-    #[arg(long, value_name = "PEM")]
-    pub cacert: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Write the body to FILE instead of standard output.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -58,7 +56,8 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-fn usage(message: impl Into<String>) -> anyhow::Error {
+/// A [`UsageError`] (exit 2) saying `message`.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
     UsageError(message.into()).into()
 }
 
@@ -93,14 +92,8 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
     }
     let request = request.body(Full::new(body)).map_err(|err| usage(err.to_string()))?;
 
-    let mut config = quiver_h3::client_config();
-    if args.insecure {
-        config = config.insecure_skip_verification();
-    }
-    if let Some(cacert) = &args.cacert {
-        config = config.trust_pem_file(cacert);
-    }
-    let client = quiver_h3::Client::new(config.build()?);
+    let config = quiver_h3::client_config();
+    let client = quiver_h3::Client::new(args.tls.apply(config).build()?);
     let exchange = fetch(&client, request, &args);
     match args.max_time {
         Some(seconds) if seconds > 0.0 => tokio::time::timeout(Duration::from_secs_f64(seconds), exchange)
@@ -121,11 +114,7 @@ async fn fetch(client: &quiver_h3::Client, request: Request<Full<Bytes>>, args: 
     }
     let connection = client.connection(request.uri()).await.map_err(|err| {
         let hint = match &err {
-            quiver_h3::Error::Connect(quiver::ConnectError::HandshakeFailed(
-                quiver::ConnectionError::LocallyClosed(close),
-            )) if close.tls_alert().is_some() => {
-                "\n  (for a development server: --cacert CERT.pem to trust its certificate, or -k to skip verification)"
-            }
+            quiver_h3::Error::Connect(connect) => tls_hint(connect),
             _ => "",
         };
         anyhow::anyhow!("cannot connect to {}: {err}{hint}", args.url)

@@ -1,5 +1,6 @@
-//! The server certificate options every server command shares (`--cert`, `--key`), and the
-//! self-signed fallback with its SPKI pin.
+//! The certificate options the commands share: a server's own certificate (`--cert`, `--key`, and
+//! the self-signed fallback with its SPKI pin), and how a client verifies its peer's (`-k`,
+//! `--cacert`).
 
 use std::path::PathBuf;
 
@@ -17,6 +18,43 @@ pub struct IdentityArgs {
     /// PEM private key (with --cert).
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+}
+
+/// `-k` / `--cacert`; flatten into a client command's arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientTlsArgs {
+    /// Do not verify the server's (or proxy's) certificate (development servers only).
+    #[arg(short = 'k', long)]
+    pub insecure: bool,
+    /// Trust the certificates in this PEM file (for example a development server's own certificate).
+    #[arg(long, value_name = "PEM")]
+    pub cacert: Option<PathBuf>,
+}
+
+impl ClientTlsArgs {
+    /// Applies the options to a client configuration.
+    pub fn apply(&self, mut config: quiver::ClientConfigBuilder) -> quiver::ClientConfigBuilder {
+        if self.insecure {
+            config = config.insecure_skip_verification();
+        }
+        if let Some(cacert) = &self.cacert {
+            config = config.trust_pem_file(cacert);
+        }
+        config
+    }
+}
+
+/// What to add to a connection error when the handshake failed on the certificate: how to trust a
+/// development server. Empty for other errors.
+pub fn tls_hint(error: &quiver::ConnectError) -> &'static str {
+    match error {
+        quiver::ConnectError::HandshakeFailed(quiver::ConnectionError::LocallyClosed(close))
+            if close.tls_alert().is_some() =>
+        {
+            "\n  (for a development server: --cacert CERT.pem to trust its certificate, or -k to skip verification)"
+        }
+        _ => "",
+    }
 }
 
 /// A server's certificate: loaded from the given files, or generated.

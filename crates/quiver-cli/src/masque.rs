@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,8 @@ use quiver_masque::{MasqueClient, Proxy, ProxyConfig, Target, TargetPolicy, Tunn
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::get::UsageError;
-use crate::identity::IdentityArgs;
+use crate::get::usage;
+use crate::identity::{ClientTlsArgs, IdentityArgs};
 
 /// Local peers (source addresses) `quiver masque client` forwards for at once, one tunnel each; past
 /// it the least recently used flow is closed. A DNS stub resolver uses a fresh source port per query,
@@ -26,6 +25,9 @@ const MAX_LOCAL_FLOWS: usize = 256;
 const FLOW_QUEUE: usize = 16;
 /// Bench: how long without an echo before the datagrams in flight count as lost and are replaced.
 const BENCH_LOSS_TIMEOUT: Duration = Duration::from_millis(200);
+/// `quiver masque client`: a local peer's dropped datagrams are reported on standard error at most
+/// this often (the first at once, then a count), so a flood of drops cannot flood the terminal.
+const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Options of `quiver masque`.
 #[derive(Debug, clap::Args)]
@@ -60,9 +62,13 @@ struct ProxyArgs {
     template: String,
     #[command(flatten)]
     identity: IdentityArgs,
-    /// Require `Proxy-Authorization: Bearer TOKEN` on every tunnel request.
+    /// Require `Proxy-Authorization: Bearer TOKEN` on every tunnel request. Needed to listen on an
+    /// address other than loopback, unless --no-auth.
     #[arg(long, env = "QUIVER_MASQUE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve anyone who can reach --listen, without a token: an open relay for every allowed target.
+    #[arg(long, conflicts_with = "token")]
+    no_auth: bool,
     /// Tunnels one client connection may hold open.
     #[arg(long, default_value_t = quiver_masque::DEFAULT_MAX_TUNNELS_PER_CONNECTION)]
     max_tunnels_per_connection: usize,
@@ -91,12 +97,8 @@ struct ProxyConnectArgs {
     /// The proxy: https://HOST[:PORT].
     #[arg(long)]
     proxy: String,
-    /// Do not verify the proxy's certificate (development proxies only).
-    #[arg(short = 'k', long)]
-    insecure: bool,
-    /// Trust the certificates in this PEM file (for example a development proxy's own certificate).
-    #[arg(long, value_name = "PEM")]
-    cacert: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
     /// URI template of the proxy's tunnel requests.
     #[arg(long, default_value = quiver_masque::DEFAULT_TEMPLATE)]
     template: String,
@@ -146,10 +148,6 @@ struct BenchArgs {
     capsules: bool,
 }
 
-fn usage(message: impl Into<String>) -> anyhow::Error {
-    UsageError(message.into()).into()
-}
-
 /// Writes a line to standard error, ignoring failures (like `say!`).
 fn complain(message: std::fmt::Arguments<'_>) {
     use std::io::Write as _;
@@ -171,6 +169,13 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         TargetPolicy::parse(&args.allow).map_err(|err| usage(err.to_string()))?
     };
     let template = UriTemplate::parse(&args.template).map_err(|err| usage(err.to_string()))?;
+    check_token(args.token.as_deref())?;
+    if !args.listen.ip().is_loopback() && args.token.is_none() && !args.no_auth {
+        return Err(usage(format!(
+            "refusing to run an open proxy on {}: give --token TOKEN (clients send it as a bearer token), or --no-auth to serve anyone who can reach it",
+            args.listen
+        )));
+    }
     if args.max_tunnels_per_connection == 0 || args.max_tunnels == 0 || args.idle_timeout == 0 {
         return Err(usage("--max-tunnels-per-connection, --max-tunnels and --idle-timeout must be at least 1"));
     }
@@ -261,18 +266,24 @@ fn run_ip(args: &[&str]) -> anyhow::Result<()> {
 fn masque_client(args: &ProxyConnectArgs, datagrams: bool) -> anyhow::Result<MasqueClient> {
     let template = UriTemplate::parse(&args.template).map_err(|err| usage(err.to_string()))?;
     let mut config = quiver_masque::client_config().datagrams(datagrams);
-    if args.insecure {
-        config = config.insecure_skip_verification();
-    }
-    if let Some(cacert) = &args.cacert {
-        config = config.trust_pem_file(cacert);
-    }
+    config = args.tls.apply(config);
+    check_token(args.token.as_deref())?;
     let mut client = MasqueClient::new(&args.proxy, config.build()?).map_err(|err| usage(err.to_string()))?;
     client = client.with_template(template).with_open_timeout(Duration::from_secs(30));
     if let Some(token) = &args.token {
         client = client.with_bearer_token(token.clone());
     }
     Ok(client)
+}
+
+/// An empty token would be sent (or required) as `Bearer ` and match nothing useful: refuse it.
+fn check_token(token: Option<&str>) -> anyhow::Result<()> {
+    match token {
+        Some(token) if token.trim().is_empty() => {
+            Err(usage("--token (or QUIVER_MASQUE_TOKEN) is empty: give the token, or leave the option out"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn parse_target(text: &str) -> anyhow::Result<Target> {
@@ -371,6 +382,26 @@ impl Forwarder {
     }
 }
 
+/// Counts a flow's dropped datagrams and says when to report them: the first at once, then at most
+/// once per [`DROP_REPORT_INTERVAL`] with how many were dropped since the last report.
+#[derive(Debug, Default)]
+struct DropReport {
+    unreported: u64,
+    last_report: Option<Instant>,
+}
+
+impl DropReport {
+    /// Counts one drop at `now`; `Some(count)` when it is time to report `count` drops.
+    fn dropped(&mut self, now: Instant) -> Option<u64> {
+        self.unreported += 1;
+        if self.last_report.is_some_and(|last| now.duration_since(last) < DROP_REPORT_INTERVAL) {
+            return None;
+        }
+        self.last_report = Some(now);
+        Some(std::mem::take(&mut self.unreported))
+    }
+}
+
 /// One local peer's tunnel.
 struct Flow {
     socket: Arc<UdpSocket>,
@@ -393,13 +424,19 @@ impl Flow {
         tracing::debug!(%peer, %target, quic_datagrams = tunnel.uses_quic_datagrams(), "tunnel open");
         let idle = tokio::time::sleep(self.idle_timeout);
         tokio::pin!(idle);
+        let mut drops = DropReport::default();
         loop {
             tokio::select! {
                 next = datagrams.recv() => {
                     let Some(payload) = next else { return };
                     idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
                     if let Err(err) = tunnel.send(&payload) {
-                        complain(format_args!("datagram of {} bytes from {peer} dropped: {err}", payload.len()));
+                        if let Some(dropped) = drops.dropped(Instant::now()) {
+                            complain(format_args!(
+                                "{dropped} datagram(s) from {peer} dropped, the last of {} bytes: {err}",
+                                payload.len()
+                            ));
+                        }
                     }
                 }
                 received = tunnel.recv() => match received {
@@ -463,12 +500,14 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     for tunnel in tunnels {
         runs.spawn(echo_loop(tunnel, args.size, args.window, deadline));
     }
-    let (mut echoed, mut lost) = (0u64, 0u64);
+    let mut totals = EchoCounts::default();
     while let Some(result) = runs.join_next().await {
-        let (tunnel_echoed, tunnel_lost) = result??;
-        echoed += tunnel_echoed;
-        lost += tunnel_lost;
+        let counts = result??;
+        totals.echoed += counts.echoed;
+        totals.lost += counts.lost;
+        totals.late += counts.late;
     }
+    let EchoCounts { echoed, lost, late } = totals;
     let elapsed = started.elapsed().as_secs_f64();
     let per_second = echoed as f64 / elapsed;
     say!(
@@ -478,21 +517,37 @@ async fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         args.window
     );
     say!(
-        "  {per_second:.0} datagrams/s echoed, {:.1} MB/s of payload each way ({echoed} echoed, {lost} lost)",
+        "  {per_second:.0} datagrams/s echoed, {:.1} MB/s of payload each way ({echoed} echoed, {lost} lost, {late} late)",
         per_second * args.size as f64 / 1e6
     );
     Ok(())
 }
 
-/// Keeps `window` datagrams in flight until `deadline`; returns (echoed, lost).
-async fn echo_loop(mut tunnel: UdpTunnel, size: usize, window: usize, deadline: Instant) -> anyhow::Result<(u64, u64)> {
-    let payload = vec![0x5a; size];
-    let (mut echoed, mut lost, mut in_flight) = (0u64, 0u64, 0usize);
+/// What one tunnel's echo loop counted. Each datagram sent ends in at most one of echoed and lost;
+/// `late` echoes arrived after their datagram was already counted lost, and count as nothing else.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct EchoCounts {
+    echoed: u64,
+    lost: u64,
+    late: u64,
+}
+
+/// Keeps `window` datagrams in flight until `deadline`. Each payload starts with its sequence number,
+/// so an echo is matched to its datagram: one given up as lost and echoed later is late, not echoed.
+async fn echo_loop(mut tunnel: UdpTunnel, size: usize, window: usize, deadline: Instant) -> anyhow::Result<EchoCounts> {
+    let mut payload = vec![0x5a; size];
+    let mut counts = EchoCounts::default();
+    let mut in_flight = std::collections::HashSet::with_capacity(window);
+    let mut next_sequence = 0u64;
     let deadline = tokio::time::Instant::from_std(deadline);
     loop {
-        while in_flight < window {
+        while in_flight.len() < window {
+            payload[..8].copy_from_slice(&next_sequence.to_be_bytes());
             match tunnel.send(&payload) {
-                Ok(()) => in_flight += 1,
+                Ok(()) => {
+                    in_flight.insert(next_sequence);
+                    next_sequence += 1;
+                }
                 Err(TunnelError::QueueFull) => break,
                 Err(err) => anyhow::bail!("tunnel failed: {err}"),
             }
@@ -501,15 +556,24 @@ async fn echo_loop(mut tunnel: UdpTunnel, size: usize, window: usize, deadline: 
             received = tunnel.recv() => received,
             () = tokio::time::sleep(BENCH_LOSS_TIMEOUT) => {
                 // Nothing came back for a while: whatever is in flight is lost.
-                lost += in_flight as u64;
-                in_flight = 0;
+                counts.lost += in_flight.len() as u64;
+                in_flight.clear();
                 continue;
             }
-            () = tokio::time::sleep_until(deadline) => return Ok((echoed, lost)),
+            () = tokio::time::sleep_until(deadline) => return Ok(counts),
         };
-        received.map_err(|err| anyhow::anyhow!("tunnel failed: {err}"))?;
-        echoed += 1;
-        in_flight = in_flight.saturating_sub(1);
+        let echo = received.map_err(|err| anyhow::anyhow!("tunnel failed: {err}"))?;
+        count_echo(&mut counts, &mut in_flight, &echo);
+    }
+}
+
+/// Counts one echo: echoed if its datagram is still in flight, late otherwise.
+fn count_echo(counts: &mut EchoCounts, in_flight: &mut std::collections::HashSet<u64>, echo: &[u8]) {
+    let sequence = echo.get(..8).and_then(|bytes| bytes.try_into().ok()).map(u64::from_be_bytes);
+    if sequence.is_some_and(|sequence| in_flight.remove(&sequence)) {
+        counts.echoed += 1;
+    } else {
+        counts.late += 1;
     }
 }
 
@@ -528,6 +592,30 @@ async fn start_udp_echo() -> anyhow::Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_are_reported_at_most_once_per_interval() {
+        let start = Instant::now();
+        let mut report = DropReport::default();
+        assert_eq!(report.dropped(start), Some(1), "the first drop at once");
+        for _ in 0..999 {
+            assert_eq!(report.dropped(start + Duration::from_secs(1)), None);
+        }
+        assert_eq!(report.dropped(start + DROP_REPORT_INTERVAL), Some(1000), "then a count");
+    }
+
+    #[test]
+    fn late_echoes_are_not_counted_twice() {
+        let mut counts = EchoCounts::default();
+        let mut in_flight: std::collections::HashSet<u64> = [1, 2].into();
+        count_echo(&mut counts, &mut in_flight, &1u64.to_be_bytes());
+        // 2 is given up as lost, then its echo arrives.
+        counts.lost += in_flight.len() as u64;
+        in_flight.clear();
+        count_echo(&mut counts, &mut in_flight, &2u64.to_be_bytes());
+        count_echo(&mut counts, &mut in_flight, b"short");
+        assert_eq!(counts, EchoCounts { echoed: 1, lost: 1, late: 2 });
+    }
 
     #[test]
     fn the_flow_idle_longest_is_closed_first() {
