@@ -7,8 +7,9 @@
 //! a URI template ([`UriTemplate`], by default `/.well-known/masque/udp/{target_host}/{target_port}/`).
 //! Once the proxy answers 2xx, UDP payloads travel both ways as HTTP Datagrams (RFC 9297) whose
 //! payload is a context ID (a QUIC varint) followed by the UDP payload; context 0 is the only one
-//! defined, others are dropped and counted. When the connection has no QUIC datagrams, the same
-//! payloads travel as DATAGRAM capsules on the request stream. Payloads that do not fit the path are
+//! defined, others are dropped and counted. When the connection has no QUIC datagrams, or the peer's
+//! SETTINGS did not enable HTTP Datagrams (RFC 9297 §2.1.1), the same payloads travel as DATAGRAM
+//! capsules on the request stream. Payloads that do not fit the path are
 //! dropped and counted, never truncated.
 //!
 //! ## Proxy

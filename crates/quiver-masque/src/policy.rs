@@ -8,7 +8,8 @@
 //! Loopback, private, link-local, multicast and other special-purpose addresses are denied unless an
 //! IP or CIDR rule covers them explicitly: neither `*` nor a DNS name rule ever opens them, so a name
 //! that resolves (or is re-pointed) to `127.0.0.1` cannot reach the proxy's own host. Every resolved
-//! address is checked, not the name.
+//! address is checked, not the name. CONNECT-IP packets are checked against the same rules
+//! ([`TargetPolicy::check_packet`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

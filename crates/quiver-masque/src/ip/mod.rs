@@ -4,7 +4,9 @@
 //! of its [`IpGateway`]'s pool (ADDRESS_ASSIGN), advertises the routes it may use
 //! (ROUTE_ADVERTISEMENT), and relays whole IP packets as HTTP Datagrams with context ID 0 between
 //! the client and a TUN device, where the kernel routes them. A packet whose source is not the
-//! client's address, or whose destination is outside the routes, is dropped and counted.
+//! client's address, whose destination is outside the routes, or whose destination the proxy's
+//! [`TargetPolicy`](crate::TargetPolicy) denies (the gateway's own address always needs an explicit
+//! IP/CIDR rule; other clients' addresses in the pool pass), is dropped and counted.
 //!
 //! Scope: the full-tunnel request (`/.well-known/masque/ip/*/*/`); one address per tunnel; one
 //! address family per gateway. The proxy does not send ICMP errors (for example Packet Too Big).
