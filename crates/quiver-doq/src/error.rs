@@ -33,7 +33,8 @@ pub enum DoqError {
         /// The application error code of the reset.
         code: u64,
     },
-    /// No answer within the query timeout; the query has been cancelled (DOQ_REQUEST_CANCELLED).
+    /// No answer within the query timeout, which counts connecting and waiting for a stream too; a
+    /// query already on a stream has been cancelled (DOQ_REQUEST_CANCELLED).
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// The name is not a valid domain name.
