@@ -10,6 +10,7 @@ use quiver_doq::{DoqClient, DoqError, DoqServer, Message, Name, RecordType};
 
 use crate::get::usage;
 use crate::identity::{ClientTlsArgs, IdentityArgs, tls_hint};
+use crate::observe::{MetricsArgs, QlogArgs};
 
 /// `quiver doq` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -46,6 +47,10 @@ pub struct ServeArgs {
     /// Seconds a connection may stay idle before it is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = quiver_doq::DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout: u64,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub qlog: QlogArgs,
 }
 
 /// Options of `quiver doq query`.
@@ -66,6 +71,8 @@ pub struct QueryArgs {
     /// Do not pad the query (RFC 8467 padding is on by default; it asks the server to pad too).
     #[arg(long)]
     pub no_padding: bool,
+    #[command(flatten)]
+    pub qlog: QlogArgs,
 }
 
 pub async fn run(command: DoqCommand) -> anyhow::Result<()> {
@@ -79,11 +86,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.listen.port() == 53 {
         return Err(usage("DoQ must not listen on port 53 (RFC 9250 section 4.1.1): use 853, or e.g. 8853"));
     }
+    let metrics = args.metrics.install()?;
     let server_identity = args.identity.load()?;
     let config = quiver_doq::server_config()
         .identity(server_identity.identity.clone())
         .max_streams(args.max_streams.max(1) as u64, 0)
         .idle_timeout(Duration::from_secs(args.idle_timeout.max(1)))
+        .with_transport(|transport| args.qlog.apply(transport))
         .build()?;
     let endpoint = Endpoint::server(args.listen, config).map_err(|err| {
         let denied = matches!(&err, quiver::EndpointError::Bind { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied);
@@ -101,6 +110,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(notice) = server_identity.self_signed_notice() {
         say!("{notice}");
         say!("  quiver doq query -k @{addr} example.com A");
+    }
+    if let Some(metrics) = metrics {
+        let server = server.clone();
+        metrics.serve(endpoint.clone(), move || quiver_doq::metrics::publish(&server.stats())).await?;
     }
     // Ctrl-C: no new connections; queries in flight get their answers (or SERVFAIL), then close.
     let drain = server.drain_deadline();
@@ -216,7 +229,8 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .with_context(|| format!("cannot resolve server name {:?}", question.host))?;
-    let mut config = quiver_doq::client_config().handshake_timeout(timeout);
+    let mut config =
+        quiver_doq::client_config().handshake_timeout(timeout).with_transport(|transport| args.qlog.apply(transport));
     config = args.tls.apply(config);
     let client = DoqClient::builder(server)
         .server_name(args.tls_name.clone().unwrap_or_else(|| question.host.clone()))

@@ -33,7 +33,8 @@ pub struct GetArgs {
     /// Print the response status line and headers before the body.
     #[arg(short = 'i', long = "include")]
     pub include: bool,
-    /// Print request and response headers and timings to standard error.
+    /// Print request and response headers, handshake details (QUIC version, ALPN, TLS cipher and
+    /// key exchange), timings and transfer statistics to standard error.
     #[arg(short = 'v', long)]
     pub verbose: bool,
     /// Exit with status 1 when the server answers 400 or above.
@@ -42,6 +43,8 @@ pub struct GetArgs {
     /// Give up if the whole exchange takes longer than this many seconds.
     #[arg(long, value_name = "SECONDS")]
     pub max_time: Option<f64>,
+    #[command(flatten)]
+    pub qlog: crate::observe::QlogArgs,
 }
 
 /// Bad usage (exit 2) as opposed to a failed operation (exit 1).
@@ -92,7 +95,7 @@ pub async fn run(args: GetArgs) -> anyhow::Result<()> {
     }
     let request = request.body(Full::new(body)).map_err(|err| usage(err.to_string()))?;
 
-    let config = quiver_h3::client_config();
+    let config = quiver_h3::client_config().with_transport(|transport| args.qlog.apply(transport));
     let client = quiver_h3::Client::new(args.tls.apply(config).build()?);
     let exchange = fetch(&client, request, &args);
     match args.max_time {
@@ -122,11 +125,21 @@ async fn fetch(client: &quiver_h3::Client, request: Request<Full<Bytes>>, args: 
     let connected = started.elapsed();
     if args.verbose {
         let quic = connection.quic();
+        let handshake = quic.handshake();
         eprintln!(
-            "* connected to {} in {:.1} ms (ALPN {})",
+            "* connected to {} in {:.1} ms (QUIC handshake {:.1} ms)",
             quic.peer_addr(),
             connected.as_secs_f64() * 1000.0,
-            String::from_utf8_lossy(quic.alpn())
+            handshake.duration.as_secs_f64() * 1000.0
+        );
+        eprintln!(
+            "* QUIC version 0x{:08x}, ALPN {}, {} {}, key exchange {}{}",
+            handshake.quic_version,
+            String::from_utf8_lossy(quic.alpn()),
+            handshake.tls_version.unwrap_or("TLS"),
+            handshake.cipher.unwrap_or("(cipher unknown)"),
+            handshake.key_exchange_group.unwrap_or("(unknown)"),
+            if handshake.resumed { ", resumed session" } else { "" }
         );
     }
     let response = connection.send_request(request).await.with_context(|| format!("request to {} failed", args.url))?;
@@ -174,12 +187,16 @@ async fn fetch(client: &quiver_h3::Client, request: Request<Full<Bytes>>, args: 
         let mbytes_per_second = received as f64 / total.max(1e-9) / 1e6;
         eprintln!("* received {received} bytes in {:.1} ms ({mbytes_per_second:.1} MB/s)", total * 1000.0);
         if let Some(stats) = connection.quic().stats().await {
+            eprintln!("* rtt {:.2} ms, cwnd {} bytes", stats.rtt.as_secs_f64() * 1000.0, stats.cwnd_bytes);
             eprintln!(
-                "* rtt {:.2} ms, cwnd {} bytes, packets sent {} lost {}",
-                stats.rtt.as_secs_f64() * 1000.0,
-                stats.cwnd_bytes,
+                "* packets sent {}, received {}, lost {}, retransmitted {}; bytes sent {}, received {}, lost {}",
                 stats.packets_sent,
-                stats.packets_lost
+                stats.packets_received,
+                stats.packets_lost,
+                stats.packets_retransmitted,
+                stats.bytes_sent,
+                stats.bytes_received,
+                stats.bytes_lost
             );
         }
     }

@@ -15,7 +15,9 @@ mod bench;
 mod doq;
 mod get;
 mod identity;
+mod logging;
 mod masque;
+mod observe;
 mod serve;
 
 use std::process::ExitCode;
@@ -65,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = logging::init(filter);
     let result = match cli.command {
         // The load generator sizes its own runtime (-t).
         Command::Bench(args) => bench::run(args),
@@ -82,6 +84,8 @@ fn main() -> ExitCode {
             Ok(())
         }
     };
+    // Buffered log lines first, then the error that ended the command.
+    drop(logs);
     exit_code(result)
 }
 

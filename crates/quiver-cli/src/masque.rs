@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::get::usage;
 use crate::identity::{ClientTlsArgs, IdentityArgs};
+use crate::observe::{MetricsArgs, QlogArgs};
 
 /// Local peers (source addresses) `quiver masque client` forwards for at once, one tunnel each; past
 /// it the least recently used flow is closed. A DNS stub resolver uses a fresh source port per query,
@@ -89,6 +90,10 @@ struct ProxyArgs {
     /// Name of the TUN device CONNECT-IP uses.
     #[arg(long, value_name = "NAME", default_value = "quiver-ip0", requires = "ip_pool")]
     tun: String,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+    #[command(flatten)]
+    qlog: QlogArgs,
 }
 
 /// How `quiver masque client` and `bench` reach the proxy.
@@ -105,6 +110,8 @@ struct ProxyConnectArgs {
     /// Send `Proxy-Authorization: Bearer TOKEN`.
     #[arg(long, env = "QUIVER_MASQUE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    #[command(flatten)]
+    qlog: QlogArgs,
 }
 
 /// Options of `quiver masque client`.
@@ -163,6 +170,7 @@ pub async fn run(args: MasqueArgs) -> anyhow::Result<()> {
 }
 
 async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
+    let metrics = args.metrics.install()?;
     let policy = if args.allow.is_empty() {
         TargetPolicy::default()
     } else {
@@ -194,7 +202,10 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         ..ProxyConfig::default()
     };
     let server_identity = args.identity.load()?;
-    let quic = quiver_masque::proxy_server_config(&config).identity(server_identity.identity.clone()).build()?;
+    let quic = quiver_masque::proxy_server_config(&config)
+        .identity(server_identity.identity.clone())
+        .with_transport(|transport| args.qlog.apply(transport))
+        .build()?;
     let endpoint = Endpoint::server(args.listen, quic)?;
     let addr = endpoint.local_addr();
     let rules: Vec<String> = config.policy.rules().iter().map(ToString::to_string).collect();
@@ -215,6 +226,10 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         say!("  quiver masque client --proxy https://{addr} -k --listen 127.0.0.1:5353 --target HOST:PORT");
     }
     let proxy = Proxy::new(config);
+    if let Some(metrics) = metrics {
+        let proxy = proxy.clone();
+        metrics.serve(endpoint.clone(), move || quiver_masque::metrics::publish(&proxy.stats())).await?;
+    }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         say!("shutting down: closing every connection");
@@ -265,7 +280,8 @@ fn run_ip(args: &[&str]) -> anyhow::Result<()> {
 
 fn masque_client(args: &ProxyConnectArgs, datagrams: bool) -> anyhow::Result<MasqueClient> {
     let template = UriTemplate::parse(&args.template).map_err(|err| usage(err.to_string()))?;
-    let mut config = quiver_masque::client_config().datagrams(datagrams);
+    let mut config =
+        quiver_masque::client_config().datagrams(datagrams).with_transport(|transport| args.qlog.apply(transport));
     config = args.tls.apply(config);
     check_token(args.token.as_deref())?;
     let mut client = MasqueClient::new(&args.proxy, config.build()?).map_err(|err| usage(err.to_string()))?;

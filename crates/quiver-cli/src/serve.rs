@@ -18,6 +18,7 @@ use quiver_h3::{PeerAddr, RecvBody, Server};
 use tokio::io::AsyncRead;
 
 use crate::identity::IdentityArgs;
+use crate::observe::{MetricsArgs, QlogArgs};
 
 /// Options of `quiver serve`.
 #[derive(Debug, clap::Args)]
@@ -33,6 +34,10 @@ pub struct ServeArgs {
     /// Seconds to let in-flight requests finish after Ctrl-C.
     #[arg(long, default_value_t = 10)]
     pub drain_seconds: u64,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub qlog: QlogArgs,
 }
 
 const INDEX_HTML: &str = include_str!("site/index.html");
@@ -42,6 +47,7 @@ const MAX_DEMO_BYTES: u64 = 1 << 40;
 const FILE_CHUNK_BYTES: usize = 64 * 1024;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let metrics = args.metrics.install()?;
     let server_identity = args.identity.load()?;
     let identity = server_identity.identity.clone();
     let root = match &args.dir {
@@ -54,6 +60,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .identity(identity.clone())
         .max_streams(1000, 100)
         .flow_control(32 * 1024 * 1024, 8 * 1024 * 1024)
+        .with_transport(|transport| args.qlog.apply(transport))
         .build()?;
     let endpoint = Endpoint::server(args.listen, config)?;
     let addr = endpoint.local_addr();
@@ -66,6 +73,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         say!("{notice}");
         say!("  chromium --origin-to-force-quic-on={addr} --ignore-certificate-errors-spki-list={pin} https://{addr}/");
         say!("  quiver get -k https://{addr}/");
+    }
+    if let Some(metrics) = metrics {
+        metrics.serve(endpoint.clone(), || {}).await?;
     }
     let site = Arc::new(Site { root });
     let service = tower::service_fn(move |request| {
