@@ -446,13 +446,13 @@ impl Flow {
                 next = datagrams.recv() => {
                     let Some(payload) = next else { return };
                     idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
-                    if let Err(err) = tunnel.send(&payload) {
-                        if let Some(dropped) = drops.dropped(Instant::now()) {
-                            complain(format_args!(
-                                "{dropped} datagram(s) from {peer} dropped, the last of {} bytes: {err}",
-                                payload.len()
-                            ));
-                        }
+                    if let Err(err) = tunnel.send(&payload)
+                        && let Some(dropped) = drops.dropped(Instant::now())
+                    {
+                        complain(format_args!(
+                            "{dropped} datagram(s) from {peer} dropped, the last of {} bytes: {err}",
+                            payload.len()
+                        ));
                     }
                 }
                 received = tunnel.recv() => match received {
