@@ -154,6 +154,14 @@ fn serve_counts_requests_by_status_and_writes_a_qlog_per_connection() {
     assert!(sample(&samples, "quiver_received_bytes_total") >= 5.0 * 1200.0, "five Initials at least");
     assert!(sample(&samples, "quiver_sent_bytes_total") > 0.0);
     assert_eq!(file_count(&qlogs), 5, "one qlog per connection");
+    // One access line per request, on standard error within the log buffer's flush interval:
+    // "2026-11-25T14:05:10Z 127.0.0.1:50190 \"GET /nope HTTP/3\" 404 10 0.012ms".
+    let access = line_with(&served.stderr, "\"GET /nope HTTP/3\" 404 10 ").expect("an access line");
+    let fields: Vec<&str> = access.split(' ').collect();
+    assert_eq!(fields.len(), 8, "{access}");
+    assert!(fields[0].len() == 20 && fields[0].ends_with('Z') && fields[0].as_bytes()[10] == b'T', "{access}");
+    assert!(fields[1].starts_with("127.0.0.1:"), "{access}");
+    assert!(fields[7].ends_with("ms") && fields[7].contains('.'), "{access}");
     drop(served);
     std::fs::remove_dir_all(&qlogs).ok();
 }
