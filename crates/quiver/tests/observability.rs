@@ -149,3 +149,50 @@ async fn handshake_info_and_live_stats_on_both_ends() {
     guarded("close", server_side.closed()).await;
     assert!(server_side.stats().await.is_none(), "no stats once closed");
 }
+
+/// A log writer that keeps what it is given.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn connection_spans_name_the_scid_peer_and_alpn() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("quiver=debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // A current-thread runtime under a thread-local subscriber: every task logs here.
+    let trace_id = tracing::subscriber::with_default(subscriber, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let identity = identity();
+            let server = spawn_echo_server(server_builder(&identity).build().unwrap());
+            let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
+            let (app, results) = EchoClient::new(vec![b"hello".to_vec()]);
+            let connection = guarded("connect", client.connect(server.local_addr(), "localhost", app)).await.unwrap();
+            guarded("echo", results).await.unwrap();
+            guarded("close", connection.closed()).await;
+            guarded("client idle", client.wait_idle()).await;
+            connection.trace_id().to_owned()
+        })
+    });
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let closed = logs
+        .lines()
+        .find(|line| line.contains("connection closed") && line.contains(&trace_id))
+        .unwrap_or_else(|| panic!("no close line for {trace_id} in\n{logs}"));
+    let expected = format!("conn{{scid={trace_id} peer=127.0.0.1:");
+    assert!(closed.contains(&expected) && closed.contains("alpn=\"echo\"}"), "{closed}");
+}
