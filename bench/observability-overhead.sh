@@ -26,14 +26,16 @@ run() {
   before=$(awk '{print $14 + $15}' "/proc/$server/stat")
   out=$(taskset -c 1 "$quiver" bench -k -c 8 -m 32 -d "$seconds" "https://127.0.0.1:$port/bytes/100")
   after=$(awk '{print $14 + $15}' "/proc/$server/stat")
+  local scraped=""
   if [ "$mode" = on ]; then
-    local metrics
-    metrics=$(grep -o 'http://[0-9.:]*/metrics' "$work/stdout")
-    local scraped
-    scraped=$(curl -sf "$metrics")
-    grep -q '^quiver_http_requests_total{status="200"}' <<<"$scraped" || { echo "no request metrics" >&2; exit 1; }
+    scraped=$(curl -sf "$(grep -o 'http://[0-9.:]*/metrics' "$work/stdout")" || true)
   fi
+  # Stopped before any check: this function runs in a subshell, whose exit would leave it running.
   kill "$server"; wait "$server" 2>/dev/null || true
+  if [ "$mode" = on ] && ! grep -q '^quiver_http_requests_total{status="200"}' <<<"$scraped"; then
+    echo "no request metrics in the scrape" >&2
+    exit 1
+  fi
   local count rate
   count=$(echo "$out" | awk '/^requests:/ {print $2}')
   rate=$(echo "$out" | awk '/^requests\/s:/ {print $2}')
