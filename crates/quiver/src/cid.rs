@@ -6,8 +6,11 @@
 //! endpoint forwards a packet that lands on the wrong socket to the router that knows it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use rand::RngCore;
+
+use crate::token::ResetTokens;
 
 /// Length of every connection ID this endpoint issues: 1 router byte + 15 random bytes (120 bits is
 /// far beyond guessing range).
@@ -22,15 +25,18 @@ pub fn router_index(cid: &[u8]) -> Option<usize> {
 /// Shortest DCID a client may put in its first Initial (RFC 9000 §7.2).
 pub const MIN_INITIAL_DCID_LEN: usize = 8;
 
-/// Mints connection IDs for one router.
+/// Mints connection IDs for one router, and the stateless-reset token that goes with each.
 #[derive(Debug, Clone)]
 pub(crate) struct CidGenerator {
     router_index: u8,
+    /// Server endpoints derive reset tokens from their secret, so a restarted server (or another of
+    /// the fleet) can still reset the connection; clients' tokens are never used, so random.
+    reset_tokens: Option<Arc<ResetTokens>>,
 }
 
 impl CidGenerator {
-    pub(crate) fn new(router_index: u8) -> Self {
-        Self { router_index }
+    pub(crate) fn new(router_index: u8, reset_tokens: Option<Arc<ResetTokens>>) -> Self {
+        Self { router_index, reset_tokens }
     }
 
     pub(crate) fn generate(&self) -> quiche::ConnectionId<'static> {
@@ -40,7 +46,10 @@ impl CidGenerator {
         quiche::ConnectionId::from_vec(bytes)
     }
 
-    pub(crate) fn reset_token(&self) -> u128 {
+    pub(crate) fn reset_token(&self, cid: &[u8]) -> u128 {
+        if let Some(tokens) = &self.reset_tokens {
+            return tokens.token(cid);
+        }
         let mut token = [0u8; 16];
         rand::rng().fill_bytes(&mut token);
         u128::from_be_bytes(token)
@@ -177,7 +186,7 @@ mod tests {
 
     #[test]
     fn generated_cids_carry_router_index() {
-        let generator = CidGenerator::new(7);
+        let generator = CidGenerator::new(7, None);
         let first = generator.generate();
         let second = generator.generate();
         assert_eq!(first.len(), LOCAL_CID_LEN);

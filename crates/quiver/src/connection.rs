@@ -145,6 +145,8 @@ pub(crate) struct CoreParts<'a> {
     pub(crate) odcid: Option<Vec<u8>>,
     /// Give up if the handshake has not completed by then (clients).
     pub(crate) handshake_timeout: Option<Duration>,
+    /// The client address counted against the per-source connection limit (servers that have one).
+    pub(crate) source: Option<std::net::IpAddr>,
 }
 
 /// Starts the application's task on an accepted connection (the handshake task hands its state over).
@@ -213,6 +215,11 @@ pub(crate) struct ConnectionCore {
     handle: Option<ConnectionHandle>,
     established_waiter: Option<oneshot::Sender<Result<ConnectionHandle, ConnectionError>>>,
     shutdown: watch::Receiver<bool>,
+    /// Counted in the endpoint's handshakes in flight until established or gone (servers).
+    handshaking: bool,
+    source: Option<std::net::IpAddr>,
+    /// The server's stateless-reset token, once registered with the router (clients).
+    peer_reset_token: Option<u128>,
 }
 
 impl ConnectionCore {
@@ -223,6 +230,10 @@ impl ConnectionCore {
         let mut registered = vec![parts.conn.source_id().to_vec()];
         registered.extend(parts.odcid.iter().cloned());
         parts.shared.counters.active_connections.fetch_add(1, Ordering::Relaxed);
+        let handshaking = parts.conn.is_server() && !parts.conn.is_established();
+        if handshaking {
+            parts.shared.counters.handshakes_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
         Self {
             trace_id: parts.conn.trace_id().to_owned(),
             created: Instant::now(),
@@ -247,6 +258,9 @@ impl ConnectionCore {
             closed_tx,
             handle: None,
             established_waiter: None,
+            handshaking,
+            source: parts.source,
+            peer_reset_token: None,
         }
     }
 
@@ -385,12 +399,23 @@ impl ConnectionCore {
     fn recv(&mut self, mut inbound: Inbound) {
         let info = quiche::RecvInfo { from: inbound.from, to: self.router.socket.local_addr() };
         let (len, stride) = (inbound.len(), inbound.stride());
+        let was_open = !self.conn.is_closed();
         for datagram in inbound.buffer[..len].chunks_mut(stride) {
             if let Err(err) = self.conn.recv(datagram, info)
                 && err != quiche::Error::Done
             {
                 tracing::trace!(error = %err, "packet rejected by quiche");
             }
+        }
+        // quiche closes a connection silently when a packet is the peer's stateless reset: no error on
+        // either side and no timeout is how it looks from here.
+        if was_open
+            && self.conn.is_closed()
+            && self.conn.peer_error().is_none()
+            && self.conn.local_error().is_none()
+            && !self.conn.is_timed_out()
+        {
+            self.forced_reason.get_or_insert(ConnectionError::StatelessReset);
         }
         self.queue.release(inbound.datagrams());
         self.shared.give_back(inbound.buffer);
@@ -414,8 +439,15 @@ impl ConnectionCore {
         }
     }
 
+    fn handshake_over(&mut self) {
+        if std::mem::take(&mut self.handshaking) {
+            self.shared.counters.handshakes_in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Publishes the handle once the handshake is done (first call only).
     fn on_established(&mut self) {
+        self.handshake_over();
         if self.handle.is_some() {
             return;
         }
@@ -460,6 +492,18 @@ impl ConnectionCore {
         if !self.conn.is_established() || self.conn.is_draining() {
             return;
         }
+        if !self.conn.is_server()
+            && self.peer_reset_token.is_none()
+            && let Some(token) = self.conn.peer_transport_params().and_then(|params| params.stateless_reset_token)
+            && let Some(inbound) = self.route.upgrade()
+        {
+            // The router needs the token to recognise the server's stateless reset, whose connection
+            // ID is random (RFC 9000 §10.3.1).
+            let route = Route { inbound, queue: self.queue.clone() };
+            if self.router.commands.send(RouterCommand::RegisterResetToken(token, route)).await.is_ok() {
+                self.peer_reset_token = Some(token);
+            }
+        }
         while self.conn.scids_left() > 0 && self.conn.active_scids() < MAX_ISSUED_CIDS {
             let Some(inbound) = self.route.upgrade() else { return };
             let cid = self.router.cids.generate();
@@ -470,7 +514,7 @@ impl ConnectionCore {
                 return;
             }
             self.registered.push(cid.to_vec());
-            if self.conn.new_scid(&cid, self.router.cids.reset_token(), false).is_err() {
+            if self.conn.new_scid(&cid, self.router.cids.reset_token(&cid), false).is_err() {
                 self.registered.pop();
                 let _ = self.router.commands.send(RouterCommand::Unregister(vec![cid.to_vec()])).await;
                 return;
@@ -587,6 +631,9 @@ impl ConnectionCore {
             Ok(())
         });
         let cids = std::mem::take(&mut self.registered);
+        if let Some(token) = self.peer_reset_token.take() {
+            let _ = self.router.commands.send(RouterCommand::UnregisterResetToken(token)).await;
+        }
         if self.router.commands.send(RouterCommand::Unregister(cids)).await.is_ok() {
             self.unregistered = true;
         }
@@ -599,6 +646,13 @@ impl ConnectionCore {
 
 impl Drop for ConnectionCore {
     fn drop(&mut self) {
+        self.handshake_over();
+        if let (Some(sources), Some(source)) = (&self.shared.source_connections, self.source) {
+            sources.remove(source);
+        }
+        if let Some(token) = self.peer_reset_token.take() {
+            let _ = self.router.commands.try_send(RouterCommand::UnregisterResetToken(token));
+        }
         if !self.unregistered {
             let cids = std::mem::take(&mut self.registered);
             // Best effort; if the router's queue is full it heals the table when a packet comes.

@@ -14,11 +14,13 @@ use crate::cid::CidGenerator;
 use crate::config::{ClientConfig, ServerConfig};
 use crate::connection::{self, ConnectionCore, ConnectionHandle, CoreParts, StartSender};
 use crate::error::{ConnectError, ConnectionError, EndpointError};
+use crate::limits::{SourceConnections, SourceRates};
 use crate::router::{
     FORWARD_QUEUE, ROUTER_COMMAND_QUEUE, Route, Router, RouterCommand, RouterHandle, RouterParts, ServerRole, Siblings,
 };
 use crate::socket::QuicSocket;
 use crate::stats::{EndpointCounters, EndpointStats};
+use crate::token::ResetTokens;
 
 /// State every router and connection task of one endpoint shares.
 #[derive(Debug)]
@@ -30,6 +32,10 @@ pub(crate) struct EndpointShared {
     pub(crate) small_buffers: BufferPool,
     pub(crate) idle: Notify,
     shutdown: watch::Sender<bool>,
+    /// Handshake rate per client address, if the server limits it.
+    pub(crate) source_rates: Option<SourceRates>,
+    /// Live connections per client address, if the server limits them.
+    pub(crate) source_connections: Option<SourceConnections>,
 }
 
 impl EndpointShared {
@@ -165,6 +171,16 @@ impl EndpointBuilder {
             counters: EndpointCounters::default(),
             large_buffers: BufferPool::large(),
             small_buffers: BufferPool::small(),
+            source_rates: self
+                .server
+                .as_ref()
+                .and_then(|config| config.handshake_rate_per_source)
+                .map(SourceRates::new),
+            source_connections: self
+                .server
+                .as_ref()
+                .and_then(|config| config.max_connections_per_source)
+                .map(SourceConnections::new),
             idle: Notify::new(),
             shutdown,
         });
@@ -193,19 +209,16 @@ impl EndpointBuilder {
         let (forward_senders, forward_receivers): (Vec<_>, Vec<_>) =
             sockets.iter().map(|_| mpsc::channel(FORWARD_QUEUE)).unzip();
         let siblings = Siblings { forward: forward_senders.into() };
+        let reset_tokens = server.as_ref().map(|config| Arc::new(ResetTokens::new(&config.secret)));
         for (index, (socket, forwarded)) in sockets.into_iter().zip(forward_receivers).enumerate() {
             let (commands_tx, commands_rx) = mpsc::channel(ROUTER_COMMAND_QUEUE);
             let handle = RouterHandle {
                 socket,
                 commands: commands_tx,
-                cids: CidGenerator::new(u8::try_from(index).unwrap_or(u8::MAX)),
+                cids: CidGenerator::new(u8::try_from(index).unwrap_or(u8::MAX), reset_tokens.clone()),
             };
             let role = match &server {
-                Some(config) => Some(ServerRole {
-                    quiche_config: config.quiche_config()?,
-                    config: config.clone(),
-                    accept_queue: accept_tx.clone(),
-                }),
+                Some(config) => Some(ServerRole::new(config.clone(), accept_tx.clone())?),
                 None => None,
             };
             tasks.push(Router::new(RouterParts {
@@ -345,6 +358,7 @@ impl Endpoint {
             shared: self.inner.shared.clone(),
             odcid: None,
             handshake_timeout: Some(client.config.handshake_timeout),
+            source: None,
         });
         drop(route);
         self.inner.shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);

@@ -126,6 +126,10 @@ pub enum ConnectionError {
     /// This side closed the connection (the application or a handle asked for it, or a protocol error).
     #[error("closed locally: {0}")]
     LocallyClosed(CloseReason),
+    /// The peer sent a stateless reset: it no longer knows this connection (it restarted, or lost
+    /// its state). Nothing more will arrive on it.
+    #[error("reset by the peer: it no longer knows this connection (stateless reset)")]
+    StatelessReset,
     /// The endpoint shut down and took the connection with it.
     #[error("endpoint shut down")]
     EndpointShutdown,

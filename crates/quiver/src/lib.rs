@@ -51,18 +51,21 @@ mod connection;
 mod endpoint;
 mod error;
 mod handshake;
+mod limits;
 pub mod metrics;
 mod qlog;
 mod router;
 mod socket;
 mod stats;
+mod token;
 
 pub use crate::app::{ApplicationOverQuic, QuicConnection};
 pub use crate::cid::LOCAL_CID_LEN;
 pub use crate::config::{
-    ClientConfig, ClientConfigBuilder, CongestionControl, DEFAULT_ACCEPT_BACKLOG, DEFAULT_CONNECTION_QUEUE_DATAGRAMS,
-    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, ServerConfig, ServerConfigBuilder, TlsIdentity,
-    TransportConfig,
+    AddressValidation, ClientConfig, ClientConfigBuilder, CongestionControl, DEFAULT_ACCEPT_BACKLOG,
+    DEFAULT_ADDRESS_VALIDATION, DEFAULT_CONNECTION_QUEUE_DATAGRAMS, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HANDSHAKES_IN_FLIGHT, RateLimit, STATELESS_RESET_RATE, ServerConfig, ServerConfigBuilder, ServerSecret,
+    TlsIdentity, TransportConfig,
 };
 pub use crate::connection::ConnectionHandle;
 pub use crate::endpoint::{Endpoint, EndpointBuilder, IncomingConnection};

@@ -8,10 +8,12 @@
 //! It owns the CID table; connection tasks change it only through [`RouterCommand`]s, which the router
 //! applies before it reads more packets, so a CID is always mapped before a peer can learn it.
 
+use std::collections::HashMap;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime};
 
 use quinn_udp::{RecvMeta, Transmit};
 use tokio::sync::mpsc;
@@ -20,10 +22,12 @@ use tracing::Instrument;
 
 use crate::buffer::LARGE_BUFFER_BYTES;
 use crate::cid::{self, CidGenerator, CidTable, MIN_INITIAL_DCID_LEN, PacketKind};
-use crate::config::ServerConfig;
+use crate::config::{AddressValidation, STATELESS_RESET_RATE, ServerConfig};
 use crate::connection::{self, ConnectionCore, CoreParts};
 use crate::endpoint::{EndpointShared, IncomingConnection};
+use crate::limits::{RateLimit, RateLimiter};
 use crate::stats::DropReason;
+use crate::token::RetryTokens;
 
 /// Datagrams on their way from a router to a connection task: one datagram, or a GRO run of
 /// equal-size datagrams from one sender, in a pooled buffer the connection gives back once quiche has
@@ -116,6 +120,9 @@ impl Route {
 pub(crate) enum RouterCommand {
     Register(Vec<u8>, Route),
     Unregister(Vec<Vec<u8>>),
+    /// A client connection learned its server's stateless-reset token.
+    RegisterResetToken(u128, Route),
+    UnregisterResetToken(u128),
 }
 
 /// Commands queued for one router before connection tasks wait for room. Tasks only send a few per
@@ -152,7 +159,34 @@ pub(crate) struct ServerRole {
     pub(crate) quiche_config: quiche::Config,
     pub(crate) config: Arc<ServerConfig>,
     pub(crate) accept_queue: mpsc::Sender<IncomingConnection>,
+    pub(crate) retry_tokens: RetryTokens,
 }
+
+impl ServerRole {
+    pub(crate) fn new(
+        config: Arc<ServerConfig>,
+        accept_queue: mpsc::Sender<IncomingConnection>,
+    ) -> Result<Self, crate::error::ConfigError> {
+        Ok(Self {
+            quiche_config: config.quiche_config()?,
+            retry_tokens: RetryTokens::new(config.secret.clone()),
+            config,
+            accept_queue,
+        })
+    }
+}
+
+/// Longest Retry packet we build: header, two connection IDs, a token and the integrity tag.
+const MAX_RETRY_BYTES: usize = 256;
+/// A stateless reset must look like a short-header packet: at least 21 bytes (RFC 9000 §10.3), and we
+/// only answer packets longer than that so ours can be shorter than theirs.
+const MIN_STATELESS_RESET_BYTES: usize = 21;
+/// Longest reset we send; any length above the minimum hides the packet as well.
+const MAX_STATELESS_RESET_BYTES: usize = 64;
+/// Transport error code CONNECTION_REFUSED (RFC 9000 §20.1).
+const CONNECTION_REFUSED: u64 = 0x2;
+/// Refusals cost a ClientHello's processing each; past this budget the Initial is just dropped.
+const REFUSAL_RATE: RateLimit = RateLimit { per_second: 200.0, burst: 50.0 };
 
 /// How a router reaches its siblings (the other sockets of its endpoint) to forward packets whose
 /// connection ID names them.
@@ -168,8 +202,12 @@ pub(crate) struct Router {
     forwarded: mpsc::Receiver<Inbound>,
     siblings: Siblings,
     routes: CidTable<Route>,
+    /// Client connections by their server's stateless-reset token (one entry per connection).
+    reset_routes: HashMap<u128, Route, foldhash::fast::RandomState>,
     server: Option<ServerRole>,
     shared: Arc<EndpointShared>,
+    resets: RateLimiter,
+    refusals: RateLimiter,
 }
 
 /// Whether a datagram was already counted as received by the router that read it.
@@ -200,8 +238,11 @@ impl Router {
             forwarded: parts.forwarded,
             siblings: parts.siblings,
             routes: CidTable::default(),
+            reset_routes: HashMap::default(),
             server: parts.server,
             shared: parts.shared,
+            resets: RateLimiter::new(STATELESS_RESET_RATE),
+            refusals: RateLimiter::new(REFUSAL_RATE),
         }
     }
 
@@ -268,12 +309,42 @@ impl Router {
 
     fn apply(&mut self, command: RouterCommand) {
         match command {
-            RouterCommand::Register(cid, route) => self.routes.insert(&cid, route),
+            RouterCommand::Register(cid, route) => self.map(&cid, route),
             RouterCommand::Unregister(cids) => {
                 for cid in cids {
-                    self.routes.remove(&cid);
+                    self.unmap(&cid);
                 }
             }
+            RouterCommand::RegisterResetToken(token, route) => {
+                self.reset_routes.insert(token, route);
+            }
+            RouterCommand::UnregisterResetToken(token) => {
+                self.reset_routes.remove(&token);
+            }
+        }
+    }
+
+    fn map(&mut self, cid: &[u8], route: Route) {
+        let before = self.routes.len();
+        self.routes.insert(cid, route);
+        self.publish_route_count(before);
+    }
+
+    fn unmap(&mut self, cid: &[u8]) {
+        let before = self.routes.len();
+        self.routes.remove(cid);
+        self.publish_route_count(before);
+    }
+
+    /// Keeps the endpoint's count of mapped connection IDs (all routers together) in step with this
+    /// router's table after a change.
+    fn publish_route_count(&self, before: usize) {
+        let now = self.routes.len();
+        let counter = &self.shared.counters.routed_connection_ids;
+        if now > before {
+            counter.fetch_add((now - before) as u64, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub((before - now) as u64, Ordering::Relaxed);
         }
     }
 
@@ -340,39 +411,8 @@ impl Router {
             PacketKind::Long { version, dcid, is_initial } => (dcid, Some((version, is_initial))),
         };
         if let Some(route) = self.routes.get(dcid) {
-            if !route.queue.reserve(1) {
-                route.queue.drops.fetch_add(1, Ordering::Relaxed);
-                counters.drop(DropReason::QueueFull);
-                return;
-            }
-            let mut buffer = self.shared.small_buffers.take();
-            let Some(copy) = buffer.get_mut(..data.len()) else {
-                // Larger than any datagram we accept (jumbo loopback MTU): not a packet for us.
-                route.queue.release(1);
-                self.shared.small_buffers.give_back(buffer);
-                counters.drop(DropReason::Unparseable);
-                return;
-            };
-            copy.copy_from_slice(data);
-            let inbound = Inbound::new(buffer, data.len(), data.len(), from);
-            match route.inbound.try_send(inbound) {
-                Ok(()) => {
-                    counters.datagrams_delivered.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(TrySendError::Full(inbound)) => {
-                    route.queue.release(1);
-                    route.queue.drops.fetch_add(1, Ordering::Relaxed);
-                    self.shared.small_buffers.give_back(inbound.buffer);
-                    counters.drop(DropReason::QueueFull);
-                }
-                Err(TrySendError::Closed(inbound)) => {
-                    route.queue.release(1);
-                    self.shared.small_buffers.give_back(inbound.buffer);
-                    let dead = route.inbound.clone();
-                    self.forget_dead_route(&dead);
-                    self.shared.counters.drop(DropReason::ConnectionGone);
-                }
-            }
+            let route = route.clone();
+            self.deliver(&route, data, from);
             return;
         }
         if origin == Origin::Socket && self.forward_to_owner(data, dcid, from) {
@@ -383,18 +423,75 @@ impl Router {
                 self.negotiate_version(data, from);
                 self.shared.counters.drop(DropReason::UnsupportedVersion);
             }
-            Some((_, true)) => {
+            Some((_, true)) => self.accept(data, from, to),
+            Some(_) => counters.drop(DropReason::UnknownConnection),
+            None => {
+                // A stateless reset looks like a short-header packet with a random connection ID; only
+                // its last 16 bytes say which connection it ends (RFC 9000 §10.3.1).
+                if let Some(route) = self.reset_token_route(data) {
+                    self.deliver(&route, data, from);
+                    return;
+                }
+                counters.drop(DropReason::UnknownConnection);
                 let dcid = dcid.to_vec();
-                self.accept(data, dcid, from, to);
+                self.send_stateless_reset(data, &dcid, from);
             }
-            _ => counters.drop(DropReason::UnknownConnection),
         }
+    }
+
+    /// Copies one datagram into a pooled buffer and queues it for `route`'s connection, or drops it and
+    /// counts why.
+    fn deliver(&mut self, route: &Route, data: &[u8], from: SocketAddr) {
+        let counters = &self.shared.counters;
+        if !route.queue.reserve(1) {
+            route.queue.drops.fetch_add(1, Ordering::Relaxed);
+            counters.drop(DropReason::QueueFull);
+            return;
+        }
+        let mut buffer = self.shared.small_buffers.take();
+        let Some(copy) = buffer.get_mut(..data.len()) else {
+            // Larger than any datagram we accept (jumbo loopback MTU): not a packet for us.
+            route.queue.release(1);
+            self.shared.small_buffers.give_back(buffer);
+            counters.drop(DropReason::Unparseable);
+            return;
+        };
+        copy.copy_from_slice(data);
+        match route.inbound.try_send(Inbound::new(buffer, data.len(), data.len(), from)) {
+            Ok(()) => {
+                counters.datagrams_delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(inbound)) => {
+                route.queue.release(1);
+                route.queue.drops.fetch_add(1, Ordering::Relaxed);
+                self.shared.small_buffers.give_back(inbound.buffer);
+                counters.drop(DropReason::QueueFull);
+            }
+            Err(TrySendError::Closed(inbound)) => {
+                route.queue.release(1);
+                self.shared.small_buffers.give_back(inbound.buffer);
+                self.forget_dead_route(&route.inbound);
+                self.shared.counters.drop(DropReason::ConnectionGone);
+            }
+        }
+    }
+
+    /// The connection whose peer's stateless-reset token ends `data`, if `data` could be a reset.
+    fn reset_token_route(&self, data: &[u8]) -> Option<Route> {
+        if data.len() < MIN_STATELESS_RESET_BYTES || self.reset_routes.is_empty() {
+            return None;
+        }
+        let token = u128::from_be_bytes(data[data.len() - 16..].try_into().ok()?);
+        self.reset_routes.get(&token).cloned()
     }
 
     /// The task behind `dead` ended without unregistering (it panicked, or its last command was lost):
     /// heal the table, dropping every CID of that connection, not just the one a packet named.
     fn forget_dead_route(&mut self, dead: &mpsc::Sender<Inbound>) {
+        let before = self.routes.len();
         self.routes.retain(|route| !route.inbound.same_channel(dead));
+        self.publish_route_count(before);
+        self.reset_routes.retain(|_, route| !route.inbound.same_channel(dead));
     }
 
     /// Sends a datagram whose connection ID names another router of this endpoint to that router (a
@@ -445,12 +542,16 @@ impl Router {
         }
     }
 
-    /// Starts a server connection from a client's first Initial.
+    /// Starts a server connection from a client's first Initial, after admission: address validation
+    /// (Retry), then the endpoint's limits.
     ///
-    /// The first packet is processed here, before any task exists: an Initial that does not decrypt
-    /// costs one failed AEAD open and no allocation beyond the discarded connection state.
-    fn accept(&mut self, data: &mut [u8], odcid: Vec<u8>, from: SocketAddr, to: SocketAddr) {
-        let counters = &self.shared.counters;
+    /// Everything before `quiche::accept` is cheap and stateless: a spoofed flood costs a header parse,
+    /// an HMAC and at most one small Retry packet per datagram. The first packet is then processed
+    /// here, before any task exists: an Initial that does not decrypt costs one failed AEAD open and no
+    /// allocation beyond the discarded connection state.
+    fn accept(&mut self, data: &mut [u8], from: SocketAddr, to: SocketAddr) {
+        let shared = self.shared.clone();
+        let counters = &shared.counters;
         let Some(server) = self.server.as_mut() else {
             counters.drop(DropReason::NotAServer);
             return;
@@ -459,19 +560,80 @@ impl Router {
             counters.drop(DropReason::InitialTooShort);
             return;
         }
-        if odcid.len() < MIN_INITIAL_DCID_LEN {
+        let Ok(header) = quiche::Header::from_slice(data, crate::cid::LOCAL_CID_LEN) else {
+            counters.drop(DropReason::Unparseable);
+            return;
+        };
+        if header.dcid.len() < MIN_INITIAL_DCID_LEN {
             counters.drop(DropReason::InvalidInitialCid);
             return;
         }
-        if counters.active_connections.load(Ordering::Relaxed) >= server.config.max_connections as u64 {
-            counters.drop(DropReason::ConnectionLimit);
+        let config = server.config.clone();
+        // A token in an Initial is one of our Retry tokens or worthless (we never send NEW_TOKEN).
+        let validated = match header.token.as_deref().filter(|token| !token.is_empty()) {
+            None => None,
+            Some(token) => match server.retry_tokens.validate(token, from, &header.dcid, SystemTime::now()) {
+                Ok(validated) => Some(validated),
+                Err(err) => {
+                    tracing::debug!(%from, ?err, "Initial with an invalid Retry token");
+                    counters.drop(DropReason::InvalidToken);
+                    return;
+                }
+            },
+        };
+        let in_flight = counters.handshakes_in_flight.load(Ordering::Relaxed) as usize;
+        let rate_ok = shared.source_rates.as_ref().is_none_or(|rates| rates.allow(from.ip(), Instant::now()));
+        let can_retry = config.address_validation != AddressValidation::Never;
+        if validated.is_none() && can_retry {
+            let loaded = match config.address_validation {
+                AddressValidation::Always => true,
+                AddressValidation::Never => false,
+                AddressValidation::UnderLoad { handshakes_in_flight } => in_flight >= handshakes_in_flight,
+            };
+            // Past a hard limit a client must prove its address before we spend anything on refusing it.
+            let over_limit = !rate_ok
+                || in_flight >= config.max_handshakes_in_flight
+                || counters.active_connections.load(Ordering::Relaxed) >= config.max_connections as u64;
+            if loaded || over_limit {
+                self.send_retry(&header, from);
+                return;
+            }
+        }
+        let refusal = if !rate_ok {
+            Some(DropReason::SourceRateLimit)
+        } else if counters.active_connections.load(Ordering::Relaxed) >= config.max_connections as u64 {
+            Some(DropReason::ConnectionLimit)
+        } else if in_flight >= config.max_handshakes_in_flight {
+            Some(DropReason::HandshakeLimit)
+        } else if shared.source_connections.as_ref().is_some_and(|sources| !sources.try_add(from.ip())) {
+            Some(DropReason::SourceConnectionLimit)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.refuse(data, from, to, reason);
             return;
         }
-        let scid = self.handle.cids.generate();
-        let mut conn = match quiche::accept(&scid, None, to, from, &mut server.quiche_config) {
+        let counted_source = shared.source_connections.as_ref().map(|_| from.ip());
+        let forget_source = || {
+            if let (Some(sources), Some(source)) = (&shared.source_connections, counted_source) {
+                sources.remove(source);
+            }
+        };
+        // After a Retry the client addresses us by the ID our Retry gave it; keep it as our ID.
+        let (scid, client_dcid, odcid) = match validated {
+            Some(validated) => (header.dcid.clone().into_owned(), None, Some(validated.original_dcid)),
+            None => (self.handle.cids.generate(), Some(header.dcid.to_vec()), None),
+        };
+        let Some(server) = self.server.as_mut() else { return };
+        let reset_token = server.config.stateless_reset.then(|| self.handle.cids.reset_token(&scid));
+        server.quiche_config.set_stateless_reset_token(reset_token);
+        let odcid_ref = odcid.as_ref().map(|odcid| quiche::ConnectionId::from_ref(odcid));
+        let mut conn = match quiche::accept(&scid, odcid_ref.as_ref(), to, from, &mut server.quiche_config) {
             Ok(conn) => conn,
             Err(err) => {
                 tracing::debug!(error = %err, %from, "quiche refused an Initial");
+                forget_source();
                 counters.drop(DropReason::AcceptFailed);
                 return;
             }
@@ -482,6 +644,7 @@ impl Router {
         let qlog = server.config.transport.qlog_dir.as_ref().map(|dir| crate::qlog::attach(&mut conn, dir));
         let processed = conn.recv(data, quiche::RecvInfo { from, to });
         if processed.is_err() || conn.stats().recv == 0 {
+            forget_source();
             counters.drop(DropReason::InvalidInitial);
             return;
         }
@@ -490,19 +653,106 @@ impl Router {
             qlog.open();
         }
 
+        let accept_queue = server.accept_queue.clone();
         let (route, inbound_rx) = Route::new(server.config.transport.connection_queue_datagrams);
-        self.routes.insert(&scid, route.clone());
-        self.routes.insert(&odcid, route.clone());
+        self.map(&scid, route.clone());
+        if let Some(client_dcid) = &client_dcid {
+            self.map(client_dcid, route.clone());
+        }
         let core = ConnectionCore::new(CoreParts {
             conn: Box::new(conn),
             inbound: inbound_rx,
             route: &route,
             router: self.handle.clone(),
             shared: self.shared.clone(),
-            odcid: Some(odcid),
+            odcid: client_dcid,
             handshake_timeout: None,
+            source: counted_source,
         });
         let span = tracing::info_span!("conn", scid = %core.trace_id(), peer = %from, alpn = tracing::field::Empty);
-        tokio::spawn(connection::run_server(core, server.accept_queue.clone()).instrument(span));
+        tokio::spawn(connection::run_server(core, accept_queue).instrument(span));
+    }
+
+    /// Answers an Initial with a Retry carrying a token that binds the client's address and connection
+    /// IDs. Stateless: nothing is kept until the client comes back with the token.
+    fn send_retry(&mut self, header: &quiche::Header<'_>, from: SocketAddr) {
+        let counters = &self.shared.counters;
+        let Some(server) = self.server.as_ref() else { return };
+        let retry_scid = self.handle.cids.generate();
+        let token = server.retry_tokens.mint(from, &header.dcid, &retry_scid, SystemTime::now());
+        let mut out = [0u8; MAX_RETRY_BYTES];
+        match quiche::retry(&header.scid, &header.dcid, &retry_scid, &token, header.version, &mut out) {
+            Ok(len) => {
+                let transmit =
+                    Transmit { destination: from, ecn: None, contents: &out[..len], segment_size: None, src_ip: None };
+                if self.handle.socket.try_send(&transmit).is_ok() {
+                    counters.retries_sent.fetch_add(1, Ordering::Relaxed);
+                    counters.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+                    counters.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot build a Retry"),
+        }
+        counters.drop(DropReason::RetryRequired);
+    }
+
+    /// Closes a would-be connection at once with CONNECTION_REFUSED. The client has proven its address
+    /// (or address validation is off), so the answer goes where it asked; a global budget bounds how
+    /// much work refusing may cost.
+    fn refuse(&mut self, data: &mut [u8], from: SocketAddr, to: SocketAddr, reason: DropReason) {
+        let counters = &self.shared.counters;
+        counters.drop(reason);
+        let Some(server) = self.server.as_mut() else { return };
+        if !self.refusals.allow(Instant::now()) {
+            return;
+        }
+        let scid = self.handle.cids.generate();
+        server.quiche_config.set_stateless_reset_token(None);
+        let Ok(mut conn) = quiche::accept(&scid, None, to, from, &mut server.quiche_config) else { return };
+        // quiche derives the Initial keys from the client's first packet, so it must read it; the
+        // connection is closed before it could do anything else.
+        if conn.recv(data, quiche::RecvInfo { from, to }).is_err() {
+            return;
+        }
+        let _ = conn.close(false, CONNECTION_REFUSED, b"server busy");
+        let mut out = [0u8; crate::config::MAX_RECV_UDP_PAYLOAD_BYTES];
+        while let Ok((len, info)) = conn.send(&mut out) {
+            let transmit =
+                Transmit { destination: info.to, ecn: None, contents: &out[..len], segment_size: None, src_ip: None };
+            if self.handle.socket.try_send(&transmit).is_err() {
+                break;
+            }
+            counters.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+            counters.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers a short-header packet for a connection we do not know with a stateless reset (RFC 9000
+    /// §10.3), so that a client of a restarted server learns at once that its connection is gone. The
+    /// reset is always shorter than the packet that triggered it (no amplification, and two endpoints
+    /// can never bounce resets forever), and the endpoint sends at most [`STATELESS_RESET_RATE`].
+    fn send_stateless_reset(&mut self, data: &[u8], dcid: &[u8], from: SocketAddr) {
+        let Some(server) = self.server.as_ref() else { return };
+        if !server.config.stateless_reset || data.len() <= MIN_STATELESS_RESET_BYTES {
+            return;
+        }
+        if !self.resets.allow(Instant::now()) {
+            return;
+        }
+        let len = (data.len() - 1).min(MAX_STATELESS_RESET_BYTES);
+        let mut reset = [0u8; MAX_STATELESS_RESET_BYTES];
+        let reset = &mut reset[..len];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut reset[..len - 16]);
+        // A short header: fixed bit set, long-header bit clear, the rest unpredictable.
+        reset[0] = (reset[0] & 0x3f) | 0x40;
+        reset[len - 16..].copy_from_slice(&self.handle.cids.reset_token(dcid).to_be_bytes());
+        let transmit = Transmit { destination: from, ecn: None, contents: reset, segment_size: None, src_ip: None };
+        if self.handle.socket.try_send(&transmit).is_ok() {
+            let counters = &self.shared.counters;
+            counters.stateless_resets_sent.fetch_add(1, Ordering::Relaxed);
+            counters.datagrams_sent.fetch_add(1, Ordering::Relaxed);
+            counters.bytes_sent.fetch_add(len as u64, Ordering::Relaxed);
+        }
     }
 }

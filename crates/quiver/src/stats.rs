@@ -20,7 +20,7 @@ pub enum DropReason {
     UnknownConnection,
     /// An Initial arrived on an endpoint that has no server configuration.
     NotAServer,
-    /// The endpoint already holds its maximum number of connections.
+    /// The endpoint already holds its maximum number of connections: refused (CONNECTION_REFUSED).
     ConnectionLimit,
     /// quiche refused to create a connection from the Initial.
     AcceptFailed,
@@ -32,11 +32,21 @@ pub enum DropReason {
     InvalidInitial,
     /// The packet belonged to another socket's router, whose forwarding queue was full.
     ForwardQueueFull,
+    /// An Initial without a token while address validation was required: answered with a Retry.
+    RetryRequired,
+    /// An Initial whose Retry token was forged, altered, expired, or presented from another address.
+    InvalidToken,
+    /// Too many handshakes in flight: refused (CONNECTION_REFUSED).
+    HandshakeLimit,
+    /// The client's address already holds its maximum number of connections: refused.
+    SourceConnectionLimit,
+    /// The client's address started handshakes faster than its rate allows: refused.
+    SourceRateLimit,
 }
 
 impl DropReason {
     /// Every reason, in a stable order (for exporting).
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::Unparseable,
         DropReason::UnsupportedVersion,
         DropReason::InitialTooShort,
@@ -49,6 +59,11 @@ impl DropReason {
         DropReason::ConnectionGone,
         DropReason::InvalidInitial,
         DropReason::ForwardQueueFull,
+        DropReason::RetryRequired,
+        DropReason::InvalidToken,
+        DropReason::HandshakeLimit,
+        DropReason::SourceConnectionLimit,
+        DropReason::SourceRateLimit,
     ];
 
     /// A snake_case name for logs and metrics labels.
@@ -66,6 +81,11 @@ impl DropReason {
             DropReason::ConnectionGone => "connection_gone",
             DropReason::InvalidInitial => "invalid_initial",
             DropReason::ForwardQueueFull => "forward_queue_full",
+            DropReason::RetryRequired => "retry_required",
+            DropReason::InvalidToken => "invalid_token",
+            DropReason::HandshakeLimit => "handshake_limit",
+            DropReason::SourceConnectionLimit => "source_connection_limit",
+            DropReason::SourceRateLimit => "source_rate_limit",
         }
     }
 
@@ -89,6 +109,11 @@ pub(crate) struct EndpointCounters {
     pub(crate) connections_opened: AtomicU64,
     pub(crate) connections_closed: AtomicU64,
     pub(crate) active_connections: AtomicU64,
+    pub(crate) handshakes_in_flight: AtomicU64,
+    pub(crate) routed_connection_ids: AtomicU64,
+    pub(crate) retries_sent: AtomicU64,
+    pub(crate) stateless_resets_sent: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -121,6 +146,11 @@ impl EndpointCounters {
             connections_opened: load(&self.connections_opened),
             connections_closed: load(&self.connections_closed),
             active_connections: load(&self.active_connections),
+            handshakes_in_flight: load(&self.handshakes_in_flight),
+            routed_connection_ids: load(&self.routed_connection_ids),
+            retries_sent: load(&self.retries_sent),
+            stateless_resets_sent: load(&self.stateless_resets_sent),
+            connections_refused: load(&self.connections_refused),
             dropped,
         }
     }
@@ -155,6 +185,16 @@ pub struct EndpointStats {
     pub connections_closed: u64,
     /// Connections (either role) whose task is running.
     pub active_connections: u64,
+    /// Server connections whose handshake is still running.
+    pub handshakes_in_flight: u64,
+    /// Connection IDs the routers currently map to connections (several per connection).
+    pub routed_connection_ids: u64,
+    /// Retry packets sent (address validation).
+    pub retries_sent: u64,
+    /// Stateless resets sent for packets of unknown connections.
+    pub stateless_resets_sent: u64,
+    /// New connections closed at once with CONNECTION_REFUSED (limits).
+    pub connections_refused: u64,
     dropped: [u64; DropReason::ALL.len()],
 }
 

@@ -16,6 +16,8 @@ use serde::Deserialize;
 pub use self::tls::TlsIdentity;
 use self::tls::TrustAnchors;
 use crate::error::ConfigError;
+pub use crate::limits::RateLimit;
+pub use crate::token::ServerSecret;
 
 /// Congestion control algorithms quiche offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -270,6 +272,37 @@ pub const DEFAULT_ACCEPT_BACKLOG: usize = 1024;
 /// Default cap on connections one endpoint holds at once (handshaking or established).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 
+/// When a server makes clients prove their address with a Retry round trip (RFC 9000 §8.1) before it
+/// spends a handshake on them. A client that cannot receive packets at its source address (a spoofed
+/// flood) never gets past the Retry, which costs the server one small packet and no state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AddressValidation {
+    /// Every new connection pays one extra round trip.
+    Always,
+    /// Never (tests, or behind a load balancer that validates addresses itself).
+    Never,
+    /// Only while more than this many handshakes are in flight: no cost normally, flood-proof under
+    /// attack.
+    UnderLoad {
+        /// Handshakes in flight above which new clients get a Retry.
+        handshakes_in_flight: usize,
+    },
+}
+
+/// Default [`AddressValidation`]: Retry once 256 handshakes are in flight, far above what a busy server
+/// sees from real clients at once and far below what costs it noticeable memory (~50 KB each).
+pub const DEFAULT_ADDRESS_VALIDATION: AddressValidation = AddressValidation::UnderLoad { handshakes_in_flight: 256 };
+
+/// Default cap on handshakes in flight; past it new clients are refused (CONNECTION_REFUSED) even
+/// with a valid Retry token. 4096 handshakes hold about 200 MB.
+pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: usize = 4096;
+
+/// The ceiling for stateless resets this endpoint sends: each answers a packet for a connection it does
+/// not know (a restarted server's old clients). Resets are always smaller than what triggered them, so
+/// they cannot amplify; the rate keeps them from becoming a reflector.
+pub const STATELESS_RESET_RATE: RateLimit = RateLimit { per_second: 1000.0, burst: 100.0 };
+
 /// A validated server configuration. Build it with [`ServerConfig::builder`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -279,6 +312,12 @@ pub struct ServerConfig {
     pub(crate) accept_backlog: usize,
     pub(crate) max_connections: usize,
     pub(crate) keylog: Option<KeyLog>,
+    pub(crate) secret: ServerSecret,
+    pub(crate) address_validation: AddressValidation,
+    pub(crate) max_handshakes_in_flight: usize,
+    pub(crate) max_connections_per_source: Option<usize>,
+    pub(crate) handshake_rate_per_source: Option<RateLimit>,
+    pub(crate) stateless_reset: bool,
 }
 
 impl ServerConfig {
@@ -334,6 +373,31 @@ impl ServerConfig {
         if let Some(max) = file.max_connections {
             builder = builder.max_connections(max);
         }
+        if let Some(secret_file) = &file.secret_file {
+            let material = tls::read_file("server secret", secret_file)?;
+            let Some(material) = material.get(..32).and_then(|bytes| <&[u8; 32]>::try_from(bytes).ok()) else {
+                return Err(ConfigError::Toml {
+                    path: path.to_path_buf(),
+                    message: format!("secret_file {} holds fewer than 32 bytes", secret_file.display()),
+                });
+            };
+            builder = builder.secret(ServerSecret::from_bytes(material));
+        }
+        if let Some(policy) = file.address_validation {
+            builder = builder.address_validation(policy);
+        }
+        if let Some(max) = file.max_handshakes_in_flight {
+            builder = builder.max_handshakes_in_flight(max);
+        }
+        if let Some(max) = file.max_connections_per_source {
+            builder = builder.max_connections_per_source(max);
+        }
+        if let Some(limit) = file.handshake_rate_per_source {
+            builder = builder.handshake_rate_per_source(limit);
+        }
+        if let Some(enabled) = file.stateless_reset {
+            builder = builder.stateless_reset(enabled);
+        }
         builder.build()
     }
 
@@ -360,6 +424,13 @@ struct ServerConfigFile {
     self_signed: Option<Vec<String>>,
     accept_backlog: Option<usize>,
     max_connections: Option<usize>,
+    /// A file whose first 32 bytes are the server secret.
+    secret_file: Option<PathBuf>,
+    address_validation: Option<AddressValidation>,
+    max_handshakes_in_flight: Option<usize>,
+    max_connections_per_source: Option<usize>,
+    handshake_rate_per_source: Option<RateLimit>,
+    stateless_reset: Option<bool>,
     #[serde(default)]
     transport: TransportConfig,
 }
@@ -388,6 +459,12 @@ pub struct ServerConfigBuilder {
     identity: Option<IdentitySource>,
     accept_backlog: usize,
     max_connections: usize,
+    secret: Option<ServerSecret>,
+    address_validation: AddressValidation,
+    max_handshakes_in_flight: usize,
+    max_connections_per_source: Option<usize>,
+    handshake_rate_per_source: Option<RateLimit>,
+    stateless_reset: bool,
 }
 
 impl Default for ServerConfigBuilder {
@@ -398,6 +475,12 @@ impl Default for ServerConfigBuilder {
             identity: None,
             accept_backlog: DEFAULT_ACCEPT_BACKLOG,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            secret: None,
+            address_validation: DEFAULT_ADDRESS_VALIDATION,
+            max_handshakes_in_flight: DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
+            max_connections_per_source: None,
+            handshake_rate_per_source: None,
+            stateless_reset: true,
         }
     }
 }
@@ -524,6 +607,51 @@ impl ServerConfigBuilder {
         self
     }
 
+    /// The secret Retry tokens and stateless-reset tokens derive from (see [`ServerSecret`]). Give
+    /// every server behind one address the same secret, and keep it across restarts, so that any of
+    /// them validates the others' Retry tokens and resets their stale connections. Without it, a
+    /// random secret is made at build time.
+    pub fn secret(mut self, secret: ServerSecret) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// When clients must validate their address with a Retry (default
+    /// [`DEFAULT_ADDRESS_VALIDATION`]).
+    pub fn address_validation(mut self, policy: AddressValidation) -> Self {
+        self.address_validation = policy;
+        self
+    }
+
+    /// Handshakes that may be in flight at once; new clients past it are refused with
+    /// CONNECTION_REFUSED (default [`DEFAULT_MAX_HANDSHAKES_IN_FLIGHT`]).
+    pub fn max_handshakes_in_flight(mut self, max: usize) -> Self {
+        self.max_handshakes_in_flight = max;
+        self
+    }
+
+    /// Connections one source IP address may hold at once; past it its new connections are refused
+    /// with CONNECTION_REFUSED. Unlimited by default (many clients can share one NAT address).
+    pub fn max_connections_per_source(mut self, max: usize) -> Self {
+        self.max_connections_per_source = Some(max);
+        self
+    }
+
+    /// New handshakes per second one source IP address may start. Past it, a client without a Retry
+    /// token gets a Retry (if address validation is not [`AddressValidation::Never`]) and one with a
+    /// token is refused. Unlimited by default.
+    pub fn handshake_rate_per_source(mut self, limit: RateLimit) -> Self {
+        self.handshake_rate_per_source = Some(limit);
+        self
+    }
+
+    /// Whether to answer packets for unknown connections with a stateless reset (RFC 9000 §10.3), at
+    /// most [`STATELESS_RESET_RATE`]. On by default.
+    pub fn stateless_reset(mut self, enabled: bool) -> Self {
+        self.stateless_reset = enabled;
+        self
+    }
+
     /// Validates the settings, loads or generates the identity and checks quiche accepts the result.
     ///
     /// # Errors
@@ -545,6 +673,12 @@ impl ServerConfigBuilder {
             accept_backlog: self.accept_backlog,
             max_connections: self.max_connections,
             keylog,
+            secret: self.secret.unwrap_or_else(ServerSecret::random),
+            address_validation: self.address_validation,
+            max_handshakes_in_flight: self.max_handshakes_in_flight.max(1),
+            max_connections_per_source: self.max_connections_per_source,
+            handshake_rate_per_source: self.handshake_rate_per_source,
+            stateless_reset: self.stateless_reset,
         };
         config.quiche_config()?;
         Ok(config)

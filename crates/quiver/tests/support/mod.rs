@@ -4,6 +4,7 @@
 
 #[path = "../../examples/echo/protocol.rs"]
 pub mod echo;
+pub mod relay;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,256 @@
+//! A server under the conditions of the open Internet: address validation with Retry, forged tokens,
+//! a restart that its clients must notice (stateless reset), a client whose address changes, limits
+//! that refuse, a flood of Initials from spoofed sources, and churn that must leave nothing behind.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use quiver::{
+    AddressValidation, ConnectError, ConnectionError, DropReason, Endpoint, ServerConfigBuilder, ServerSecret,
+};
+use rand::{RngCore, SeedableRng};
+use support::echo::EchoClient;
+use support::relay::{Change, Relay};
+use support::*;
+
+fn server(config: ServerConfigBuilder) -> Endpoint {
+    spawn_echo_server(config.build().expect("server config"))
+}
+
+async fn echo_once(client: &Endpoint, server: SocketAddr, len: usize, seed: u64) {
+    let sent = payload(len, seed);
+    let (app, results) = EchoClient::new(vec![sent.clone()]);
+    let connection = guarded("connect", client.connect(server, "localhost", app)).await.expect("connect");
+    assert!(guarded("echo", results).await.expect("echo")[0] == sent, "echoed bytes differ");
+    guarded("close", connection.closed()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_round_trip_with_our_client() {
+    let identity = identity();
+    let server = server(server_builder(&identity).address_validation(AddressValidation::Always));
+    let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
+    for seed in 0..3 {
+        echo_once(&client, server.local_addr(), 100_000, seed).await;
+    }
+    // A ClientHello with a post-quantum key share spans two Initial datagrams, and each token-less one
+    // gets a Retry; the client follows the first.
+    let stats = server.stats();
+    assert!(stats.retries_sent >= 3, "{stats:?}");
+    assert_eq!(stats.dropped(DropReason::RetryRequired), stats.retries_sent, "every token-less Initial");
+    assert_eq!(stats.connections_accepted, 3);
+}
+
+/// A long-header Initial (version 1) with the given token and garbage where the encrypted payload goes.
+fn initial_with_token(rng: &mut impl RngCore, token: &[u8]) -> Vec<u8> {
+    let mut packet = vec![0xc3, 0x00, 0x00, 0x00, 0x01, 16];
+    packet.extend((0..16).map(|_| rng.next_u32() as u8));
+    packet.push(8);
+    packet.extend((0..8).map(|_| rng.next_u32() as u8));
+    assert!(token.len() < 64);
+    packet.push(token.len() as u8);
+    packet.extend_from_slice(token);
+    packet.extend_from_slice(&[0x44, 0xd0]);
+    packet.resize(1200, 0);
+    rng.fill_bytes(&mut packet[40..]);
+    packet
+}
+
+#[tokio::test]
+async fn forged_and_foreign_tokens_are_dropped_and_counted() {
+    let identity = identity();
+    let server = server(server_builder(&identity).address_validation(AddressValidation::Always));
+    let attacker = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut tokens: Vec<Vec<u8>> = (0..40)
+        .map(|len| {
+            let mut token = vec![0u8; len + 1];
+            rng.fill_bytes(&mut token);
+            token
+        })
+        .collect();
+    // Well-formed tokens of our layout but with a made-up tag (and one far in the past).
+    let mut shaped = vec![b'R'];
+    shaped.extend_from_slice(&1u64.to_be_bytes());
+    shaped.push(8);
+    shaped.extend_from_slice(&[1; 8]);
+    shaped.extend_from_slice(&[2; 16]);
+    tokens.push(shaped);
+    for token in &tokens {
+        attacker.send_to(&initial_with_token(&mut rng, token), server.local_addr()).await.unwrap();
+    }
+    let total = tokens.len() as u64;
+    wait_until("every forged token to be judged", || server.stats().dropped(DropReason::InvalidToken) >= total).await;
+    let stats = server.stats();
+    assert_eq!(stats.dropped(DropReason::InvalidToken), total, "{stats:?}");
+    assert_eq!(stats.active_connections, 0);
+    assert_eq!(stats.retries_sent, 0, "a client with a bad token gets no second chance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_reset_closes_a_client_of_a_restarted_server() {
+    let identity = identity();
+    let secret = || ServerSecret::from_bytes(&[42; 32]);
+    let before_restart = server(server_builder(&identity).secret(secret()));
+    let after_restart = server(server_builder(&identity).secret(secret()));
+    // The client talks to the first server through a relay that, mid-transfer, starts delivering its
+    // packets to the second one: to the client, the server restarted and lost its connections.
+    let relay =
+        Relay::start(before_restart.local_addr(), Some((20, Change::Retarget(after_restart.local_addr())))).await;
+    let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
+    let (app, _results) = EchoClient::new(vec![payload(20_000_000, 1)]);
+    let connection = guarded("connect", client.connect(relay.addr(), "localhost", app)).await.unwrap();
+    guarded("the restart", relay.changed()).await;
+    let reason = guarded("the reset", connection.closed()).await;
+    assert!(after_restart.stats().stateless_resets_sent >= 1, "{:?}", after_restart.stats());
+    assert_eq!(reason, ConnectionError::StatelessReset);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_from_a_server_with_another_secret_is_ignored() {
+    let identity = identity();
+    let original = server(server_builder(&identity).secret(ServerSecret::from_bytes(&[1; 32])));
+    let impostor = server(server_builder(&identity).secret(ServerSecret::from_bytes(&[2; 32])));
+    let relay = Relay::start(original.local_addr(), Some((20, Change::Retarget(impostor.local_addr())))).await;
+    let client =
+        Endpoint::client(loopback(), client_builder(&identity).idle_timeout(Duration::from_secs(2)).build().unwrap())
+            .unwrap();
+    let (app, _results) = EchoClient::new(vec![payload(20_000_000, 2)]);
+    let connection = guarded("connect", client.connect(relay.addr(), "localhost", app)).await.unwrap();
+    guarded("the switch", relay.changed()).await;
+    // The impostor's resets carry the wrong token: the client keeps the connection until it times out.
+    assert_eq!(guarded("timeout", connection.closed()).await, ConnectionError::IdleTimeout);
+    assert!(impostor.stats().stateless_resets_sent >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_survives_a_client_port_change() {
+    let identity = identity();
+    let server = server(server_builder(&identity));
+    // After the client's 50th datagram, its packets reach the server from a new port.
+    let relay = Relay::start(server.local_addr(), Some((50, Change::Rebind))).await;
+    let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
+    let sent = payload(8_000_000, 5);
+    let (app, results) = EchoClient::new(vec![sent.clone()]);
+    guarded("connect", client.connect(relay.addr(), "localhost", app)).await.unwrap();
+    let echoed = guarded("echo across the rebinding", results).await.unwrap();
+    assert!(echoed[0] == sent, "bytes differ after the port change");
+    assert!(relay.client_datagrams() > 50, "the port change happened mid-transfer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_a_limit_are_refused() {
+    let identity = identity();
+    let server = server(server_builder(&identity).max_connections_per_source(1));
+    let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
+    let (app, results) = EchoClient::new(vec![b"first".to_vec()]);
+    let first = guarded("first", client.connect(server.local_addr(), "localhost", app.keep_open())).await.unwrap();
+    guarded("first echo", results).await.unwrap();
+    let (app, _) = EchoClient::new(vec![b"second".to_vec()]);
+    match guarded("second", client.connect(server.local_addr(), "localhost", app)).await {
+        Err(ConnectError::HandshakeFailed(ConnectionError::PeerClosed(close))) => {
+            assert_eq!((close.is_application, close.code), (false, 0x2), "CONNECTION_REFUSED: {close:?}");
+        }
+        other => panic!("expected CONNECTION_REFUSED, got {other:?}"),
+    }
+    // One refusal per Initial datagram of the client's first flight (a post-quantum ClientHello spans
+    // two).
+    let stats = server.stats();
+    assert!(stats.connections_refused >= 1, "{stats:?}");
+    assert_eq!(stats.dropped(DropReason::SourceConnectionLimit), stats.connections_refused, "{stats:?}");
+    // When the first one goes, the source has room again.
+    first.close(0, "done");
+    guarded("first closed", first.closed()).await;
+    wait_until("the server to forget the first", || server.stats().active_connections == 0).await;
+    echo_once(&client, server.local_addr(), 1000, 3).await;
+}
+
+/// The first Initial a real client would send, from a fresh quiche client connection.
+fn real_initial(server: SocketAddr, from: SocketAddr) -> Vec<u8> {
+    let mut config = quiver::quiche::Config::new(quiver::quiche::PROTOCOL_VERSION).unwrap();
+    config.set_application_protos(&[echo::ALPN]).unwrap();
+    config.verify_peer(false);
+    let mut scid = [0u8; 16];
+    rand::rng().fill_bytes(&mut scid);
+    let scid = quiver::quiche::ConnectionId::from_ref(&scid);
+    let mut conn = quiver::quiche::connect(Some("localhost"), &scid, from, server, &mut config).unwrap();
+    let mut out = vec![0u8; 1500];
+    let (len, _) = conn.send(&mut out).unwrap();
+    out.truncate(len);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_initial_flood_from_spoofed_sources_does_not_stop_an_established_transfer() {
+    let identity = identity();
+    let server = server(
+        server_builder(&identity)
+            .address_validation(AddressValidation::UnderLoad { handshakes_in_flight: 16 })
+            .max_handshakes_in_flight(64),
+    );
+    let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
+    let sent = payload(16_000_000, 9);
+    let (app, results) = EchoClient::new(vec![sent.clone()]);
+    guarded("connect", client.connect(server.local_addr(), "localhost", app)).await.unwrap();
+
+    // Real ClientHellos from 200 loopback addresses that never answer: each would hold a handshake
+    // until it timed out, if the server let it.
+    let mut spoofers = Vec::new();
+    for host in 2..202u32 {
+        let addr = SocketAddr::from(([127, 0, (host >> 8) as u8, host as u8], 0));
+        spoofers.push(tokio::net::UdpSocket::bind(addr).await.expect("bind a loopback alias"));
+    }
+    let flood = 2000;
+    for round in 0..flood / spoofers.len() {
+        for spoofer in &spoofers {
+            let initial = real_initial(server.local_addr(), spoofer.local_addr().unwrap());
+            let _ = spoofer.send_to(&initial, server.local_addr()).await;
+        }
+        // Let the transfer breathe between rounds (the flood is not paced against it otherwise).
+        if round % 2 == 1 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let echoed = guarded("the transfer during the flood", results).await.unwrap();
+    assert!(echoed[0] == sent, "the established transfer lost bytes");
+    let stats = server.stats();
+    assert!(stats.retries_sent > 0, "address validation kicked in: {stats:?}");
+    assert!(stats.handshakes_in_flight <= 64, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_open_close_cycles_leave_nothing_behind() {
+    let identity = identity();
+    let server = server(server_builder(&identity));
+    let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
+    let tasks_before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    for cycle in 0..1000u64 {
+        let (app, results) = EchoClient::new(vec![cycle.to_be_bytes().to_vec()]);
+        let connection = guarded("connect", client.connect(server.local_addr(), "localhost", app)).await.unwrap();
+        guarded("echo", results).await.unwrap();
+        guarded("close", connection.closed()).await;
+    }
+    guarded("client idle", client.wait_idle()).await;
+    guarded("server idle", server.wait_idle()).await;
+    // Tasks send their last unmap commands as they end; the routers apply them right after.
+    wait_until("every connection ID to be unmapped", || {
+        server.stats().routed_connection_ids == 0 && client.stats().routed_connection_ids == 0
+    })
+    .await;
+    let (server_stats, client_stats) = (server.stats(), client.stats());
+    assert_eq!(server_stats.connections_accepted, 1000);
+    assert_eq!((server_stats.active_connections, client_stats.active_connections), (0, 0));
+    assert_eq!(server_stats.handshakes_in_flight, 0);
+    assert_eq!(
+        (server_stats.routed_connection_ids, client_stats.routed_connection_ids),
+        (0, 0),
+        "every connection ID was unmapped"
+    );
+    // Connection tasks are gone too (the runtime may still be winding down the last ones).
+    wait_until("connection tasks to end", || {
+        tokio::runtime::Handle::current().metrics().num_alive_tasks() <= tasks_before
+    })
+    .await;
+}
