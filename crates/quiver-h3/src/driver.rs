@@ -257,11 +257,21 @@ pub struct H3Settings {
     /// handler still runs; more are refused with H3_REQUEST_REJECTED. Keep it above the transport's
     /// stream limit (`initial_max_streams_bidi`) so it only ever stops abuse.
     pub max_live_requests: usize,
+    /// Answer requests that arrive in 0-RTT early data with 425 Too Early (RFC 8470) unless their
+    /// method is safe (GET, HEAD, OPTIONS, TRACE), before any handler sees them. Early data can be
+    /// replayed by an attacker, so only requests that may run twice should be served from it; safe
+    /// requests reach the handler marked with [`EarlyData`], and it can still answer 425 itself.
+    pub reject_unsafe_early_requests: bool,
 }
 
 impl Default for H3Settings {
     fn default() -> Self {
-        Self { max_field_section_bytes: 16 * 1024, extended_connect: false, max_live_requests: 2048 }
+        Self {
+            max_field_section_bytes: 16 * 1024,
+            extended_connect: false,
+            max_live_requests: 2048,
+            reject_unsafe_early_requests: true,
+        }
     }
 }
 
@@ -285,6 +295,17 @@ pub struct H3Driver {
     /// Datagrams flows sent before the peer's SETTINGS arrived; each holds a `datagram_permits` permit,
     /// so there are at most `DATAGRAM_SEND_QUEUE`.
     datagrams_awaiting_settings: VecDeque<(Bytes, OwnedSemaphorePermit)>,
+}
+
+/// Present in a request's extensions (server side) when the request arrived in 0-RTT early data,
+/// before the handshake completed: an attacker could replay it. Handlers that are not safe to run
+/// twice should answer 425 Too Early (RFC 8470); the client then retries after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EarlyData;
+
+/// Methods RFC 9110 §9.2.1 calls safe: repeating them changes nothing on the server.
+fn is_safe_method(method: &[u8]) -> bool {
+    matches!(method, b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE")
 }
 
 /// The client's address, in every request's extensions on the server side.
@@ -408,6 +429,20 @@ impl H3Driver {
             }
         };
         self.highest_request = self.highest_request.max(Some(stream));
+        let early = conn.is_in_early_data();
+        if early && self.settings.reject_unsafe_early_requests && !is_safe_method(request.method().as_str().as_bytes())
+        {
+            tracing::debug!(stream, method = %request.method(), "unsafe request in 0-RTT: 425 Too Early");
+            let mut state = StreamState::default();
+            let too_early = http::StatusCode::from_u16(425).unwrap_or(http::StatusCode::BAD_REQUEST);
+            let mut head = http::HeaderMap::new();
+            head.insert(http::header::CONTENT_LENGTH, http::HeaderValue::from_static("0"));
+            state.outbound.push_back(OutFrame::Head { fields: headers::response_fields(too_early, &head), end: true });
+            // The body, if any, is read and discarded.
+            drop(state.open_body(stream, more_frames, &self.wake_tx));
+            self.streams.insert(stream, state);
+            return;
+        }
         let budget = Arc::new(Semaphore::new(STREAM_SEND_BUDGET));
         let mut state = StreamState { budget: Some(budget.clone()), ..StreamState::default() };
         let body = state.open_body(stream, more_frames, &self.wake_tx);
@@ -423,6 +458,9 @@ impl H3Driver {
         let mut request = request.map(|()| body);
         if let Some(peer) = self.peer_addr {
             request.extensions_mut().insert(PeerAddr(peer));
+        }
+        if early {
+            request.extensions_mut().insert(EarlyData);
         }
         dispatch(request, sink);
     }
@@ -592,6 +630,15 @@ impl H3Driver {
                     let reason = "the server does not support extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)";
                     let _ = request.response.send(Err(Error::InvalidRequest(reason.into())));
                     continue;
+                }
+            }
+            // Early data can be replayed: only safe requests go before the handshake completes; the
+            // rest wait for it.
+            if conn.is_in_early_data() {
+                let method = request.fields.iter().find(|field| field.name() == b":method").map(|field| field.value());
+                if !method.is_some_and(is_safe_method) {
+                    deferred.push_front(request);
+                    return;
                 }
             }
             // RFC 9114 §4.2.2: do not send more than the server said it accepts.

@@ -16,8 +16,11 @@ pub type QuicConnection = quiche::Connection;
 /// # Call order
 /// All hooks run on the connection's own task, never concurrently:
 ///
-/// 1. [`on_conn_established`](Self::on_conn_established) once, when the handshake has completed (for a
-///    server: when the accepted connection is started with an application).
+/// 1. [`on_conn_established`](Self::on_conn_established) once, when the connection can carry
+///    application data: the handshake has completed, or, with 0-RTT, a resumed connection is in early
+///    data (`conn.is_in_early_data()`; such data can be replayed by an attacker, so act only on what is
+///    safe to repeat until the handshake completes). For a server: when the accepted connection is
+///    started with an application.
 /// 2. Then, each time the task wakes (packets arrived, a timer fired, or `wait_for_data` completed),
 ///    after every queued datagram has been fed to quiche:
 ///    [`process_reads`](Self::process_reads) then [`process_writes`](Self::process_writes), if
@@ -58,7 +61,8 @@ pub type QuicConnection = quiche::Connection;
 /// }
 /// ```
 pub trait ApplicationOverQuic: Send + 'static {
-    /// The handshake is complete; the application may open streams and send data.
+    /// The connection can carry application data (handshake complete, or 0-RTT early data); the
+    /// application may open streams and send data.
     ///
     /// # Errors
     /// An error closes the connection with its application code.

@@ -65,9 +65,16 @@ struct HandleShared {
     close_requests: watch::Sender<Option<CloseReason>>,
     stats_requests: mpsc::Sender<oneshot::Sender<ConnectionStats>>,
     closed: watch::Receiver<Option<ConnectionError>>,
+    early_data: bool,
 }
 
 impl ConnectionHandle {
+    /// Whether the connection became usable before its handshake completed, carrying 0-RTT data (a
+    /// resumed session with early data on both sides). Early data can be replayed by an attacker.
+    pub fn started_in_early_data(&self) -> bool {
+        self.shared.early_data
+    }
+
     /// The connection's trace ID (its first source connection ID, hex): the key in logs and qlog.
     pub fn trace_id(&self) -> &str {
         &self.shared.trace_id
@@ -147,6 +154,8 @@ pub(crate) struct CoreParts<'a> {
     pub(crate) handshake_timeout: Option<Duration>,
     /// The client address counted against the per-source connection limit (servers that have one).
     pub(crate) source: Option<std::net::IpAddr>,
+    /// Clients: where to keep the session ticket for resumption.
+    pub(crate) session_store: Option<SessionSlot>,
 }
 
 /// Starts the application's task on an accepted connection (the handshake task hands its state over).
@@ -220,6 +229,15 @@ pub(crate) struct ConnectionCore {
     source: Option<std::net::IpAddr>,
     /// The server's stateless-reset token, once registered with the router (clients).
     peer_reset_token: Option<u128>,
+    /// Where a client keeps the server's session ticket for resuming later, and whether it has.
+    session_store: Option<SessionSlot>,
+}
+
+/// A client connection's place in its endpoint's session cache.
+pub(crate) struct SessionSlot {
+    pub(crate) cache: Arc<crate::endpoint::SessionCache>,
+    pub(crate) key: crate::endpoint::SessionKey,
+    pub(crate) stored: bool,
 }
 
 impl ConnectionCore {
@@ -261,6 +279,7 @@ impl ConnectionCore {
             handshaking,
             source: parts.source,
             peer_reset_token: None,
+            session_store: parts.session_store,
         }
     }
 
@@ -292,7 +311,12 @@ impl ConnectionCore {
             while let Ok(datagram) = self.inbound.try_recv() {
                 self.recv(datagram);
             }
-            if self.conn.is_established() && !self.conn.is_draining() && self.conn.local_error().is_none() {
+            if self.handshaking && self.conn.is_established() {
+                self.handshake_over();
+            }
+            // 0-RTT: a resumed connection carries application data before its handshake completes.
+            let usable = self.conn.is_established() || self.conn.is_in_early_data();
+            if usable && !self.conn.is_draining() && self.conn.local_error().is_none() {
                 if !app_started {
                     app_started = true;
                     self.on_established();
@@ -321,6 +345,11 @@ impl ConnectionCore {
             let flushed = self.flush().await;
             if self.conn.is_closed() {
                 return DriveExit::Closed;
+            }
+            if !app_started && self.conn.is_in_early_data() && !self.conn.is_closed() {
+                // Sending the first flight derived the 0-RTT keys: start the application now so its
+                // first data rides in early data, instead of waiting a round trip for the server.
+                continue;
             }
             if flushed == Flushed::MoreReady {
                 // Let the router and every other task run before sending more: the router reads the
@@ -447,7 +476,6 @@ impl ConnectionCore {
 
     /// Publishes the handle once the handshake is done (first call only).
     fn on_established(&mut self) {
-        self.handshake_over();
         if self.handle.is_some() {
             return;
         }
@@ -467,11 +495,16 @@ impl ConnectionCore {
                 close_requests: self.close_requests_tx.clone(),
                 stats_requests: self.stats_requests_tx.clone(),
                 closed: self.closed_tx.subscribe(),
+                early_data: self.conn.is_in_early_data(),
             }),
         };
         let alpn = String::from_utf8_lossy(handle.alpn());
         tracing::Span::current().record("alpn", &*alpn);
-        tracing::debug!(handshake = ?handle.handshake(), "handshake complete");
+        if handle.started_in_early_data() {
+            tracing::debug!("0-RTT: usable before the handshake completes");
+        } else {
+            tracing::debug!(handshake = ?handle.handshake(), "handshake complete");
+        }
         if let Some(waiter) = self.established_waiter.take() {
             let _ = waiter.send(Ok(handle.clone()));
         }
@@ -492,6 +525,7 @@ impl ConnectionCore {
         if !self.conn.is_established() || self.conn.is_draining() {
             return;
         }
+        self.store_session(false);
         if !self.conn.is_server()
             && self.peer_reset_token.is_none()
             && let Some(token) = self.conn.peer_transport_params().and_then(|params| params.stateless_reset_token)
@@ -620,8 +654,22 @@ impl ConnectionCore {
         }
     }
 
+    /// Keeps the server's session ticket for the next connection to resume: once, when the ticket first
+    /// arrives (soon after the handshake), and again at close (the server may have sent a newer one).
+    fn store_session(&mut self, closing: bool) {
+        let Some(slot) = &mut self.session_store else { return };
+        if slot.stored && !closing {
+            return;
+        }
+        if let Some(session) = self.conn.session() {
+            slot.cache.store(slot.key.clone(), session.to_vec());
+            slot.stored = true;
+        }
+    }
+
     /// Tells the application, unmaps every CID and publishes the reason.
     async fn finish<A: ApplicationOverQuic>(&mut self, app: &mut A) {
+        self.store_session(true);
         let reason = self.close_reason();
         let stats = self.stats();
         tracing::debug!(%reason, ?stats, "connection closed");

@@ -1,6 +1,7 @@
 //! [`Endpoint`]: the sockets, their routers, and the entry points for accepting and opening
 //! connections.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use crate::app::ApplicationOverQuic;
 use crate::buffer::{BufferPool, LARGE_BUFFER_BYTES};
 use crate::cid::CidGenerator;
 use crate::config::{ClientConfig, ServerConfig};
-use crate::connection::{self, ConnectionCore, ConnectionHandle, CoreParts, StartSender};
+use crate::connection::{self, ConnectionCore, ConnectionHandle, CoreParts, SessionSlot, StartSender};
 use crate::error::{ConnectError, ConnectionError, EndpointError};
 use crate::limits::{SourceConnections, SourceRates};
 use crate::router::{
@@ -56,6 +57,37 @@ impl EndpointShared {
 struct ClientRole {
     config: ClientConfig,
     quiche_config: Mutex<quiche::Config>,
+    sessions: Arc<SessionCache>,
+}
+
+/// Which server a session ticket is for: the name it was verified as and its address.
+pub(crate) type SessionKey = (String, SocketAddr);
+
+/// Session tickets a client endpoint remembers, for resumption and 0-RTT. Tickets are a few hundred
+/// bytes; past [`SESSION_CACHE_ENTRIES`] servers, an arbitrary old one is forgotten.
+#[derive(Debug, Default)]
+pub(crate) struct SessionCache {
+    sessions: Mutex<HashMap<SessionKey, Vec<u8>>>,
+}
+
+/// Servers a client endpoint keeps a session ticket for.
+const SESSION_CACHE_ENTRIES: usize = 1024;
+
+impl SessionCache {
+    pub(crate) fn store(&self, key: SessionKey, session: Vec<u8>) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if sessions.len() >= SESSION_CACHE_ENTRIES
+            && !sessions.contains_key(&key)
+            && let Some(victim) = sessions.keys().next().cloned()
+        {
+            sessions.remove(&victim);
+        }
+        sessions.insert(key, session);
+    }
+
+    fn get(&self, key: &SessionKey) -> Option<Vec<u8>> {
+        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(key).cloned()
+    }
 }
 
 struct EndpointInner {
@@ -233,7 +265,11 @@ impl EndpointBuilder {
             routers.push(handle);
         }
         let client = match self.client {
-            Some(config) => Some(ClientRole { quiche_config: Mutex::new(config.quiche_config()?), config }),
+            Some(config) => Some(ClientRole {
+                quiche_config: Mutex::new(config.quiche_config()?),
+                config,
+                sessions: Arc::default(),
+            }),
             None => None,
         };
         for (index, router) in tasks.into_iter().enumerate() {
@@ -343,6 +379,11 @@ impl Endpoint {
         if let Some(dir) = &client.config.transport.qlog_dir {
             crate::qlog::attach(&mut conn, dir).open();
         }
+        let session_key: SessionKey = (server_name.to_owned(), remote);
+        if let Some(session) = client.sessions.get(&session_key) {
+            // A stale or foreign ticket only means a full handshake.
+            let _ = conn.set_session(&session);
+        }
         let (route, inbound_rx) = Route::new(client.config.transport.connection_queue_datagrams);
         // Mapped before the first Initial leaves, so the server's answer always finds the connection.
         router
@@ -359,6 +400,7 @@ impl Endpoint {
             odcid: None,
             handshake_timeout: Some(client.config.handshake_timeout),
             source: None,
+            session_store: Some(SessionSlot { cache: client.sessions.clone(), key: session_key, stored: false }),
         });
         drop(route);
         self.inner.shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);

@@ -668,6 +668,7 @@ impl Router {
             odcid: client_dcid,
             handshake_timeout: None,
             source: counted_source,
+            session_store: None,
         });
         let span = tracing::info_span!("conn", scid = %core.trace_id(), peer = %from, alpn = tracing::field::Empty);
         tokio::spawn(connection::run_server(core, accept_queue).instrument(span));

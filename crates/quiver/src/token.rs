@@ -60,6 +60,16 @@ impl ServerSecret {
         Self::from_bytes(&material)
     }
 
+    /// The 48-byte TLS session-ticket key (BoringSSL's name, HMAC and AES keys) for this secret.
+    pub(crate) fn ticket_key(&self) -> [u8; 48] {
+        let mut key = [0u8; 48];
+        let first = hmac::sign(&self.derive(b"quiver session ticket key", b"1"), b"");
+        let second = hmac::sign(&self.derive(b"quiver session ticket key", b"2"), b"");
+        key[..32].copy_from_slice(first.as_ref());
+        key[32..].copy_from_slice(&second.as_ref()[..16]);
+        key
+    }
+
     /// A key for one purpose, so that no token of one kind is ever valid as another.
     fn derive(&self, label: &[u8], context: &[u8]) -> hmac::Key {
         let mut signer = hmac::Context::with_key(&self.0);

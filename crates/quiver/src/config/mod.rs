@@ -103,6 +103,10 @@ pub struct TransportConfig {
     /// Write a qlog (JSON-SEQ) of every connection into this directory, one file per connection named
     /// `<trace ID>-<server|client>.sqlog`. Off by default; needs the crate's `qlog` feature (default).
     pub qlog_dir: Option<PathBuf>,
+    /// 0-RTT (TLS early data): a server accepts it, a client attempts it when it resumes a session.
+    /// Early data can be replayed by an attacker: applications must only act on early data that is
+    /// safe to repeat (HTTP/3 marks such requests with `quiver_h3::EarlyData`). Off by default.
+    pub early_data: bool,
     /// TLS key-exchange groups to offer (client) or accept (server), most preferred first, by their
     /// BoringSSL names (`X25519MLKEM768`, `X25519`, `P-256`, ...). `None` keeps BoringSSL's defaults,
     /// which include the post-quantum hybrid.
@@ -130,6 +134,7 @@ impl Default for TransportConfig {
             connection_queue_datagrams: DEFAULT_CONNECTION_QUEUE_DATAGRAMS,
             keylog_path: None,
             qlog_dir: None,
+            early_data: false,
             key_exchange_groups: None,
         }
     }
@@ -168,6 +173,9 @@ impl TransportConfig {
         config.set_max_send_udp_payload_size(self.max_send_udp_payload_bytes);
         config.set_max_recv_udp_payload_size(MAX_RECV_UDP_PAYLOAD_BYTES);
         config.set_active_connection_id_limit(self.active_connection_id_limit);
+        if self.early_data {
+            config.enable_early_data();
+        }
     }
 
     fn open_keylog(&self) -> Result<Option<KeyLog>, ConfigError> {
@@ -402,7 +410,13 @@ impl ServerConfig {
     }
 
     pub(crate) fn quiche_config(&self) -> Result<quiche::Config, ConfigError> {
-        new_quiche_config(&self.transport, &self.alpn, |ssl| self.identity.install(ssl))
+        let mut config = new_quiche_config(&self.transport, &self.alpn, |ssl| self.identity.install(ssl))?;
+        // Every router of the endpoint (and every server sharing the secret) encrypts session tickets
+        // with the same key, so a client resumes wherever its next connection lands.
+        config
+            .set_ticket_key(&self.secret.ticket_key())
+            .map_err(|err| ConfigError::Tls(format!("cannot set the session ticket key: {err}")))?;
+        Ok(config)
     }
 }
 
@@ -541,6 +555,12 @@ macro_rules! transport_setters {
             /// Enables or disables QUIC DATAGRAM frames.
             pub fn datagrams(mut self, enabled: bool) -> Self {
                 self.transport.datagrams = enabled;
+                self
+            }
+
+            /// See [`TransportConfig::early_data`].
+            pub fn early_data(mut self, enabled: bool) -> Self {
+                self.transport.early_data = enabled;
                 self
             }
 
