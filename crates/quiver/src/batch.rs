@@ -9,11 +9,14 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// A packet quiche produced: its length, destination and earliest release time.
+/// A packet quiche produced: its length, path and earliest release time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducedPacket {
     /// Bytes written.
     pub len: usize,
+    /// The local address it must leave from (the path's, during a migration not always the current
+    /// socket's).
+    pub from: SocketAddr,
     /// Where it goes.
     pub to: SocketAddr,
     /// When the congestion controller's pacer wants it sent.
@@ -25,6 +28,8 @@ pub struct ProducedPacket {
 pub struct HeldPacket {
     /// Its bytes are `buffer[run_len..run_len + len]`.
     pub len: usize,
+    /// The local address it must leave from.
+    pub from: SocketAddr,
     /// Where it goes.
     pub to: SocketAddr,
     /// When it may leave.
@@ -42,6 +47,8 @@ pub struct Batch {
     pub segments: usize,
     /// The run's destination; `None` when the run is empty.
     pub destination: Option<SocketAddr>,
+    /// The local address the run leaves from (meaningful when `destination` is set).
+    pub source: Option<SocketAddr>,
     /// A packet that must be sent on its own or later.
     pub held: Option<HeldPacket>,
     /// The producer said it has nothing more to send.
@@ -60,14 +67,15 @@ pub fn fill_batch(
     pacing_horizon: Instant,
     mut produce: impl FnMut(&mut [u8]) -> Option<ProducedPacket>,
 ) -> Batch {
-    let mut batch = Batch { len: 0, segment_size: 0, segments: 0, destination: None, held: None, exhausted: false };
+    let mut batch =
+        Batch { len: 0, segment_size: 0, segments: 0, destination: None, source: None, held: None, exhausted: false };
     let mtu = mtu.max(1);
     while batch.segments < max_segments.max(1) && batch.len + mtu <= buffer.len() {
         let Some(packet) = produce(&mut buffer[batch.len..batch.len + mtu]) else {
             batch.exhausted = true;
             break;
         };
-        let hold = HeldPacket { len: packet.len, to: packet.to, at: packet.at };
+        let hold = HeldPacket { len: packet.len, from: packet.from, to: packet.to, at: packet.at };
         if packet.at > pacing_horizon {
             batch.held = Some(hold);
             break;
@@ -75,11 +83,12 @@ pub fn fill_batch(
         match batch.destination {
             None => {
                 batch.destination = Some(packet.to);
+                batch.source = Some(packet.from);
                 batch.segment_size = packet.len;
                 batch.len = packet.len;
                 batch.segments = 1;
             }
-            Some(to) if to == packet.to && packet.len <= batch.segment_size => {
+            Some(to) if to == packet.to && batch.source == Some(packet.from) && packet.len <= batch.segment_size => {
                 batch.len += packet.len;
                 batch.segments += 1;
                 if packet.len < batch.segment_size {
@@ -112,7 +121,7 @@ mod tests {
         move |out: &mut [u8]| {
             let (index, (len, to, at)) = next.next()?;
             out[..len].fill(index as u8);
-            Some(ProducedPacket { len, to, at })
+            Some(ProducedPacket { len, from: addr(9), to, at })
         }
     }
 
@@ -136,10 +145,24 @@ mod tests {
         let now = Instant::now();
         let mut buffer = vec![0u8; 64_000];
         let batch = fill_batch(&mut buffer, 1350, 64, now, producer(vec![(900, addr(1), now), (900, addr(2), now)]));
-        assert_eq!(batch.held, Some(HeldPacket { len: 900, to: addr(2), at: now }));
+        assert_eq!(batch.held, Some(HeldPacket { len: 900, from: addr(9), to: addr(2), at: now }));
         assert_eq!(&buffer[900..1800], &[1u8; 900][..], "the held packet follows the run");
         let batch = fill_batch(&mut buffer, 1350, 64, now, producer(vec![(900, addr(1), now), (1000, addr(1), now)]));
         assert_eq!(batch.held.map(|held| held.len), Some(1000));
+    }
+
+    #[test]
+    fn a_packet_from_another_local_address_is_held() {
+        let now = Instant::now();
+        let mut buffer = vec![0u8; 64_000];
+        let packets = [(900, addr(9)), (900, addr(8))];
+        let mut next = packets.into_iter();
+        let batch = fill_batch(&mut buffer, 1350, 64, now, |_out: &mut [u8]| {
+            let (len, from) = next.next()?;
+            Some(ProducedPacket { len, from, to: addr(1), at: now })
+        });
+        assert_eq!((batch.segments, batch.source), (1, Some(addr(9))));
+        assert_eq!(batch.held.map(|held| held.from), Some(addr(8)));
     }
 
     #[test]

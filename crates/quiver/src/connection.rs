@@ -21,7 +21,7 @@ use tracing::Instrument;
 use crate::app::{ApplicationOverQuic, QuicConnection};
 use crate::batch::{self, HeldPacket, ProducedPacket};
 use crate::endpoint::{EndpointShared, IncomingConnection};
-use crate::error::{ApplicationError, CloseReason, ConnectionError};
+use crate::error::{ApplicationError, CloseReason, ConnectionError, MigrateError};
 use crate::handshake::HandshakeInfo;
 use crate::router::{Inbound, InboundQueue, Route, RouterCommand, RouterHandle};
 use crate::socket::SEND_BATCH_BYTES;
@@ -34,8 +34,15 @@ const INTERNAL_ERROR: u64 = 0x1;
 /// Connection IDs we keep issued to the peer at once (bounded further by the peer's
 /// `active_connection_id_limit`): enough for a migration or two without growing the CID table.
 const MAX_ISSUED_CIDS: usize = 4;
-/// Stats requests queued per connection.
-const STATS_QUEUE: usize = 8;
+/// Requests from handles (stats, migration) queued per connection before senders wait.
+const CONTROL_QUEUE: usize = 8;
+
+/// What a [`ConnectionHandle`] asks of its connection's task.
+pub(crate) enum Control {
+    Stats(oneshot::Sender<ConnectionStats>),
+    /// Move to another socket of the endpoint (client-side active migration).
+    Migrate(Box<RouterHandle>, oneshot::Sender<Result<(), MigrateError>>),
+}
 /// Send calls one flush makes before the task lets others run (16 GSO batches, about 1 MB): long
 /// enough to amortise a wake-up, short enough that the router reads the peer's ACKs before the socket's
 /// receive buffer could fill while this connection sends.
@@ -63,7 +70,7 @@ struct HandleShared {
     server_name: Option<String>,
     handshake: HandshakeInfo,
     close_requests: watch::Sender<Option<CloseReason>>,
-    stats_requests: mpsc::Sender<oneshot::Sender<ConnectionStats>>,
+    controls: mpsc::Sender<Control>,
     closed: watch::Receiver<Option<ConnectionError>>,
     early_data: bool,
 }
@@ -121,8 +128,18 @@ impl ConnectionHandle {
     /// Cancel safe: dropping the future drops the request.
     pub async fn stats(&self) -> Option<ConnectionStats> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.shared.stats_requests.send(reply_tx).await.ok()?;
+        self.shared.controls.send(Control::Stats(reply_tx)).await.ok()?;
         reply_rx.await.ok()
+    }
+
+    pub(crate) async fn migrate_to(&self, router: RouterHandle) -> Result<(), MigrateError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.shared
+            .controls
+            .send(Control::Migrate(Box::new(router), reply_tx))
+            .await
+            .map_err(|_| MigrateError::NotEstablished)?;
+        reply_rx.await.unwrap_or(Err(MigrateError::NotEstablished))
     }
 
     /// Resolves when the connection has closed, with the reason.
@@ -175,6 +192,7 @@ enum Flushed {
 /// A packet quiche released for later, kept until the pacer's time for it.
 struct PacedPacket {
     bytes: Vec<u8>,
+    from: SocketAddr,
     to: SocketAddr,
     at: std::time::Instant,
 }
@@ -190,7 +208,7 @@ enum Wake {
     Datagram(Option<Inbound>),
     Timer,
     CloseRequested,
-    StatsRequested(Option<oneshot::Sender<ConnectionStats>>),
+    Control(Option<Control>),
     Shutdown,
     App(Result<(), ApplicationError>),
     AppPanicked,
@@ -218,8 +236,8 @@ pub(crate) struct ConnectionCore {
     timer: Pin<Box<Sleep>>,
     close_requests: watch::Receiver<Option<CloseReason>>,
     close_requests_tx: watch::Sender<Option<CloseReason>>,
-    stats_requests: mpsc::Receiver<oneshot::Sender<ConnectionStats>>,
-    stats_requests_tx: mpsc::Sender<oneshot::Sender<ConnectionStats>>,
+    controls: mpsc::Receiver<Control>,
+    controls_tx: mpsc::Sender<Control>,
     closed_tx: watch::Sender<Option<ConnectionError>>,
     handle: Option<ConnectionHandle>,
     established_waiter: Option<oneshot::Sender<Result<ConnectionHandle, ConnectionError>>>,
@@ -231,6 +249,12 @@ pub(crate) struct ConnectionCore {
     peer_reset_token: Option<u128>,
     /// Where a client keeps the server's session ticket for resuming later, and whether it has.
     session_store: Option<SessionSlot>,
+    /// Routers of the endpoint's other sockets this connection is mapped at: those it migrated away
+    /// from (the peer may still answer on the old path) and one it is probing. quiche may send on any
+    /// of their paths, so packets leave from the socket their path names.
+    other_routers: Vec<RouterHandle>,
+    /// A migration waiting for its path to validate: the new local address, and who to tell.
+    pending_migration: Option<(SocketAddr, oneshot::Sender<Result<(), MigrateError>>)>,
 }
 
 /// A client connection's place in its endpoint's session cache.
@@ -243,7 +267,7 @@ pub(crate) struct SessionSlot {
 impl ConnectionCore {
     pub(crate) fn new(parts: CoreParts<'_>) -> Self {
         let (close_requests_tx, close_requests) = watch::channel(None);
-        let (stats_requests_tx, stats_requests) = mpsc::channel(STATS_QUEUE);
+        let (controls_tx, controls) = mpsc::channel(CONTROL_QUEUE);
         let (closed_tx, _) = watch::channel(None);
         let mut registered = vec![parts.conn.source_id().to_vec()];
         registered.extend(parts.odcid.iter().cloned());
@@ -271,8 +295,8 @@ impl ConnectionCore {
             timer: Box::pin(tokio::time::sleep(FAR_FUTURE)),
             close_requests,
             close_requests_tx,
-            stats_requests,
-            stats_requests_tx,
+            controls,
+            controls_tx,
             closed_tx,
             handle: None,
             established_waiter: None,
@@ -280,6 +304,8 @@ impl ConnectionCore {
             source: parts.source,
             peer_reset_token: None,
             session_store: parts.session_store,
+            other_routers: Vec::new(),
+            pending_migration: None,
         }
     }
 
@@ -314,6 +340,7 @@ impl ConnectionCore {
             if self.handshaking && self.conn.is_established() {
                 self.handshake_over();
             }
+            self.on_path_events();
             // 0-RTT: a resumed connection carries application data before its handshake completes.
             let usable = self.conn.is_established() || self.conn.is_in_early_data();
             if usable && !self.conn.is_draining() && self.conn.local_error().is_none() {
@@ -376,7 +403,7 @@ impl ConnectionCore {
                     datagram = self.inbound.recv(), if inbound_open => Wake::Datagram(datagram),
                     _ = &mut self.timer => Wake::Timer,
                     _ = self.close_requests.changed() => Wake::CloseRequested,
-                    request = self.stats_requests.recv() => Wake::StatsRequested(request),
+                    control = self.controls.recv() => Wake::Control(control),
                     _ = self.shutdown.wait_for(|stop| *stop), if shutdown_pending => Wake::Shutdown,
                     result = wait_for_app, if app_waits => match result {
                         Ok(result) => Wake::App(result),
@@ -403,10 +430,11 @@ impl ConnectionCore {
                         let _ = self.conn.close(request.is_application, request.code, request.reason.as_bytes());
                     }
                 }
-                Wake::StatsRequested(Some(reply)) => {
+                Wake::Control(Some(Control::Stats(reply))) => {
                     let _ = reply.send(self.stats());
                 }
-                Wake::StatsRequested(None) => {}
+                Wake::Control(Some(Control::Migrate(router, reply))) => self.migrate(*router, reply).await,
+                Wake::Control(None) => {}
                 Wake::Shutdown => {
                     self.close_transport(0, "endpoint shut down");
                     self.forced_reason.get_or_insert(ConnectionError::EndpointShutdown);
@@ -493,7 +521,7 @@ impl ConnectionCore {
                 server_name: self.conn.server_name().map(str::to_owned),
                 handshake,
                 close_requests: self.close_requests_tx.clone(),
-                stats_requests: self.stats_requests_tx.clone(),
+                controls: self.controls_tx.clone(),
                 closed: self.closed_tx.subscribe(),
                 early_data: self.conn.is_in_early_data(),
             }),
@@ -511,6 +539,114 @@ impl ConnectionCore {
         self.handle = Some(handle);
     }
 
+    /// Sends a CID-table change to every router this connection is mapped at: the current one and
+    /// those it migrated away from. True if the current router took it.
+    async fn tell_routers(&self, command: RouterCommand) -> bool {
+        for router in &self.other_routers {
+            let _ = router.commands.send(command.clone()).await;
+        }
+        self.router.commands.send(command).await.is_ok()
+    }
+
+    /// As [`tell_routers`](Self::tell_routers), without waiting (from `Drop`); best effort: a router
+    /// whose queue is full heals its table when a packet finds the connection gone.
+    fn try_tell_routers(&self, command: RouterCommand) {
+        for router in &self.other_routers {
+            let _ = router.commands.try_send(command.clone());
+        }
+        let _ = self.router.commands.try_send(command);
+    }
+
+    /// Starts moving this client connection to another socket of its endpoint, the way RFC 9000 §9
+    /// describes: every connection ID is mapped at the new socket's router (so the peer's answers find
+    /// the connection), the new path is probed, and only once the peer has answered the probe does the
+    /// connection switch to it ([`on_path_events`](Self::on_path_events) finishes the job and replies).
+    async fn migrate(&mut self, router: RouterHandle, reply: oneshot::Sender<Result<(), MigrateError>>) {
+        let result = self.start_migration(&router).await;
+        match result {
+            Ok(true) => {
+                if let Some((_, previous)) = self.pending_migration.replace((router.socket.local_addr(), reply)) {
+                    let _ = previous.send(Err(MigrateError::Refused("superseded by another migration".into())));
+                }
+            }
+            Ok(false) => {
+                let _ = reply.send(Ok(()));
+            }
+            Err(err) => {
+                let _ = reply.send(Err(err));
+            }
+        }
+    }
+
+    /// Maps the connection at `router` and probes the path from its socket. Ok(false) when already
+    /// there.
+    async fn start_migration(&mut self, router: &RouterHandle) -> Result<bool, MigrateError> {
+        if self.conn.is_server() {
+            return Err(MigrateError::NotAClient);
+        }
+        if !self.conn.is_established() || self.conn.is_closed() {
+            return Err(MigrateError::NotEstablished);
+        }
+        let local = router.socket.local_addr();
+        if local == self.router.socket.local_addr() {
+            return Ok(false);
+        }
+        let peer = self.conn.path_stats().find(|path| path.active).map(|path| path.peer_addr);
+        let peer = peer.ok_or(MigrateError::NotEstablished)?;
+        if !self.other_routers.iter().any(|other| other.socket.local_addr() == local) {
+            let inbound = self.route.upgrade().ok_or(MigrateError::NotEstablished)?;
+            let route = Route { inbound, queue: self.queue.clone() };
+            for cid in &self.registered {
+                if router.commands.send(RouterCommand::Register(cid.clone(), route.clone())).await.is_err() {
+                    return Err(MigrateError::NotEstablished);
+                }
+            }
+            if let Some(token) = self.peer_reset_token {
+                let _ = router.commands.send(RouterCommand::RegisterResetToken(token, route)).await;
+            }
+            // From now on the probe (and later everything) can leave from this socket.
+            self.other_routers.push(router.clone());
+        }
+        self.conn.probe_path(local, peer).map_err(|err| MigrateError::Refused(err.to_string()))?;
+        Ok(true)
+    }
+
+    /// Follows quiche's path events: when the path a migration probes is validated, the connection
+    /// switches to it; when validation fails, the migration is refused.
+    fn on_path_events(&mut self) {
+        while let Some(event) = self.conn.path_event_next() {
+            let Some((target, _)) = &self.pending_migration else { continue };
+            let target = *target;
+            match event {
+                quiche::PathEvent::Validated(local, _) if local == target => {
+                    let result = self.switch_to(local);
+                    if let Some((_, reply)) = self.pending_migration.take() {
+                        let _ = reply.send(result);
+                    }
+                }
+                quiche::PathEvent::FailedValidation(local, _) if local == target => {
+                    if let Some((_, reply)) = self.pending_migration.take() {
+                        let _ =
+                            reply.send(Err(MigrateError::Refused("the peer did not answer on the new path".into())));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Makes the validated path from `local` the active one, and its socket the connection's own.
+    fn switch_to(&mut self, local: SocketAddr) -> Result<(), MigrateError> {
+        self.conn.migrate_source(local).map_err(|err| MigrateError::Refused(err.to_string()))?;
+        if let Some(at) = self.other_routers.iter().position(|other| other.socket.local_addr() == local) {
+            let new = self.other_routers.swap_remove(at);
+            let old = std::mem::replace(&mut self.router, new);
+            self.other_routers.push(old);
+        }
+        tracing::debug!(%local, "migrated to a new local address");
+        Ok(())
+    }
+
     /// Issues fresh CIDs to the peer as it has room and drops retired ones from the router.
     async fn sync_cids(&mut self) {
         let mut retired = Vec::new();
@@ -520,7 +656,7 @@ impl ConnectionCore {
             retired.push(cid);
         }
         if !retired.is_empty() {
-            let _ = self.router.commands.send(RouterCommand::Unregister(retired)).await;
+            self.tell_routers(RouterCommand::Unregister(retired)).await;
         }
         if !self.conn.is_established() || self.conn.is_draining() {
             return;
@@ -534,7 +670,7 @@ impl ConnectionCore {
             // The router needs the token to recognise the server's stateless reset, whose connection
             // ID is random (RFC 9000 §10.3.1).
             let route = Route { inbound, queue: self.queue.clone() };
-            if self.router.commands.send(RouterCommand::RegisterResetToken(token, route)).await.is_ok() {
+            if self.tell_routers(RouterCommand::RegisterResetToken(token, route)).await {
                 self.peer_reset_token = Some(token);
             }
         }
@@ -544,13 +680,13 @@ impl ConnectionCore {
             let route = Route { inbound, queue: self.queue.clone() };
             // Map first: the router applies commands before reading, so the CID is routable before the
             // NEW_CONNECTION_ID frame that announces it leaves.
-            if self.router.commands.send(RouterCommand::Register(cid.to_vec(), route)).await.is_err() {
+            if !self.tell_routers(RouterCommand::Register(cid.to_vec(), route)).await {
                 return;
             }
             self.registered.push(cid.to_vec());
             if self.conn.new_scid(&cid, self.router.cids.reset_token(&cid), false).is_err() {
                 self.registered.pop();
-                let _ = self.router.commands.send(RouterCommand::Unregister(vec![cid.to_vec()])).await;
+                self.tell_routers(RouterCommand::Unregister(vec![cid.to_vec()])).await;
                 return;
             }
         }
@@ -567,7 +703,7 @@ impl ConnectionCore {
                 self.paced = Some(paced);
                 return Flushed::Paced;
             }
-            self.transmit(&socket, &paced.bytes, paced.to, None, 1).await;
+            self.transmit(paced.from, &paced.bytes, paced.to, None, 1).await;
         }
         let mut buffer = self.shared.large_buffers.take();
         let max_segments = socket.max_gso_segments().max(1);
@@ -579,7 +715,7 @@ impl ConnectionCore {
             let batch =
                 batch::fill_batch(&mut buffer[..SEND_BATCH_BYTES], mtu, max_segments, horizon, |out| {
                     match conn.send(out) {
-                        Ok((len, info)) => Some(ProducedPacket { len, to: info.to, at: info.at }),
+                        Ok((len, info)) => Some(ProducedPacket { len, from: info.from, to: info.to, at: info.at }),
                         Err(quiche::Error::Done) => None,
                         Err(err) => {
                             tracing::debug!(error = %err, "quiche send failed; connection is closing");
@@ -587,18 +723,18 @@ impl ConnectionCore {
                         }
                     }
                 });
-            if let Some(to) = batch.destination {
+            if let (Some(to), Some(from)) = (batch.destination, batch.source) {
                 let segment_size = (batch.segments > 1).then_some(batch.segment_size);
-                self.transmit(&socket, &buffer[..batch.len], to, segment_size, batch.segments).await;
+                self.transmit(from, &buffer[..batch.len], to, segment_size, batch.segments).await;
             }
-            if let Some(HeldPacket { len, to, at }) = batch.held {
+            if let Some(HeldPacket { len, from, to, at }) = batch.held {
                 let bytes = &buffer[batch.len..batch.len + len];
                 if at > horizon {
-                    self.paced = Some(PacedPacket { bytes: bytes.to_vec(), to, at });
+                    self.paced = Some(PacedPacket { bytes: bytes.to_vec(), from, to, at });
                     outcome = Flushed::Paced;
                     break;
                 }
-                self.transmit(&socket, bytes, to, None, 1).await;
+                self.transmit(from, bytes, to, None, 1).await;
             }
             if batch.exhausted {
                 outcome = Flushed::Done;
@@ -609,14 +745,27 @@ impl ConnectionCore {
         outcome
     }
 
+    /// The socket a path's packets leave from: the current one, or, while quiche still uses a path of
+    /// a socket this connection migrated away from, that socket.
+    fn socket_for(&self, from: SocketAddr) -> &crate::socket::QuicSocket {
+        if from == self.router.socket.local_addr() {
+            return &self.router.socket;
+        }
+        self.other_routers
+            .iter()
+            .find(|router| router.socket.local_addr() == from)
+            .map_or(&self.router.socket, |router| &router.socket)
+    }
+
     async fn transmit(
         &self,
-        socket: &crate::socket::QuicSocket,
+        from: SocketAddr,
         contents: &[u8],
         destination: SocketAddr,
         segment_size: Option<usize>,
         segments: usize,
     ) {
+        let socket = self.socket_for(from);
         let transmit = Transmit { destination, ecn: None, contents, segment_size, src_ip: None };
         let counters = &self.shared.counters;
         match socket.send(&transmit).await {
@@ -680,9 +829,9 @@ impl ConnectionCore {
         });
         let cids = std::mem::take(&mut self.registered);
         if let Some(token) = self.peer_reset_token.take() {
-            let _ = self.router.commands.send(RouterCommand::UnregisterResetToken(token)).await;
+            self.tell_routers(RouterCommand::UnregisterResetToken(token)).await;
         }
-        if self.router.commands.send(RouterCommand::Unregister(cids)).await.is_ok() {
+        if self.tell_routers(RouterCommand::Unregister(cids)).await {
             self.unregistered = true;
         }
         if let Some(waiter) = self.established_waiter.take() {
@@ -699,12 +848,12 @@ impl Drop for ConnectionCore {
             sources.remove(source);
         }
         if let Some(token) = self.peer_reset_token.take() {
-            let _ = self.router.commands.try_send(RouterCommand::UnregisterResetToken(token));
+            self.try_tell_routers(RouterCommand::UnregisterResetToken(token));
         }
         if !self.unregistered {
             let cids = std::mem::take(&mut self.registered);
             // Best effort; if the router's queue is full it heals the table when a packet comes.
-            let _ = self.router.commands.try_send(RouterCommand::Unregister(cids));
+            self.try_tell_routers(RouterCommand::Unregister(cids));
         }
         if self.closed_tx.borrow().is_none() {
             self.closed_tx.send_replace(Some(ConnectionError::Aborted));

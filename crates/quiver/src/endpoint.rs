@@ -14,7 +14,7 @@ use crate::buffer::{BufferPool, LARGE_BUFFER_BYTES};
 use crate::cid::CidGenerator;
 use crate::config::{ClientConfig, ServerConfig};
 use crate::connection::{self, ConnectionCore, ConnectionHandle, CoreParts, SessionSlot, StartSender};
-use crate::error::{ConnectError, ConnectionError, EndpointError};
+use crate::error::{ConnectError, ConnectionError, EndpointError, MigrateError};
 use crate::limits::{SourceConnections, SourceRates};
 use crate::router::{
     FORWARD_QUEUE, ROUTER_COMMAND_QUEUE, Route, Router, RouterCommand, RouterHandle, RouterParts, ServerRole, Siblings,
@@ -423,6 +423,27 @@ impl Endpoint {
             ConnectionError::EndpointShutdown => ConnectError::EndpointClosed,
             other => ConnectError::HandshakeFailed(other),
         })
+    }
+
+    /// Moves a client connection to another socket of this endpoint, as a device does when it changes
+    /// networks (RFC 9000 §9): the new path is probed, and once the server has answered on it, traffic
+    /// continues there. Returns when the connection runs on the new socket. Bind the second socket when
+    /// building the endpoint (`Endpoint::builder().bind(a).bind(b).client(..)`).
+    ///
+    /// # Errors
+    /// [`MigrateError`]: no socket at `local`, a server connection, a connection not established or
+    /// closed, or QUIC refusing (no spare connection IDs from the peer yet, or migration disabled).
+    ///
+    /// # Cancel safety
+    /// If cancelled, the migration may still happen.
+    pub async fn migrate(&self, connection: &ConnectionHandle, local: SocketAddr) -> Result<(), MigrateError> {
+        let router = self
+            .inner
+            .routers
+            .iter()
+            .find(|router| router.socket.local_addr() == local)
+            .ok_or(MigrateError::UnknownLocalAddress(local))?;
+        connection.migrate_to(router.clone()).await
     }
 
     /// A snapshot of the endpoint's counters.

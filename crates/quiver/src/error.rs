@@ -138,6 +138,25 @@ pub enum ConnectionError {
     Aborted,
 }
 
+/// Why [`Endpoint::migrate`](crate::Endpoint::migrate) could not move a connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateError {
+    /// Only a client may move its connection to another address (RFC 9000 §9).
+    #[error("only client connections can migrate")]
+    NotAClient,
+    /// The endpoint has no socket bound to this address; bind one with
+    /// [`EndpointBuilder::bind`](crate::EndpointBuilder::bind).
+    #[error("this endpoint has no socket bound to {0}")]
+    UnknownLocalAddress(std::net::SocketAddr),
+    /// The connection is not established yet, or already closed.
+    #[error("the connection is not established (or already closed)")]
+    NotEstablished,
+    /// QUIC refused: the peer disabled migration, or it has not given spare connection IDs yet.
+    #[error("migration refused: {0}")]
+    Refused(String),
+}
+
 /// The content of a CONNECTION_CLOSE frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloseReason {

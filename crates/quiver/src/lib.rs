@@ -69,7 +69,9 @@ pub use crate::config::{
 };
 pub use crate::connection::ConnectionHandle;
 pub use crate::endpoint::{Endpoint, EndpointBuilder, IncomingConnection};
-pub use crate::error::{ApplicationError, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError};
+pub use crate::error::{
+    ApplicationError, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError, MigrateError,
+};
 pub use crate::handshake::HandshakeInfo;
 pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 pub use quiche;

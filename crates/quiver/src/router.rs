@@ -116,7 +116,7 @@ impl Route {
 }
 
 /// Changes to the CID table, sent by connection tasks.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum RouterCommand {
     Register(Vec<u8>, Route),
     Unregister(Vec<Vec<u8>>),

@@ -239,12 +239,17 @@ pub struct ConnectionStats {
     pub cwnd_bytes: u64,
     /// Datagrams the router dropped because this connection's queue was full.
     pub queue_drops: u64,
+    /// The active path's local address.
+    pub local_addr: Option<std::net::SocketAddr>,
+    /// The active path's peer address.
+    pub peer_addr: Option<std::net::SocketAddr>,
 }
 
 impl ConnectionStats {
     pub(crate) fn from_connection(conn: &quiche::Connection, queue_drops: u64) -> Self {
         let stats = conn.stats();
-        let path = conn.path_stats().next();
+        // The active path (after a migration, not the first one).
+        let path = conn.path_stats().find(|path| path.active).or_else(|| conn.path_stats().next());
         Self {
             packets_received: stats.recv as u64,
             packets_sent: stats.sent as u64,
@@ -256,6 +261,8 @@ impl ConnectionStats {
             rtt: path.as_ref().map(|path| path.rtt).unwrap_or_default(),
             cwnd_bytes: path.as_ref().map(|path| path.cwnd as u64).unwrap_or_default(),
             queue_drops,
+            local_addr: path.as_ref().map(|path| path.local_addr),
+            peer_addr: path.as_ref().map(|path| path.peer_addr),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use quiver::{DropReason, Endpoint};
+use quiver::{ConnectionError, DropReason, Endpoint};
 use support::echo::{EchoClient, EchoServer};
 use support::*;
 
@@ -112,4 +112,47 @@ async fn reuseport_sockets_share_one_port_and_serve_many_clients() {
     }
     assert_eq!(server.stats().connections_accepted, 24);
     assert_eq!(server.stats().dropped_total(), 0, "{:?}", server.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_migrates_to_its_other_socket() {
+    let identity = identity();
+    let server = Endpoint::server(loopback(), server_builder(&identity).build().unwrap()).unwrap();
+    let (incoming_tx, mut incoming_rx) = tokio::sync::mpsc::channel(1);
+    let acceptor = server.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = acceptor.accept().await {
+            let _ = incoming_tx.send(incoming.start(EchoServer::new())).await;
+        }
+    });
+    // A client with two sockets: think Wi-Fi and cellular.
+    let client = Endpoint::builder()
+        .bind(loopback())
+        .bind(loopback())
+        .client(client_builder(&identity).build().unwrap())
+        .build()
+        .unwrap();
+    let [first_socket, second_socket] = client.local_addrs()[..] else { panic!("two sockets") };
+    let sent = payload(1_000_000, 11);
+    let (app, results) = EchoClient::new(vec![sent.clone()]);
+    let connection =
+        guarded("connect", client.connect(server.local_addr(), "localhost", app.keep_open())).await.unwrap();
+    assert!(guarded("echo", results).await.unwrap()[0] == sent);
+    let server_side = guarded("accepted", incoming_rx.recv()).await.unwrap();
+    assert_eq!(connection.stats().await.unwrap().local_addr, Some(first_socket));
+
+    assert_eq!(
+        client.migrate(&connection, "127.0.0.1:1".parse().unwrap()).await,
+        Err(quiver::MigrateError::UnknownLocalAddress("127.0.0.1:1".parse().unwrap()))
+    );
+    // Returns once the server has answered on the new path and the connection runs there.
+    guarded("migrate", client.migrate(&connection, second_socket)).await.expect("migration");
+    let stats = connection.stats().await.expect("still open");
+    assert_eq!(stats.local_addr, Some(second_socket), "{stats:?}");
+    // The new path carries the connection: the server hears the close sent on it.
+    connection.close(0, "moved and done");
+    match guarded("server side closed", server_side.closed()).await {
+        ConnectionError::PeerClosed(close) => assert_eq!((close.is_application, close.code), (true, 0)),
+        other => panic!("the server did not hear the close: {other:?}"),
+    }
 }
