@@ -295,6 +295,8 @@ pub struct H3Driver {
     /// Datagrams flows sent before the peer's SETTINGS arrived; each holds a `datagram_permits` permit,
     /// so there are at most `DATAGRAM_SEND_QUEUE`.
     datagrams_awaiting_settings: VecDeque<(Bytes, OwnedSemaphorePermit)>,
+    /// A client whose endpoint shuts down gracefully: close once every request is answered.
+    client_draining: bool,
 }
 
 /// Present in a request's extensions (server side) when the request arrived in 0-RTT early data,
@@ -330,6 +332,7 @@ impl H3Driver {
             datagram_permits: Arc::new(Semaphore::new(DATAGRAM_SEND_QUEUE)),
             datagrams: Arc::default(),
             datagrams_awaiting_settings: VecDeque::new(),
+            client_draining: false,
         }
     }
 
@@ -866,11 +869,30 @@ impl ApplicationOverQuic for H3Driver {
         if let Some(max) = conn.dgram_max_writable_len() {
             self.datagrams.max_writable.store(max, Ordering::Relaxed);
         }
-        let draining = matches!(self.role, Role::Server { goaway: Some(_), .. });
+        let draining = matches!(self.role, Role::Server { goaway: Some(_), .. }) || self.client_draining;
         self.prune_acknowledged(conn, draining);
         if draining && self.streams.is_empty() && self.unacknowledged.is_empty() {
             // Every request answered and every answer acknowledged: closing now loses nothing.
-            let _ = conn.close(true, crate::error::H3_NO_ERROR, b"server shutting down");
+            let _ = conn.close(true, crate::error::H3_NO_ERROR, b"shutting down");
+        }
+        Ok(())
+    }
+
+    /// The endpoint shuts down gracefully: a server sends GOAWAY and closes once its last response is
+    /// acknowledged; a client closes once its requests are answered.
+    fn on_drain(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        match &self.role {
+            Role::Server { .. } => {
+                if let Some(mut h3) = self.h3.take() {
+                    self.handle_wake(&mut h3, conn, Wake::GoAway);
+                    self.h3 = Some(h3);
+                }
+            }
+            Role::Client { going_away, .. } => {
+                // New requests go elsewhere; the connection closes when nothing is left in flight.
+                going_away.store(true, Ordering::Relaxed);
+                self.client_draining = true;
+            }
         }
         Ok(())
     }

@@ -101,6 +101,18 @@ pub trait ApplicationOverQuic: Send + 'static {
     /// An error closes the connection with its application code.
     fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError>;
 
+    /// The endpoint is shutting down gracefully ([`Endpoint::shutdown`](crate::Endpoint::shutdown)):
+    /// finish what is in flight, then close. Called once. The default closes at once (application code
+    /// 0); protocols with requests in flight do better (HTTP/3 sends GOAWAY and closes when its last
+    /// response is acknowledged). Whatever is still open at the shutdown deadline is closed anyway.
+    ///
+    /// # Errors
+    /// An error closes the connection with its application code.
+    fn on_drain(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        let _ = conn.close(true, 0, b"endpoint shutting down");
+        Ok(())
+    }
+
     /// The connection is closed; `reason` says why. Statistics are still readable from `conn`.
     fn on_conn_close(&mut self, conn: &mut QuicConnection, reason: &ConnectionError) {
         let _ = (conn, reason);

@@ -210,6 +210,7 @@ enum Wake {
     CloseRequested,
     Control(Option<Control>),
     Shutdown,
+    Drain,
     App(Result<(), ApplicationError>),
     AppPanicked,
 }
@@ -242,6 +243,9 @@ pub(crate) struct ConnectionCore {
     handle: Option<ConnectionHandle>,
     established_waiter: Option<oneshot::Sender<Result<ConnectionHandle, ConnectionError>>>,
     shutdown: watch::Receiver<bool>,
+    /// The endpoint's graceful-shutdown signal, and whether the application has been told.
+    drain: watch::Receiver<bool>,
+    drain_told: bool,
     /// Counted in the endpoint's handshakes in flight until established or gone (servers).
     handshaking: bool,
     source: Option<std::net::IpAddr>,
@@ -287,6 +291,8 @@ impl ConnectionCore {
             paced: None,
             router: parts.router,
             shutdown: parts.shared.shutdown_signal(),
+            drain: parts.shared.drain_signal(),
+            drain_told: false,
             shared: parts.shared,
             inbound_closed: false,
             registered,
@@ -405,6 +411,7 @@ impl ConnectionCore {
                     _ = self.close_requests.changed() => Wake::CloseRequested,
                     control = self.controls.recv() => Wake::Control(control),
                     _ = self.shutdown.wait_for(|stop| *stop), if shutdown_pending => Wake::Shutdown,
+                    _ = self.drain.wait_for(|drain| *drain), if app_waits && !self.drain_told => Wake::Drain,
                     result = wait_for_app, if app_waits => match result {
                         Ok(result) => Wake::App(result),
                         Err(_) => Wake::AppPanicked,
@@ -438,6 +445,11 @@ impl ConnectionCore {
                 Wake::Shutdown => {
                     self.close_transport(0, "endpoint shut down");
                     self.forced_reason.get_or_insert(ConnectionError::EndpointShutdown);
+                }
+                Wake::Drain => {
+                    self.drain_told = true;
+                    let result = guard(|| app.on_drain(&mut self.conn));
+                    self.apply_app_result(result);
                 }
                 Wake::App(result) => self.apply_app_result(result.map_err(AppFailure::Error)),
                 Wake::AppPanicked => self.apply_app_result(Err(AppFailure::Panic)),

@@ -33,6 +33,8 @@ pub(crate) struct EndpointShared {
     pub(crate) small_buffers: BufferPool,
     pub(crate) idle: Notify,
     shutdown: watch::Sender<bool>,
+    /// Set by a graceful shutdown: no new connections, applications finish and close.
+    drain: watch::Sender<bool>,
     /// Handshake rate per client address, if the server limits it.
     pub(crate) source_rates: Option<SourceRates>,
     /// Live connections per client address, if the server limits them.
@@ -42,6 +44,15 @@ pub(crate) struct EndpointShared {
 impl EndpointShared {
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shutdown.subscribe()
+    }
+
+    pub(crate) fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+
+    /// Whether a graceful shutdown has begun.
+    pub(crate) fn is_draining(&self) -> bool {
+        *self.drain.borrow()
     }
 
     /// Returns a buffer from either pool to the pool it came from.
@@ -199,6 +210,7 @@ impl EndpointBuilder {
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| EndpointError::NoRuntime)?;
         let (shutdown, _) = watch::channel(false);
+        let (drain, _) = watch::channel(false);
         let shared = Arc::new(EndpointShared {
             counters: EndpointCounters::default(),
             large_buffers: BufferPool::large(),
@@ -215,6 +227,7 @@ impl EndpointBuilder {
                 .map(SourceConnections::new),
             idle: Notify::new(),
             shutdown,
+            drain,
         });
         let backlog = self.server.as_ref().map_or(1, |config| config.accept_backlog);
         let (accept_tx, accept_rx) = mpsc::channel(backlog);
@@ -455,6 +468,26 @@ impl Endpoint {
     /// routers. Use [`wait_idle`](Self::wait_idle) to wait until every connection task has ended.
     pub fn close(&self) {
         self.inner.shared.shutdown.send_replace(true);
+    }
+
+    /// Shuts the endpoint down gracefully: new connections are refused (CONNECTION_REFUSED), every
+    /// application is asked to finish and close ([`ApplicationOverQuic::on_drain`]), and whatever is
+    /// still open after `deadline` is closed. Resolves when every connection has ended.
+    ///
+    /// # Cancel safety
+    /// Cancelling stops the waiting, not the shutdown: new connections stay refused.
+    ///
+    /// [`ApplicationOverQuic::on_drain`]: crate::ApplicationOverQuic::on_drain
+    pub async fn shutdown(&self, deadline: std::time::Duration) {
+        self.inner.shared.drain.send_replace(true);
+        if tokio::time::timeout(deadline, self.wait_idle()).await.is_err() {
+            tracing::warn!(
+                connections = self.inner.shared.counters.active_connections.load(Ordering::Relaxed),
+                "shutdown deadline passed; closing what is left"
+            );
+        }
+        self.close();
+        self.wait_idle().await;
     }
 
     /// Resolves when no connection task is running.

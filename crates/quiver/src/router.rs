@@ -599,7 +599,9 @@ impl Router {
                 return;
             }
         }
-        let refusal = if !rate_ok {
+        let refusal = if shared.is_draining() {
+            Some(DropReason::ShuttingDown)
+        } else if !rate_ok {
             Some(DropReason::SourceRateLimit)
         } else if counters.active_connections.load(Ordering::Relaxed) >= config.max_connections as u64 {
             Some(DropReason::ConnectionLimit)

@@ -42,11 +42,13 @@ pub enum DropReason {
     SourceConnectionLimit,
     /// The client's address started handshakes faster than its rate allows: refused.
     SourceRateLimit,
+    /// The endpoint is shutting down gracefully: refused.
+    ShuttingDown,
 }
 
 impl DropReason {
     /// Every reason, in a stable order (for exporting).
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::Unparseable,
         DropReason::UnsupportedVersion,
         DropReason::InitialTooShort,
@@ -64,6 +66,7 @@ impl DropReason {
         DropReason::HandshakeLimit,
         DropReason::SourceConnectionLimit,
         DropReason::SourceRateLimit,
+        DropReason::ShuttingDown,
     ];
 
     /// A snake_case name for logs and metrics labels.
@@ -86,6 +89,7 @@ impl DropReason {
             DropReason::HandshakeLimit => "handshake_limit",
             DropReason::SourceConnectionLimit => "source_connection_limit",
             DropReason::SourceRateLimit => "source_rate_limit",
+            DropReason::ShuttingDown => "shutting_down",
         }
     }
 
