@@ -38,6 +38,10 @@ pub struct ServeArgs {
     pub metrics: MetricsArgs,
     #[command(flatten)]
     pub qlog: QlogArgs,
+    /// UDP sockets sharing the port (SO_REUSEPORT), one router each: the kernel spreads clients over
+    /// them, so more cores serve in parallel. Default: one per CPU this process may run on.
+    #[arg(long)]
+    pub sockets: Option<usize>,
 }
 
 const INDEX_HTML: &str = include_str!("site/index.html");
@@ -62,7 +66,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .flow_control(32 * 1024 * 1024, 8 * 1024 * 1024)
         .with_transport(|transport| args.qlog.apply(transport))
         .build()?;
-    let endpoint = Endpoint::server(args.listen, config)?;
+    let sockets = args.sockets.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cores| cores.get()));
+    let endpoint = if sockets > 1 {
+        Endpoint::builder().bind_reuseport(args.listen, sockets).server(config).build()?
+    } else {
+        Endpoint::server(args.listen, config)?
+    };
     let addr = endpoint.local_addr();
     say!(
         "quiver serving HTTP/3 on https://{addr}/ ({})",
