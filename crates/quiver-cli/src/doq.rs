@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use quiver::Endpoint;
 use quiver_doq::{DoqClient, DoqError, DoqServer, Message, Name, RecordType};
 
+use crate::admission::AdmissionArgs;
 use crate::get::usage;
 use crate::identity::{ClientTlsArgs, IdentityArgs, tls_hint};
 use crate::observe::{MetricsArgs, QlogArgs};
@@ -32,6 +33,13 @@ pub struct ServeArgs {
     pub upstream: SocketAddr,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
+    /// Accept 0-RTT from returning clients (RFC 9250 section 4.5): only replay-safe queries (one
+    /// question, opcode QUERY, no zone transfer) are ever forwarded, early or not. Share
+    /// --secret-file across restarts so that session tickets keep working.
+    #[arg(long)]
+    pub early_data: bool,
     /// Milliseconds to wait for the upstream before answering SERVFAIL.
     #[arg(long, value_name = "MS", default_value_t = quiver_doq::DEFAULT_UPSTREAM_TIMEOUT.as_millis() as u64)]
     pub upstream_timeout_ms: u64,
@@ -92,8 +100,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .identity(server_identity.identity.clone())
         .max_streams(args.max_streams.max(1) as u64, 0)
         .idle_timeout(Duration::from_secs(args.idle_timeout.max(1)))
-        .with_transport(|transport| args.qlog.apply(transport))
-        .build()?;
+        .early_data(args.early_data)
+        .with_transport(|transport| args.qlog.apply(transport));
+    let config = args.admission.apply(config)?.build()?;
     let endpoint = Endpoint::server(args.listen, config).map_err(|err| {
         let denied = matches!(&err, quiver::EndpointError::Bind { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied);
         let hint = if denied && args.listen.port() < 1024 { " (ports below 1024 need root: try --listen 127.0.0.1:8853)" } else { "" };

@@ -11,6 +11,7 @@ macro_rules! say {
     }};
 }
 
+mod admission;
 mod bench;
 mod doq;
 mod get;
@@ -106,5 +107,17 @@ fn exit_code(result: anyhow::Result<()>) -> ExitCode {
             eprintln!("quiver: {err:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap's own consistency checks (duplicate flags, bad defaults) over every subcommand: they would
+    /// otherwise surface only when a user runs the command.
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

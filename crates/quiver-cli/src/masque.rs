@@ -13,6 +13,7 @@ use quiver_masque::{MasqueClient, Proxy, ProxyConfig, Target, TargetPolicy, Tunn
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::admission::{AdmissionArgs, SourceLimitArgs};
 use crate::get::usage;
 use crate::identity::{ClientTlsArgs, IdentityArgs};
 use crate::observe::{MetricsArgs, QlogArgs};
@@ -63,6 +64,10 @@ struct ProxyArgs {
     template: String,
     #[command(flatten)]
     identity: IdentityArgs,
+    #[command(flatten)]
+    admission: AdmissionArgs,
+    #[command(flatten)]
+    source_limit: SourceLimitArgs,
     /// Require `Proxy-Authorization: Bearer TOKEN` on every tunnel request. Needed to listen on an
     /// address other than loopback, unless --no-auth.
     #[arg(long, env = "QUIVER_MASQUE_TOKEN", hide_env_values = true)]
@@ -204,8 +209,8 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let server_identity = args.identity.load()?;
     let quic = quiver_masque::proxy_server_config(&config)
         .identity(server_identity.identity.clone())
-        .with_transport(|transport| args.qlog.apply(transport))
-        .build()?;
+        .with_transport(|transport| args.qlog.apply(transport));
+    let quic = args.source_limit.apply(args.admission.apply(quic)?).build()?;
     let endpoint = Endpoint::server(args.listen, quic)?;
     let addr = endpoint.local_addr();
     let rules: Vec<String> = config.policy.rules().iter().map(ToString::to_string).collect();

@@ -17,6 +17,7 @@ use quiver::Endpoint;
 use quiver_h3::{PeerAddr, RecvBody, Server};
 use tokio::io::AsyncRead;
 
+use crate::admission::{AdmissionArgs, SourceLimitArgs};
 use crate::identity::IdentityArgs;
 use crate::observe::{MetricsArgs, QlogArgs};
 
@@ -31,6 +32,15 @@ pub struct ServeArgs {
     pub dir: Option<PathBuf>,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub admission: AdmissionArgs,
+    #[command(flatten)]
+    pub source_limit: SourceLimitArgs,
+    /// Accept 0-RTT: a returning client's requests arrive with its first flight. Safe methods (GET,
+    /// HEAD, OPTIONS) are answered at once; others get 425 Too Early and are retried after the
+    /// handshake. Share --secret-file across restarts and servers so that tickets keep working.
+    #[arg(long)]
+    pub early_data: bool,
     /// Seconds to let in-flight requests finish after Ctrl-C.
     #[arg(long, default_value_t = 10)]
     pub drain_seconds: u64,
@@ -64,8 +74,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .identity(identity.clone())
         .max_streams(1000, 100)
         .flow_control(32 * 1024 * 1024, 8 * 1024 * 1024)
-        .with_transport(|transport| args.qlog.apply(transport))
-        .build()?;
+        .early_data(args.early_data)
+        .with_transport(|transport| args.qlog.apply(transport));
+    let config = args.source_limit.apply(args.admission.apply(config)?).build()?;
     let sockets = args.sockets.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cores| cores.get()));
     let endpoint = if sockets > 1 {
         Endpoint::builder().bind_reuseport(args.listen, sockets).server(config).build()?

@@ -201,3 +201,27 @@ fn bench_counts_validated_requests_and_fails_on_errors() {
         .expect("run quiver bench on a 404");
     assert_eq!(failing.status.code(), Some(1), "a 404 is a failed request");
 }
+
+#[test]
+fn admission_options_are_accepted_and_bad_ones_refused() {
+    let dir = temp_dir("admission");
+    let secret = dir.join("secret.key");
+    std::fs::write(&secret, [7u8; 32]).unwrap();
+    // Every client pays a Retry round trip; the request still succeeds.
+    let served = serve(&["--retry", "always", "--secret-file", secret.to_str().unwrap(), "--early-data"]);
+    let fetched = get(&["-k", "-v", &format!("{}/bytes/10", served.base)]);
+    assert!(fetched.status.success(), "{fetched:?}");
+    drop(served);
+
+    let short = dir.join("short.key");
+    std::fs::write(&short, [7u8; 31]).unwrap();
+    let refused = Command::new(QUIVER)
+        .args(["serve", "--listen", "127.0.0.1:0", "--secret-file", short.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("fewer than 32"), "{refused:?}");
+    let bad_policy = Command::new(QUIVER).args(["serve", "--retry", "sometimes"]).output().unwrap();
+    assert_eq!(bad_policy.status.code(), Some(2), "{bad_policy:?}");
+    std::fs::remove_dir_all(dir).ok();
+}

@@ -146,9 +146,10 @@ pub(crate) fn pad_message(message: &mut Message, block: usize) -> Option<Vec<u8>
 /// * never zone transfers (AXFR, IXFR): large answers an attacker could multiply by replaying;
 /// * exactly one question, and a query, not a response.
 ///
-/// Quiver does not expose early data yet, so the server cannot receive 0-RTT queries today; this
-/// decision applies as soon as it does (queries failing it will then be answered only after the
-/// handshake, or refused with DOQ_PROTOCOL_ERROR as §4.3.3 allows).
+/// The server forwards upstream only queries that pass this check, whether or not they arrived in
+/// 0-RTT; the rest are answered locally (FORMERR, NOTIMP), which a replay can only repeat. So a server
+/// with early data on (`server_config().early_data(true)`, `quiver doq serve --early-data`) never
+/// acts on a non-replayable transaction sent early.
 ///
 /// ```
 /// use quiver_doq::{Message, Name, RecordType, is_replay_safe};

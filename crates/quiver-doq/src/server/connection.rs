@@ -132,6 +132,14 @@ impl ServerConnection {
             self.respond(conn, stream, answer, in_flight);
             return Ok(());
         }
+        // 0-RTT (RFC 9250 §4.5): what reaches the upstream from here on is exactly what
+        // `is_replay_safe` admits (one question, opcode QUERY, no zone transfer), so queries that
+        // arrive in early data need no other gate; everything else was answered locally above, and a
+        // replay of it only repeats that answer.
+        debug_assert!(crate::is_replay_safe(&parsed));
+        if conn.is_in_early_data() {
+            tracing::trace!(stream, "replay-safe query in 0-RTT");
+        }
         let shared = self.shared.clone();
         let answers = self.answers_tx.clone();
         let task = tokio::spawn(async move {
