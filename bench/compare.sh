@@ -9,7 +9,8 @@
 #   QUICK=1 bench/compare.sh         # shorter runs, for trying the script out
 #
 # Workloads (the performance issue's): 8 connections x 32 streams of GET 100 B; one connection
-# downloading 1 GiB; handshakes only, 8 in parallel; 10k idle connections (server memory).
+# downloading 1 GiB; full handshakes only (no session resumption), 8 in parallel; 10k idle connections
+# (server memory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 write=false
@@ -128,7 +129,7 @@ report() {
   echo "| 1 conn, GET $((bulk_bytes / 1048576)) MiB | MB/s | $(field quiver bulk 1) | $(field tokio-quiche bulk 1) | $(field quinn-h3 bulk 1) | $(ratio bulk) |"
   echo "| same | server CPU s per GB | $(field quiver bulk 2) | $(field tokio-quiche bulk 2) | $(field quinn-h3 bulk 2) | |"
   echo "| same | UDP receive drops | $(field quiver bulk 3) | $(field tokio-quiche bulk 3) | $(field quinn-h3 bulk 3) | |"
-  echo "| handshakes only, 8 in parallel, ${hs_seconds} s | handshakes/s | $(field quiver handshakes 1) | $(field tokio-quiche handshakes 1) | $(field quinn-h3 handshakes 1) | $(ratio handshakes) |"
+  echo "| full handshakes only, 8 in parallel, ${hs_seconds} s | handshakes/s | $(field quiver handshakes 1) | $(field tokio-quiche handshakes 1) | $(field quinn-h3 handshakes 1) | $(ratio handshakes) |"
   echo "| same | server CPU µs per handshake | $(field quiver handshakes 2) | $(field tokio-quiche handshakes 2) | $(field quinn-h3 handshakes 2) | |"
   echo "| ${idle_connections} idle connections | server RSS KiB per connection | $(field quiver idle 1) | $(field tokio-quiche idle 1) | $(field quinn-h3 idle 1) | |"
 }

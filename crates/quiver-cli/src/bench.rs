@@ -59,6 +59,10 @@ pub struct BenchArgs {
     /// what the project's reference figures use; `X25519MLKEM768:X25519` adds the post-quantum hybrid.
     #[arg(long, default_value = "X25519")]
     pub groups: String,
+    /// Resume TLS sessions on new connections (session tickets), as a returning browser does. Off by
+    /// default: every handshake is a full one, certificate and signature included.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 #[derive(Default)]
@@ -67,6 +71,7 @@ struct Totals {
     errors: AtomicU64,
     bytes: AtomicU64,
     handshakes: AtomicU64,
+    resumed: AtomicU64,
 }
 
 struct Plan {
@@ -142,7 +147,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut config = quiver_h3::client_config()
         .flow_control(64 * 1024 * 1024, 16 * 1024 * 1024)
-        .key_exchange_groups(args.groups.split(':'));
+        .key_exchange_groups(args.groups.split(':'))
+        .session_resumption(args.resume);
     if args.insecure {
         config = config.insecure_skip_verification();
     }
@@ -197,6 +203,9 @@ async fn connect(plan: &Plan, endpoint: &Endpoint) -> anyhow::Result<H3Connectio
         .await
         .with_context(|| format!("cannot connect to {}", plan.addr))?;
     plan.totals.handshakes.fetch_add(1, Ordering::Relaxed);
+    if connection.quic().handshake().resumed {
+        plan.totals.resumed.fetch_add(1, Ordering::Relaxed);
+    }
     Ok(connection)
 }
 
@@ -379,6 +388,7 @@ fn report(args: &BenchArgs, totals: &Totals, latencies_us: &mut [u32], elapsed: 
     println!("finished in {elapsed:.2} s");
     if args.hs_only {
         println!("handshakes: {handshakes} ({:.0} per second), errors: {errors}", handshakes as f64 / elapsed);
+        println!("resumed: {}", totals.resumed.load(Ordering::Relaxed));
         return;
     }
     latencies_us.sort_unstable();

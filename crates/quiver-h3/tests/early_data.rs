@@ -168,3 +168,31 @@ async fn without_early_data_a_resumed_connection_waits_for_the_handshake() {
         guarded("closed", connection.quic().closed()).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_resumption_can_be_turned_off() {
+    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
+    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
+    let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    tokio::spawn(Server::new(tower::service_fn(report)).serve(server.clone()));
+    for resumption in [true, false] {
+        let client_config = quiver_h3::client_config()
+            .without_system_roots()
+            .trust_certificate_der(identity.certificate_der())
+            .session_resumption(resumption)
+            .build()
+            .unwrap();
+        let client = Endpoint::client("127.0.0.1:0".parse().unwrap(), client_config).unwrap();
+        let mut resumed = Vec::new();
+        for _ in 0..2 {
+            let connection =
+                guarded("connect", H3Connection::connect(&client, server.local_addr(), "localhost")).await.unwrap();
+            // A request, so that the server's session ticket has surely arrived before the close.
+            assert_eq!(ask(&connection, Method::GET, server.local_addr().port()).await, "GET after-handshake");
+            resumed.push(connection.quic().handshake().resumed);
+            connection.quic().close(0, "done");
+            guarded("closed", connection.quic().closed()).await;
+        }
+        assert_eq!(resumed, [false, resumption], "resumption {resumption}");
+    }
+}

@@ -393,7 +393,8 @@ impl Endpoint {
             crate::qlog::attach(&mut conn, dir).open();
         }
         let session_key: SessionKey = (server_name.to_owned(), remote);
-        if let Some(session) = client.sessions.get(&session_key) {
+        let resumption = client.config.session_resumption;
+        if let Some(session) = resumption.then(|| client.sessions.get(&session_key)).flatten() {
             // A stale or foreign ticket only means a full handshake.
             let _ = conn.set_session(&session);
         }
@@ -413,7 +414,11 @@ impl Endpoint {
             odcid: None,
             handshake_timeout: Some(client.config.handshake_timeout),
             source: None,
-            session_store: Some(SessionSlot { cache: client.sessions.clone(), key: session_key, stored: false }),
+            session_store: resumption.then(|| SessionSlot {
+                cache: client.sessions.clone(),
+                key: session_key,
+                stored: false,
+            }),
         });
         drop(route);
         self.inner.shared.counters.connections_opened.fetch_add(1, Ordering::Relaxed);

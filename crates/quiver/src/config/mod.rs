@@ -717,6 +717,7 @@ pub struct ClientConfig {
     pub(crate) trust: TrustAnchors,
     pub(crate) handshake_timeout: Duration,
     pub(crate) keylog: Option<KeyLog>,
+    pub(crate) session_resumption: bool,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -727,6 +728,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("verify_peer", &self.verify_peer)
             .field("extra_trust_anchors", &self.trust.extra.len())
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("session_resumption", &self.session_resumption)
             .finish()
     }
 }
@@ -767,6 +769,9 @@ impl ClientConfig {
         if let Some(ms) = file.handshake_timeout_ms {
             builder = builder.handshake_timeout(Duration::from_millis(ms));
         }
+        if let Some(enabled) = file.session_resumption {
+            builder = builder.session_resumption(enabled);
+        }
         builder.build()
     }
 
@@ -786,6 +791,7 @@ struct ClientConfigFile {
     #[serde(default)]
     insecure: bool,
     handshake_timeout_ms: Option<u64>,
+    session_resumption: Option<bool>,
     #[serde(default)]
     transport: TransportConfig,
 }
@@ -809,6 +815,7 @@ pub struct ClientConfigBuilder {
     use_system_roots: bool,
     trust: Vec<TrustSource>,
     handshake_timeout: Duration,
+    session_resumption: bool,
 }
 
 impl Default for ClientConfigBuilder {
@@ -820,6 +827,7 @@ impl Default for ClientConfigBuilder {
             use_system_roots: true,
             trust: Vec::new(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            session_resumption: true,
         }
     }
 }
@@ -856,6 +864,14 @@ impl ClientConfigBuilder {
         self
     }
 
+    /// Whether the endpoint keeps servers' session tickets and resumes its next connection to the same
+    /// server with one (on by default; 0-RTT also needs [`early_data`](Self::early_data)). Turn it off
+    /// to make every handshake a full one, e.g. to measure a server's full-handshake cost.
+    pub fn session_resumption(mut self, enabled: bool) -> Self {
+        self.session_resumption = enabled;
+        self
+    }
+
     /// Validates the settings and loads trust anchors.
     ///
     /// # Errors
@@ -878,6 +894,7 @@ impl ClientConfigBuilder {
             trust,
             handshake_timeout: self.handshake_timeout,
             keylog,
+            session_resumption: self.session_resumption,
         };
         config.quiche_config()?;
         Ok(config)
