@@ -257,9 +257,32 @@ pub(crate) struct ConnectionCore {
     /// from (the peer may still answer on the old path) and one it is probing. quiche may send on any
     /// of their paths, so packets leave from the socket their path names.
     other_routers: Vec<RouterHandle>,
-    /// A migration waiting for its path to validate: the new local address, and who to tell.
-    pending_migration: Option<(SocketAddr, oneshot::Sender<Result<(), MigrateError>>)>,
+    /// A migration waiting for its path to validate.
+    pending_migration: Option<PendingMigration>,
 }
+
+/// A client's migration whose new path is being validated.
+struct PendingMigration {
+    /// The new local address.
+    local: SocketAddr,
+    /// The server's address, which the probes go to.
+    peer: SocketAddr,
+    /// Who to tell the outcome.
+    reply: oneshot::Sender<Result<(), MigrateError>>,
+    /// When to send the next PATH_CHALLENGE if no answer came.
+    next_probe: Instant,
+    /// Challenges sent so far.
+    probes: u32,
+}
+
+/// PATH_CHALLENGEs a migration sends before it gives up. quiche sends a new challenge only when the
+/// packet carrying the last one is lost; when that packet is acknowledged but the PATH_RESPONSE is
+/// lost (a full inbound queue under load drops it), validation would wait forever. The connection
+/// therefore re-probes on a timer of its own, as RFC 9000 §8.2.4 has the initiator do.
+const MAX_MIGRATION_PROBES: u32 = 5;
+
+/// The first wait for a PATH_RESPONSE; it doubles with every probe. At least three round trips.
+const MIN_PROBE_INTERVAL: Duration = Duration::from_millis(30);
 
 /// A client connection's place in its endpoint's session cache.
 pub(crate) struct SessionSlot {
@@ -461,7 +484,8 @@ impl ConnectionCore {
         let quic = self.conn.timeout_instant().map(Instant::from_std);
         let handshake = self.handshake_deadline.filter(|_| !self.conn.is_established()).map(|(at, _)| at);
         let paced = self.paced.as_ref().map(|paced| Instant::from_std(paced.at));
-        [quic, handshake, paced].into_iter().flatten().min().unwrap_or_else(|| Instant::now() + FAR_FUTURE)
+        let probe = self.pending_migration.as_ref().map(|pending| pending.next_probe);
+        [quic, handshake, paced, probe].into_iter().flatten().min().unwrap_or_else(|| Instant::now() + FAR_FUTURE)
     }
 
     /// Feeds quiche every datagram of one hand-off, then gives the buffer back to the pool.
@@ -577,8 +601,19 @@ impl ConnectionCore {
         let result = self.start_migration(&router).await;
         match result {
             Ok(true) => {
-                if let Some((_, previous)) = self.pending_migration.replace((router.socket.local_addr(), reply)) {
-                    let _ = previous.send(Err(MigrateError::Refused("superseded by another migration".into())));
+                let Some(peer) = self.active_peer() else {
+                    let _ = reply.send(Err(MigrateError::NotEstablished));
+                    return;
+                };
+                let pending = PendingMigration {
+                    local: router.socket.local_addr(),
+                    peer,
+                    reply,
+                    next_probe: Instant::now() + self.probe_interval(1),
+                    probes: 1,
+                };
+                if let Some(previous) = self.pending_migration.replace(pending) {
+                    let _ = previous.reply.send(Err(MigrateError::Refused("superseded by another migration".into())));
                 }
             }
             Ok(false) => {
@@ -603,8 +638,7 @@ impl ConnectionCore {
         if local == self.router.socket.local_addr() {
             return Ok(false);
         }
-        let peer = self.conn.path_stats().find(|path| path.active).map(|path| path.peer_addr);
-        let peer = peer.ok_or(MigrateError::NotEstablished)?;
+        let peer = self.active_peer().ok_or(MigrateError::NotEstablished)?;
         if !self.other_routers.iter().any(|other| other.socket.local_addr() == local) {
             let inbound = self.route.upgrade().ok_or(MigrateError::NotEstablished)?;
             let route = Route { inbound, queue: self.queue.clone() };
@@ -623,28 +657,63 @@ impl ConnectionCore {
         Ok(true)
     }
 
+    /// The peer address of the active path.
+    fn active_peer(&self) -> Option<SocketAddr> {
+        self.conn.path_stats().find(|path| path.active).map(|path| path.peer_addr)
+    }
+
+    /// How long to wait for an answer to the `probe`-th PATH_CHALLENGE.
+    fn probe_interval(&self, probe: u32) -> Duration {
+        let rtt = self.conn.path_stats().find(|path| path.active).map_or(Duration::ZERO, |path| path.rtt);
+        (rtt * 3).max(MIN_PROBE_INTERVAL) * 2u32.saturating_pow(probe.saturating_sub(1))
+    }
+
+    /// Sends another PATH_CHALLENGE when the last one went unanswered for too long, or gives the
+    /// migration up after [`MAX_MIGRATION_PROBES`].
+    fn reprobe_if_due(&mut self) {
+        let Some(pending) = &self.pending_migration else { return };
+        if Instant::now() < pending.next_probe {
+            return;
+        }
+        let (local, peer, probes) = (pending.local, pending.peer, pending.probes);
+        if probes >= MAX_MIGRATION_PROBES || self.conn.probe_path(local, peer).is_err() {
+            if let Some(pending) = self.pending_migration.take() {
+                let _ =
+                    pending.reply.send(Err(MigrateError::Refused("the peer did not answer on the new path".into())));
+            }
+            return;
+        }
+        let next_probe = Instant::now() + self.probe_interval(probes + 1);
+        if let Some(pending) = &mut self.pending_migration {
+            pending.probes += 1;
+            pending.next_probe = next_probe;
+        }
+        tracing::debug!(%local, probes = probes + 1, "no PATH_RESPONSE yet; probing the new path again");
+    }
+
     /// Follows quiche's path events: when the path a migration probes is validated, the connection
     /// switches to it; when validation fails, the migration is refused.
     fn on_path_events(&mut self) {
         while let Some(event) = self.conn.path_event_next() {
-            let Some((target, _)) = &self.pending_migration else { continue };
-            let target = *target;
+            let Some(target) = self.pending_migration.as_ref().map(|pending| pending.local) else { continue };
             match event {
                 quiche::PathEvent::Validated(local, _) if local == target => {
                     let result = self.switch_to(local);
-                    if let Some((_, reply)) = self.pending_migration.take() {
-                        let _ = reply.send(result);
+                    if let Some(pending) = self.pending_migration.take() {
+                        let _ = pending.reply.send(result);
                     }
                 }
                 quiche::PathEvent::FailedValidation(local, _) if local == target => {
-                    if let Some((_, reply)) = self.pending_migration.take() {
-                        let _ =
-                            reply.send(Err(MigrateError::Refused("the peer did not answer on the new path".into())));
+                    if let Some(pending) = self.pending_migration.take() {
+                        let _ = pending
+                            .reply
+                            .send(Err(MigrateError::Refused("the peer did not answer on the new path".into())));
                     }
                 }
                 _ => {}
             }
         }
+        self.reprobe_if_due();
     }
 
     /// Makes the validated path from `local` the active one, and its socket the connection's own.

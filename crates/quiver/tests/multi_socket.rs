@@ -4,9 +4,10 @@
 
 mod support;
 
-use quiver::{ConnectionError, DropReason, Endpoint};
+use quiver::{ConnectionError, ConnectionHandle, DropReason, Endpoint};
 use support::echo::{EchoClient, EchoServer};
 use support::*;
+use tokio::sync::mpsc;
 
 /// Parses a connection's trace ID (its first source connection ID, in hex) back into bytes.
 fn cid_from_trace_id(trace_id: &str) -> Vec<u8> {
@@ -114,24 +115,30 @@ async fn reuseport_sockets_share_one_port_and_serve_many_clients() {
     assert_eq!(server.stats().dropped_total(), 0, "{:?}", server.stats());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_migrates_to_its_other_socket() {
+/// An echo server (its accepted connections' handles come out of the receiver) and a client with two
+/// sockets: think Wi-Fi and cellular.
+fn echo_server_and_two_socket_client() -> (Endpoint, mpsc::Receiver<ConnectionHandle>, Endpoint) {
     let identity = identity();
     let server = Endpoint::server(loopback(), server_builder(&identity).build().unwrap()).unwrap();
-    let (incoming_tx, mut incoming_rx) = tokio::sync::mpsc::channel(1);
+    let (incoming_tx, incoming_rx) = mpsc::channel(4);
     let acceptor = server.clone();
     tokio::spawn(async move {
         while let Some(incoming) = acceptor.accept().await {
-            let _ = incoming_tx.send(incoming.start(EchoServer::new())).await;
+            let _ = incoming_tx.try_send(incoming.start(EchoServer::new()));
         }
     });
-    // A client with two sockets: think Wi-Fi and cellular.
     let client = Endpoint::builder()
         .bind(loopback())
         .bind(loopback())
         .client(client_builder(&identity).build().unwrap())
         .build()
         .unwrap();
+    (server, incoming_rx, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_migrates_to_its_other_socket() {
+    let (server, mut incoming_rx, client) = echo_server_and_two_socket_client();
     let [first_socket, second_socket] = client.local_addrs()[..] else { panic!("two sockets") };
     let sent = payload(1_000_000, 11);
     let (app, results) = EchoClient::new(vec![sent.clone()]);
@@ -155,4 +162,32 @@ async fn a_client_migrates_to_its_other_socket() {
         ConnectionError::PeerClosed(close) => assert_eq!((close.is_application, close.code), (true, 0)),
         other => panic!("the server did not hear the close: {other:?}"),
     }
+}
+
+/// Ignored in the suite because about one run in twenty stalls (a known limit, see
+/// `docs/architecture.md`): when the client's PATH_RESPONSE to the server's own challenge is dropped in
+/// the server's full inbound queue, quiche 0.30 never challenges again (the challenge's packet was
+/// acknowledged), so the server stays bound by the anti-amplification limit on the client's new path.
+/// Run it with `cargo test -p quiver --test multi_socket -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "stalls about once in twenty runs: quiche does not re-challenge after a lost PATH_RESPONSE"]
+async fn a_client_migrates_in_the_middle_of_a_transfer() {
+    let (server, _incoming, client) = echo_server_and_two_socket_client();
+    let [_, second_socket] = client.local_addrs()[..] else { panic!("two sockets") };
+    // Large enough that the echo is still running when the move is done: it takes a few
+    // milliseconds, the echo about a second on loopback.
+    let sent = payload(100_000_000, 12);
+    let (app, results) = EchoClient::new(vec![sent.clone()]);
+    let connection = guarded("connect", client.connect(server.local_addr(), "localhost", app)).await.unwrap();
+    // Move once the echo is flowing both ways (packets in flight on the old path).
+    guarded("the echo to start", async {
+        while connection.stats().await.is_some_and(|stats| stats.bytes_received < 2_000_000) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    guarded("migrate", client.migrate(&connection, second_socket)).await.expect("migration mid-transfer");
+    let echoed = guarded("the rest of the echo", results).await.expect("the echo completed");
+    assert!(echoed[0] == sent, "bytes differ after the migration");
+    assert!(client.stats().datagrams_received > 0);
 }
