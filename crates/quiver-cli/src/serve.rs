@@ -37,7 +37,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub source_limit: SourceLimitArgs,
     /// Accept 0-RTT: a returning client's requests arrive with its first flight. Safe methods (GET,
-    /// HEAD, OPTIONS) are answered at once; others get 425 Too Early and are retried after the
+    /// HEAD, OPTIONS, TRACE) are answered at once; others get 425 Too Early and are retried after the
     /// handshake. Share --secret-file across restarts and servers so that tickets keep working.
     #[arg(long)]
     pub early_data: bool,
