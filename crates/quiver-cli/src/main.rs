@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // The load generator sizes its own runtime (-t).
         Command::Bench(args) => bench::run(args),
-        Command::Serve(args) => with_runtime(serve::run(args)),
+        Command::Serve(args) => with_runtime_on_workers(serve::run(args)),
         Command::Get(args) => with_runtime(get::run(args)),
         Command::Masque(args) => with_runtime(masque::run(args)),
         Command::Doq(command) => with_runtime(doq::run(command)),
@@ -94,6 +94,23 @@ fn with_runtime(work: impl std::future::Future<Output = anyhow::Result<()>>) -> 
     let runtime =
         tokio::runtime::Runtime::new().map_err(|err| anyhow::anyhow!("cannot start the async runtime: {err}"))?;
     runtime.block_on(work)
+}
+
+/// Like [`with_runtime`], but the work runs as a task on the runtime's worker threads instead of on
+/// the main thread. A server's accept loop then shares a core's worker with the connections it starts:
+/// on one core, a new connection no longer wakes a second thread to be started.
+fn with_runtime_on_workers(
+    work: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> anyhow::Result<()> {
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|err| anyhow::anyhow!("cannot start the async runtime: {err}"))?;
+    runtime.block_on(async {
+        match tokio::spawn(work).await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(err) => Err(anyhow::anyhow!("the server task ended unexpectedly: {err}")),
+        }
+    })
 }
 
 fn exit_code(result: anyhow::Result<()>) -> ExitCode {

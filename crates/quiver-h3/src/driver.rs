@@ -897,13 +897,17 @@ impl ApplicationOverQuic for H3Driver {
         Ok(())
     }
 
-    fn on_conn_close(&mut self, _conn: &mut QuicConnection, reason: &ConnectionError) {
-        for (_, mut state) in self.streams.drain() {
+    fn on_conn_close(&mut self, conn: &mut QuicConnection, reason: &ConnectionError) {
+        let mut h3 = self.h3.take();
+        for (stream, mut state) in self.streams.drain() {
             state.close_outbound();
             if let Some(response) = state.response.take() {
                 let _ = response.send(Err(Error::ConnectionClosed(reason.clone())));
             }
-            // Dropping body senders makes readers see an incomplete body.
+            if let Some(h3) = h3.as_mut() {
+                hand_over_received_body(h3, conn, stream, state);
+            }
+            // Otherwise dropping the body sender makes the reader see an incomplete body.
         }
         if let Role::Client { deferred, .. } = &mut self.role {
             for request in deferred.drain(..) {
@@ -915,6 +919,49 @@ impl ApplicationOverQuic for H3Driver {
             if let Wake::Request(request) = wake {
                 let _ = request.response.send(Err(Error::ConnectionClosed(reason.clone())));
             }
+        }
+    }
+}
+
+/// A connection closed while a body was still being read (typically the server closing after GOAWAY
+/// once everything it sent was acknowledged, while the reader lagged behind): the bytes that arrived
+/// are still in quiche's stream buffer, bounded by the flow-control window we advertised. They go to
+/// the reader from a task of their own, at the reader's pace, followed by the end of the body if the
+/// peer's FIN arrived too; otherwise the body ends incomplete, as before.
+fn hand_over_received_body(h3: &mut h3::Connection, conn: &mut QuicConnection, stream: u64, mut state: StreamState) {
+    let Some(tx) = state.body_tx.take().filter(|tx| !tx.is_closed()) else { return };
+    if state.inbound_done {
+        // Everything was read; only queued markers (end, trailers) may be waiting for room.
+        let frames: Vec<BodyFrame> = state.inbound_pending.drain(..).collect();
+        if !frames.is_empty() {
+            tokio::spawn(send_frames(tx, frames));
+        }
+        return;
+    }
+    let mut frames: Vec<BodyFrame> = state.inbound_pending.drain(..).collect();
+    with_scratch(|scratch| {
+        while let Ok(read) = h3.recv_body(conn, stream, scratch) {
+            if read == 0 {
+                break;
+            }
+            frames.push(BodyFrame::Data(Bytes::copy_from_slice(&scratch[..read])));
+        }
+    });
+    let complete = conn.stream_finished(stream);
+    if complete {
+        frames.push(BodyFrame::End);
+    }
+    if frames.is_empty() {
+        return;
+    }
+    tokio::spawn(send_frames(tx, frames));
+}
+
+/// Sends `frames` into a body channel as the reader makes room; stops if the reader goes away.
+async fn send_frames(tx: mpsc::Sender<BodyFrame>, frames: Vec<BodyFrame>) {
+    for frame in frames {
+        if tx.send(frame).await.is_err() {
+            return;
         }
     }
 }

@@ -86,3 +86,39 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
         other => panic!("unexpected close: {other:?}"),
     }
 }
+
+/// A server that drains closes its connection once everything it sent is acknowledged, which can be
+/// before the client's reader has read it all: what arrived must still reach the reader, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_received_before_the_server_closes_is_read_whole_afterwards() {
+    const BODY_BYTES: usize = 8 * 1024 * 1024;
+    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
+    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
+    let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let body: Bytes = (0..BODY_BYTES).map(|at| (at % 251) as u8).collect::<Vec<_>>().into();
+    let served = body.clone();
+    let service = tower::service_fn(move |_request: Request<RecvBody>| {
+        let body = served.clone();
+        async move { Ok::<_, Infallible>(Response::new(Full::new(body))) }
+    });
+    tokio::spawn(Server::new(service).serve(server.clone()));
+    // Windows larger than the body: the server can send all of it while nobody reads.
+    let client_config = quiver_h3::client_config()
+        .without_system_roots()
+        .trust_certificate_der(identity.certificate_der())
+        .flow_control(4 * BODY_BYTES as u64, 2 * BODY_BYTES as u64)
+        .build()
+        .unwrap();
+    let client = Endpoint::client("127.0.0.1:0".parse().unwrap(), client_config).unwrap();
+    let connection =
+        guarded("connect", H3Connection::connect(&client, server.local_addr(), "localhost")).await.unwrap();
+    let uri = format!("https://localhost:{}/", server.local_addr().port());
+    let request = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+    let response = guarded("response", connection.send_request(request)).await.unwrap();
+    // Nothing read yet. The server drains: its connection closes once the body is acknowledged.
+    guarded("shutdown", server.shutdown(Duration::from_secs(20))).await;
+    guarded("client side closed", connection.quic().closed()).await;
+    let received = guarded("body", response.into_body().collect()).await.expect("whole body").to_bytes();
+    assert_eq!(received.len(), BODY_BYTES);
+    assert!(received == body, "body bytes differ");
+}
