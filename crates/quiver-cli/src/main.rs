@@ -90,10 +90,12 @@ fn main() -> ExitCode {
     exit_code(result)
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().map_err(|err| anyhow::anyhow!("cannot start the async runtime: {err}"))
+}
+
 fn with_runtime(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|err| anyhow::anyhow!("cannot start the async runtime: {err}"))?;
-    runtime.block_on(work)
+    runtime()?.block_on(work)
 }
 
 /// Like [`with_runtime`], but the work runs as a task on the runtime's worker threads instead of on
@@ -102,9 +104,7 @@ fn with_runtime(work: impl std::future::Future<Output = anyhow::Result<()>>) -> 
 fn with_runtime_on_workers(
     work: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|err| anyhow::anyhow!("cannot start the async runtime: {err}"))?;
-    runtime.block_on(async {
+    runtime()?.block_on(async {
         match tokio::spawn(work).await {
             Ok(result) => result,
             Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),

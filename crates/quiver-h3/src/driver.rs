@@ -930,31 +930,24 @@ impl ApplicationOverQuic for H3Driver {
 /// peer's FIN arrived too; otherwise the body ends incomplete, as before.
 fn hand_over_received_body(h3: &mut h3::Connection, conn: &mut QuicConnection, stream: u64, mut state: StreamState) {
     let Some(tx) = state.body_tx.take().filter(|tx| !tx.is_closed()) else { return };
-    if state.inbound_done {
-        // Everything was read; only queued markers (end, trailers) may be waiting for room.
-        let frames: Vec<BodyFrame> = state.inbound_pending.drain(..).collect();
-        if !frames.is_empty() {
-            tokio::spawn(send_frames(tx, frames));
-        }
-        return;
-    }
+    // Markers (end, trailers) still waiting for room go first.
     let mut frames: Vec<BodyFrame> = state.inbound_pending.drain(..).collect();
-    with_scratch(|scratch| {
-        while let Ok(read) = h3.recv_body(conn, stream, scratch) {
-            if read == 0 {
-                break;
+    if !state.inbound_done {
+        with_scratch(|scratch| {
+            while let Ok(read) = h3.recv_body(conn, stream, scratch) {
+                if read == 0 {
+                    break;
+                }
+                frames.push(BodyFrame::Data(Bytes::copy_from_slice(&scratch[..read])));
             }
-            frames.push(BodyFrame::Data(Bytes::copy_from_slice(&scratch[..read])));
+        });
+        if conn.stream_finished(stream) {
+            frames.push(BodyFrame::End);
         }
-    });
-    let complete = conn.stream_finished(stream);
-    if complete {
-        frames.push(BodyFrame::End);
     }
-    if frames.is_empty() {
-        return;
+    if !frames.is_empty() {
+        tokio::spawn(send_frames(tx, frames));
     }
-    tokio::spawn(send_frames(tx, frames));
 }
 
 /// Sends `frames` into a body channel as the reader makes room; stops if the reader goes away.

@@ -26,6 +26,15 @@ async fn report(request: Request<RecvBody>) -> Result<Response<String>, Infallib
     Ok(Response::new(format!("{} {}", request.method(), if early { "early" } else { "after-handshake" })))
 }
 
+/// A client endpoint on loopback that trusts `identity`, with `configure` applied to its settings.
+fn client_trusting(
+    identity: &TlsIdentity,
+    configure: impl FnOnce(quiver::ClientConfigBuilder) -> quiver::ClientConfigBuilder,
+) -> Endpoint {
+    let config = quiver_h3::client_config().without_system_roots().trust_certificate_der(identity.certificate_der());
+    Endpoint::client("127.0.0.1:0".parse().unwrap(), configure(config).build().unwrap()).unwrap()
+}
+
 async fn ask(connection: &H3Connection, method: Method, port: u16) -> String {
     let request = Request::builder()
         .method(method)
@@ -110,13 +119,7 @@ async fn a_resumed_connection_sends_safe_requests_in_early_data_and_the_server_m
     tokio::spawn(Server::new(service).serve(server.clone()));
     let relay = GatedRelay::start(server.local_addr()).await;
     let port = relay.addr.port();
-    let client_config = quiver_h3::client_config()
-        .without_system_roots()
-        .trust_certificate_der(identity.certificate_der())
-        .early_data(true)
-        .build()
-        .unwrap();
-    let client = Endpoint::client("127.0.0.1:0".parse().unwrap(), client_config).unwrap();
+    let client = client_trusting(&identity, |config| config.early_data(true));
 
     // First contact: a full handshake, which leaves a session ticket behind.
     let first = guarded("connect", H3Connection::connect(&client, relay.addr, "localhost")).await.unwrap();
@@ -152,13 +155,7 @@ async fn without_early_data_a_resumed_connection_waits_for_the_handshake() {
     let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
     let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
     tokio::spawn(Server::new(tower::service_fn(report)).serve(server.clone()));
-    let client_config = quiver_h3::client_config()
-        .without_system_roots()
-        .trust_certificate_der(identity.certificate_der())
-        .early_data(true)
-        .build()
-        .unwrap();
-    let client = Endpoint::client("127.0.0.1:0".parse().unwrap(), client_config).unwrap();
+    let client = client_trusting(&identity, |config| config.early_data(true));
     for round in 0..2 {
         let connection =
             guarded("connect", H3Connection::connect(&client, server.local_addr(), "localhost")).await.unwrap();
@@ -176,13 +173,7 @@ async fn session_resumption_can_be_turned_off() {
     let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
     tokio::spawn(Server::new(tower::service_fn(report)).serve(server.clone()));
     for resumption in [true, false] {
-        let client_config = quiver_h3::client_config()
-            .without_system_roots()
-            .trust_certificate_der(identity.certificate_der())
-            .session_resumption(resumption)
-            .build()
-            .unwrap();
-        let client = Endpoint::client("127.0.0.1:0".parse().unwrap(), client_config).unwrap();
+        let client = client_trusting(&identity, |config| config.session_resumption(resumption));
         let mut resumed = Vec::new();
         for _ in 0..2 {
             let connection =

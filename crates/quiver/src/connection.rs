@@ -657,15 +657,26 @@ impl ConnectionCore {
         Ok(true)
     }
 
+    fn active_path(&self) -> Option<quiche::PathStats> {
+        self.conn.path_stats().find(|path| path.active)
+    }
+
     /// The peer address of the active path.
     fn active_peer(&self) -> Option<SocketAddr> {
-        self.conn.path_stats().find(|path| path.active).map(|path| path.peer_addr)
+        self.active_path().map(|path| path.peer_addr)
     }
 
     /// How long to wait for an answer to the `probe`-th PATH_CHALLENGE.
     fn probe_interval(&self, probe: u32) -> Duration {
-        let rtt = self.conn.path_stats().find(|path| path.active).map_or(Duration::ZERO, |path| path.rtt);
+        let rtt = self.active_path().map_or(Duration::ZERO, |path| path.rtt);
         (rtt * 3).max(MIN_PROBE_INTERVAL) * 2u32.saturating_pow(probe.saturating_sub(1))
+    }
+
+    /// Gives up the pending migration: the new path never answered.
+    fn fail_pending_migration(&mut self) {
+        if let Some(pending) = self.pending_migration.take() {
+            let _ = pending.reply.send(Err(MigrateError::Refused("the peer did not answer on the new path".into())));
+        }
     }
 
     /// Sends another PATH_CHALLENGE when the last one went unanswered for too long, or gives the
@@ -677,10 +688,7 @@ impl ConnectionCore {
         }
         let (local, peer, probes) = (pending.local, pending.peer, pending.probes);
         if probes >= MAX_MIGRATION_PROBES || self.conn.probe_path(local, peer).is_err() {
-            if let Some(pending) = self.pending_migration.take() {
-                let _ =
-                    pending.reply.send(Err(MigrateError::Refused("the peer did not answer on the new path".into())));
-            }
+            self.fail_pending_migration();
             return;
         }
         let next_probe = Instant::now() + self.probe_interval(probes + 1);
@@ -703,13 +711,7 @@ impl ConnectionCore {
                         let _ = pending.reply.send(result);
                     }
                 }
-                quiche::PathEvent::FailedValidation(local, _) if local == target => {
-                    if let Some(pending) = self.pending_migration.take() {
-                        let _ = pending
-                            .reply
-                            .send(Err(MigrateError::Refused("the peer did not answer on the new path".into())));
-                    }
-                }
+                quiche::PathEvent::FailedValidation(local, _) if local == target => self.fail_pending_migration(),
                 _ => {}
             }
         }
