@@ -1,11 +1,10 @@
 //! The address-validation and admission options of the server commands: `--retry`, `--secret-file`
 //! (all of them) and `--max-connections-per-source` (those without a protocol-level cap).
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::str::FromStr;
 
-use anyhow::Context as _;
-use quiver::{AddressValidation, ServerConfigBuilder, ServerSecret};
+use quiver::{AddressValidation, ServerConfigBuilder};
 
 /// Flatten into a server command's arguments.
 #[derive(Debug, Clone, clap::Args)]
@@ -13,7 +12,7 @@ pub struct AdmissionArgs {
     /// When clients must prove their address with a Retry round trip before a handshake: `always`,
     /// `never`, or a number N (only while more than N handshakes are in flight).
     #[arg(long, value_name = "always|never|N", default_value = "256")]
-    pub retry: RetryPolicy,
+    pub retry: AddressValidation,
     /// File whose first 32 bytes are the server secret (Retry tokens, stateless resets, session
     /// tickets). Share it across restarts and across a fleet: a restarted server then resets its old
     /// clients at once and accepts their session tickets. Default: a fresh random secret per process.
@@ -26,61 +25,30 @@ pub struct AdmissionArgs {
 /// of their own (`quiver doq serve` has one, answered with DOQ_EXCESSIVE_LOAD).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SourceLimitArgs {
-    /// Connections one client address may hold at once (IPv6: per /64); more are refused with
-    /// CONNECTION_REFUSED.
+    /// Connections one client address may hold at once; more are refused with CONNECTION_REFUSED.
     #[arg(long, value_name = "N")]
-    pub max_connections_per_source: Option<usize>,
+    pub max_connections_per_source: Option<NonZeroUsize>,
 }
 
 impl SourceLimitArgs {
     /// Applies the limit, if given, to a server configuration.
     pub fn apply(&self, config: ServerConfigBuilder) -> ServerConfigBuilder {
         match self.max_connections_per_source {
-            Some(max) => config.max_connections_per_source(max.max(1)),
+            Some(max) => config.max_connections_per_source(max.get()),
             None => config,
         }
     }
 }
 
-/// `--retry`'s value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy(pub AddressValidation);
-
-impl FromStr for RetryPolicy {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        match text {
-            "always" => Ok(Self(AddressValidation::Always)),
-            "never" => Ok(Self(AddressValidation::Never)),
-            number => number
-                .parse::<usize>()
-                .map(|handshakes_in_flight| Self(AddressValidation::UnderLoad { handshakes_in_flight }))
-                .map_err(|_| format!("`{number}` is not `always`, `never` or a number of handshakes")),
-        }
-    }
-}
-
 impl AdmissionArgs {
-    /// Applies the options to a server configuration.
-    ///
-    /// # Errors
-    /// The secret file cannot be read or holds fewer than 32 bytes.
-    pub fn apply(&self, mut config: ServerConfigBuilder) -> anyhow::Result<ServerConfigBuilder> {
-        config = config.address_validation(self.retry.0);
-        if let Some(path) = &self.secret_file {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("cannot read the secret file {}", path.display()))?;
-            let Some(material) = bytes.get(..32).and_then(|bytes| <&[u8; 32]>::try_from(bytes).ok()) else {
-                anyhow::bail!(
-                    "the secret file {} holds {} bytes, fewer than 32 (create one with `head -c 32 /dev/urandom > FILE`)",
-                    path.display(),
-                    bytes.len()
-                );
-            };
-            config = config.secret(ServerSecret::from_bytes(material));
+    /// Applies the options to a server configuration; the library reads and checks the secret file
+    /// when the configuration is built.
+    pub fn apply(&self, config: ServerConfigBuilder) -> ServerConfigBuilder {
+        let config = config.address_validation(self.retry);
+        match &self.secret_file {
+            Some(path) => config.secret_file(path),
+            None => config,
         }
-        Ok(config)
     }
 }
 
@@ -90,9 +58,19 @@ mod tests {
 
     #[test]
     fn retry_policies_parse() {
-        assert_eq!("always".parse(), Ok(RetryPolicy(AddressValidation::Always)));
-        assert_eq!("never".parse(), Ok(RetryPolicy(AddressValidation::Never)));
-        assert_eq!("64".parse(), Ok(RetryPolicy(AddressValidation::UnderLoad { handshakes_in_flight: 64 })));
-        assert!("sometimes".parse::<RetryPolicy>().unwrap_err().contains("sometimes"));
+        use clap::Parser as _;
+
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            admission: AdmissionArgs,
+        }
+        let parse =
+            |args: &[&str]| Command::try_parse_from([&["quiver"][..], args].concat()).map(|cmd| cmd.admission.retry);
+        assert_eq!(parse(&[]).unwrap(), AddressValidation::UnderLoad { handshakes_in_flight: 256 });
+        assert_eq!(parse(&["--retry", "always"]).unwrap(), AddressValidation::Always);
+        assert_eq!(parse(&["--retry", "never"]).unwrap(), AddressValidation::Never);
+        assert_eq!(parse(&["--retry", "64"]).unwrap(), AddressValidation::UnderLoad { handshakes_in_flight: 64 });
+        assert!(parse(&["--retry", "sometimes"]).unwrap_err().to_string().contains("sometimes"));
     }
 }

@@ -102,7 +102,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .idle_timeout(Duration::from_secs(args.idle_timeout.max(1)))
         .early_data(args.early_data)
         .with_transport(|transport| args.qlog.apply(transport));
-    let config = args.admission.apply(config)?.build()?;
+    let config = args.admission.apply(config).build()?;
     let endpoint = Endpoint::server(args.listen, config).map_err(|err| {
         let denied = matches!(&err, quiver::EndpointError::Bind { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied);
         let hint = if denied && args.listen.port() < 1024 { " (ports below 1024 need root: try --listen 127.0.0.1:8853)" } else { "" };

@@ -210,7 +210,7 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let quic = quiver_masque::proxy_server_config(&config)
         .identity(server_identity.identity.clone())
         .with_transport(|transport| args.qlog.apply(transport));
-    let quic = args.source_limit.apply(args.admission.apply(quic)?).build()?;
+    let quic = args.source_limit.apply(args.admission.apply(quic)).build()?;
     let endpoint = Endpoint::server(args.listen, quic)?;
     let addr = endpoint.local_addr();
     let rules: Vec<String> = config.policy.rules().iter().map(ToString::to_string).collect();

@@ -76,7 +76,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .flow_control(32 * 1024 * 1024, 8 * 1024 * 1024)
         .early_data(args.early_data)
         .with_transport(|transport| args.qlog.apply(transport));
-    let config = args.source_limit.apply(args.admission.apply(config)?).build()?;
+    let config = args.source_limit.apply(args.admission.apply(config)).build()?;
     let sockets = args.sockets.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |cores| cores.get()));
     let endpoint = if sockets > 1 {
         Endpoint::builder().bind_reuseport(args.listen, sockets).server(config).build()?

@@ -80,6 +80,15 @@ pub enum ConfigError {
         /// Why not (missing, not a directory, no qlog support compiled in).
         reason: String,
     },
+    /// An option's value cannot work, alone or together with another option: found by a builder's
+    /// `build()`.
+    #[error("{option} {problem}")]
+    InvalidOption {
+        /// The option, by its TOML key (`transport.idle_timeout_ms`, `max_connections`).
+        option: &'static str,
+        /// What is wrong and what to do, e.g. "must be > 0".
+        problem: String,
+    },
 }
 
 /// Creating an [`Endpoint`](crate::Endpoint) failed.

@@ -61,6 +61,7 @@ mod token;
 
 pub use crate::app::{ApplicationOverQuic, QuicConnection};
 pub use crate::cid::LOCAL_CID_LEN;
+pub use crate::config::toml_file;
 pub use crate::config::{
     AddressValidation, ClientConfig, ClientConfigBuilder, CongestionControl, DEFAULT_ACCEPT_BACKLOG,
     DEFAULT_ADDRESS_VALIDATION, DEFAULT_CONNECTION_QUEUE_DATAGRAMS, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
