@@ -114,6 +114,15 @@ impl Default for ClientConfigBuilder {
 
 super::transport_setters!(ClientConfigBuilder);
 
+crate::builder_setters!(ClientConfigBuilder {
+    /// How long [`Endpoint::connect`](crate::Endpoint::connect) waits for the handshake (> 0).
+    handshake_timeout: Duration,
+    /// Whether the endpoint keeps servers' session tickets and resumes its next connection to the same
+    /// server with one (on by default; 0-RTT also needs [`early_data`](Self::early_data)). Turn it off
+    /// to make every handshake a full one, e.g. to measure a server's full-handshake cost.
+    session_resumption: bool,
+});
+
 impl ClientConfigBuilder {
     /// Reads a TOML file into a builder (keys as in the example above; all optional except that
     /// `build` needs `alpn`). Call setters afterwards to override what the file says.
@@ -146,20 +155,6 @@ impl ClientConfigBuilder {
     /// use only against development servers.
     pub fn insecure_skip_verification(mut self) -> Self {
         self.insecure = true;
-        self
-    }
-
-    /// How long [`Endpoint::connect`](crate::Endpoint::connect) waits for the handshake (> 0).
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
-        self
-    }
-
-    /// Whether the endpoint keeps servers' session tickets and resumes its next connection to the same
-    /// server with one (on by default; 0-RTT also needs [`early_data`](Self::early_data)). Turn it off
-    /// to make every handshake a full one, e.g. to measure a server's full-handshake cost.
-    pub fn session_resumption(mut self, enabled: bool) -> Self {
-        self.session_resumption = enabled;
         self
     }
 

@@ -56,6 +56,41 @@ pub(crate) fn invalid(option: &'static str, problem: impl Into<String>) -> Confi
     ConfigError::InvalidOption { option, problem: problem.into() }
 }
 
+/// Setters that only record a value (rule 2 of the idiom above), one per builder field of the same
+/// name: `field: Type` stores the value, `field: Type => Some` stores `Some(value)` (an option that is
+/// off until set). Each setter carries the doc comment written before it. Protocol crates use it for
+/// their builders too, so a setter is never written out by hand.
+///
+/// ```
+/// #[derive(Default)]
+/// pub struct PoolBuilder {
+///     size: usize,
+///     name: Option<String>,
+/// }
+/// quiver::builder_setters!(PoolBuilder {
+///     /// Connections in the pool.
+///     size: usize,
+///     /// A name for logs (none by default).
+///     name: String => Some,
+/// });
+/// let pool = PoolBuilder::default().size(4).name("main".to_owned());
+/// # assert_eq!((pool.size, pool.name.as_deref()), (4, Some("main")));
+/// ```
+#[macro_export]
+macro_rules! builder_setters {
+    ($builder:ty { $( $(#[$doc:meta])* $field:ident : $value:ty $(=> $wrap:ident)? ),* $(,)? }) => {
+        impl $builder {
+            $(
+                $(#[$doc])*
+                pub fn $field(mut self, value: $value) -> Self {
+                    self.$field = $($wrap)?(value);
+                    self
+                }
+            )*
+        }
+    };
+}
+
 /// The setters both builders share: ALPN and the transport options, written into the builder's
 /// `alpn` and `transport` fields.
 macro_rules! transport_setters {

@@ -200,6 +200,33 @@ impl Default for ServerConfigBuilder {
 
 super::transport_setters!(ServerConfigBuilder);
 
+crate::builder_setters!(ServerConfigBuilder {
+    /// Established connections waiting for [`Endpoint::accept`](crate::Endpoint::accept); more are
+    /// refused. At least 1.
+    accept_backlog: usize,
+    /// Connections (handshaking or established) this endpoint holds at once; Initials beyond are
+    /// dropped. At least 1.
+    max_connections: usize,
+    /// When clients must validate their address with a Retry (default
+    /// [`DEFAULT_ADDRESS_VALIDATION`]). An `UnderLoad` threshold must be below
+    /// [`max_handshakes_in_flight`](Self::max_handshakes_in_flight).
+    address_validation: AddressValidation,
+    /// Handshakes that may be in flight at once; new clients past it are refused with
+    /// CONNECTION_REFUSED (default [`DEFAULT_MAX_HANDSHAKES_IN_FLIGHT`]). At least 1.
+    max_handshakes_in_flight: usize,
+    /// Connections one source IP address may hold at once; past it its new connections are refused
+    /// with CONNECTION_REFUSED. Unlimited by default (many clients can share one NAT address). At
+    /// least 1.
+    max_connections_per_source: usize => Some,
+    /// New handshakes per second one source IP address may start. Past it, a client without a Retry
+    /// token gets a Retry (if address validation is not [`AddressValidation::Never`]) and one with a
+    /// token is refused. Unlimited by default. Rate and burst must be positive.
+    handshake_rate_per_source: RateLimit => Some,
+    /// Whether to answer packets for unknown connections with a stateless reset (RFC 9000 §10.3), at
+    /// most [`STATELESS_RESET_RATE`]. On by default.
+    stateless_reset: bool,
+});
+
 impl ServerConfigBuilder {
     /// Reads a TOML file into a builder (keys as in the example above; all optional except that
     /// `build` needs `alpn` and an identity). Call setters afterwards to override what the file says.
@@ -244,20 +271,6 @@ impl ServerConfigBuilder {
         self.self_signed = None;
     }
 
-    /// Established connections waiting for [`Endpoint::accept`](crate::Endpoint::accept); more are
-    /// refused. At least 1.
-    pub fn accept_backlog(mut self, backlog: usize) -> Self {
-        self.accept_backlog = backlog;
-        self
-    }
-
-    /// Connections (handshaking or established) this endpoint holds at once; Initials beyond are
-    /// dropped. At least 1.
-    pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max;
-        self
-    }
-
     /// The secret Retry tokens and stateless-reset tokens derive from (see [`ServerSecret`]). Give
     /// every server behind one address the same secret, and keep it across restarts, so that any of
     /// them validates the others' Retry tokens and resets their stale connections. Without it, a
@@ -273,44 +286,6 @@ impl ServerConfigBuilder {
     pub fn secret_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.secret = None;
         self.secret_file = Some(path.into());
-        self
-    }
-
-    /// When clients must validate their address with a Retry (default
-    /// [`DEFAULT_ADDRESS_VALIDATION`]). An `UnderLoad` threshold must be below
-    /// [`max_handshakes_in_flight`](Self::max_handshakes_in_flight).
-    pub fn address_validation(mut self, policy: AddressValidation) -> Self {
-        self.address_validation = policy;
-        self
-    }
-
-    /// Handshakes that may be in flight at once; new clients past it are refused with
-    /// CONNECTION_REFUSED (default [`DEFAULT_MAX_HANDSHAKES_IN_FLIGHT`]). At least 1.
-    pub fn max_handshakes_in_flight(mut self, max: usize) -> Self {
-        self.max_handshakes_in_flight = max;
-        self
-    }
-
-    /// Connections one source IP address may hold at once; past it its new connections are refused
-    /// with CONNECTION_REFUSED. Unlimited by default (many clients can share one NAT address). At
-    /// least 1.
-    pub fn max_connections_per_source(mut self, max: usize) -> Self {
-        self.max_connections_per_source = Some(max);
-        self
-    }
-
-    /// New handshakes per second one source IP address may start. Past it, a client without a Retry
-    /// token gets a Retry (if address validation is not [`AddressValidation::Never`]) and one with a
-    /// token is refused. Unlimited by default. Rate and burst must be positive.
-    pub fn handshake_rate_per_source(mut self, limit: RateLimit) -> Self {
-        self.handshake_rate_per_source = Some(limit);
-        self
-    }
-
-    /// Whether to answer packets for unknown connections with a stateless reset (RFC 9000 §10.3), at
-    /// most [`STATELESS_RESET_RATE`]. On by default.
-    pub fn stateless_reset(mut self, enabled: bool) -> Self {
-        self.stateless_reset = enabled;
         self
     }
 

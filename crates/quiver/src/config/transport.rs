@@ -247,7 +247,8 @@ mod tests {
 
     #[test]
     fn values_that_cannot_work_are_named() {
-        let cases: [(fn(&mut TransportConfig), &str); 6] = [
+        type Change = fn(&mut TransportConfig);
+        let cases: [(Change, &str); 6] = [
             (|t| t.idle_timeout = Duration::ZERO, "transport.idle_timeout_ms must be > 0"),
             (|t| t.max_send_udp_payload_bytes = 1000, "transport.max_send_udp_payload_bytes is 1000"),
             (|t| t.active_connection_id_limit = 1, "transport.active_connection_id_limit must be at least 2"),
