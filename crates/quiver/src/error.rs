@@ -152,9 +152,30 @@ pub enum MigrateError {
     /// The connection is not established yet, or already closed.
     #[error("the connection is not established (or already closed)")]
     NotEstablished,
-    /// QUIC refused: the peer disabled migration, or it has not given spare connection IDs yet.
+    /// QUIC refused, or the new path never answered.
     #[error("migration refused: {0}")]
-    Refused(String),
+    Refused(MigrateRefusal),
+}
+
+/// Why a migration was refused ([`MigrateError::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateRefusal {
+    /// The peer has not given us a spare connection ID for a new path yet; try again shortly.
+    #[error("the peer has not issued a spare connection ID yet")]
+    NoSpareConnectionId,
+    /// The peer disabled active migration in its transport parameters.
+    #[error("the peer disabled active migration")]
+    MigrationDisabled,
+    /// Another migration of the same connection started before this one completed.
+    #[error("superseded by another migration")]
+    Superseded,
+    /// The peer never answered the PATH_CHALLENGEs on the new path.
+    #[error("the peer did not answer on the new path")]
+    NoAnswer,
+    /// QUIC rejected the new path for another reason.
+    #[error("QUIC rejected the new path")]
+    PathRejected,
 }
 
 /// The content of a CONNECTION_CLOSE frame.

@@ -54,7 +54,9 @@ mod handshake;
 mod limits;
 pub mod metrics;
 mod qlog;
+mod route;
 mod router;
+mod shared;
 mod socket;
 mod stats;
 mod token;
@@ -67,8 +69,8 @@ pub use crate::config::{
     DEFAULT_MAX_HANDSHAKES_IN_FLIGHT, RateLimit, STATELESS_RESET_RATE, ServerConfig, ServerConfigBuilder, ServerSecret,
     TlsIdentity, TransportConfig,
 };
-pub use crate::connection::ConnectionHandle;
-pub use crate::endpoint::{Endpoint, EndpointBuilder, IncomingConnection};
+pub use crate::connection::{ConnectionHandle, IncomingConnection};
+pub use crate::endpoint::{Endpoint, EndpointBuilder};
 pub use crate::error::{
     ApplicationError, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError, MigrateError,
 };
