@@ -86,6 +86,9 @@ pub struct EndpointBuilder {
     binds: Vec<(SocketAddr, bool)>,
     server: Option<ServerConfig>,
     client: Option<ClientConfig>,
+    /// Unit tests: bind on this in-memory network instead of UDP.
+    #[cfg(test)]
+    memory: Option<crate::memory::MemoryNetwork>,
 }
 
 impl EndpointBuilder {
@@ -101,6 +104,13 @@ impl EndpointBuilder {
         for _ in 0..count.max(1) {
             self.binds.push((addr, true));
         }
+        self
+    }
+
+    /// Binds every socket on an in-memory network instead of UDP (unit tests).
+    #[cfg(test)]
+    pub(crate) fn memory(mut self, network: &crate::memory::MemoryNetwork) -> Self {
+        self.memory = Some(network.clone());
         self
     }
 
@@ -141,7 +151,6 @@ impl EndpointBuilder {
         ));
         let backlog = self.server.as_ref().map_or(1, |config| config.accept_backlog);
         let (accept_tx, accept_rx) = mpsc::channel(backlog);
-        let server = self.server.map(Arc::new);
 
         let mut sockets = Vec::with_capacity(self.binds.len());
         let mut shared_port: Option<SocketAddr> = None;
@@ -152,13 +161,14 @@ impl EndpointBuilder {
                 _ => *addr,
             };
             let socket =
-                QuicSocket::bind(target, *reuse_port).map_err(|source| EndpointError::Bind { addr: target, source })?;
+                self.bind_socket(target, *reuse_port).map_err(|source| EndpointError::Bind { addr: target, source })?;
             if *reuse_port && shared_port.is_none() {
                 shared_port = Some(socket.local_addr());
             }
             sockets.push(Arc::new(socket));
         }
 
+        let server = self.server.map(Arc::new);
         let mut routers = Vec::with_capacity(sockets.len());
         let mut tasks = Vec::with_capacity(sockets.len());
         let (forward_senders, forward_receivers): (Vec<_>, Vec<_>) =
@@ -208,6 +218,16 @@ impl EndpointBuilder {
                 next_router: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
+    }
+}
+
+impl EndpointBuilder {
+    fn bind_socket(&self, addr: SocketAddr, reuse_port: bool) -> std::io::Result<QuicSocket> {
+        #[cfg(test)]
+        if let Some(network) = &self.memory {
+            return QuicSocket::memory(network, addr);
+        }
+        QuicSocket::bind(addr, reuse_port)
     }
 }
 

@@ -52,6 +52,8 @@ mod endpoint;
 mod error;
 mod handshake;
 mod limits;
+#[cfg(test)]
+mod memory;
 pub mod metrics;
 mod qlog;
 mod route;
@@ -59,6 +61,8 @@ mod router;
 mod shared;
 mod socket;
 mod stats;
+#[cfg(test)]
+mod test_support;
 mod token;
 
 pub use crate::app::{ApplicationOverQuic, QuicConnection};
@@ -72,7 +76,8 @@ pub use crate::config::{
 pub use crate::connection::{ConnectionHandle, IncomingConnection};
 pub use crate::endpoint::{Endpoint, EndpointBuilder};
 pub use crate::error::{
-    ApplicationError, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError, MigrateError,
+    ApplicationError, CloseKind, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError, MigrateError,
+    MigrateRefusal, QuicError,
 };
 pub use crate::handshake::HandshakeInfo;
 pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};

@@ -38,17 +38,24 @@ pub(super) trait Stage {
     /// The connection is usable (and not closing): act on it. Called on every turn of the loop.
     fn act(&mut self, core: &mut ConnectionCore) -> StageStep;
 
-    /// Resolves when the stage has something to do that did not come from the network.
+    /// Resolves when the stage has something to do that did not come from the network. Polled only
+    /// when [`WAITS`](Self::WAITS); the default never resolves.
     ///
     /// # Cancel safety
     /// Must be cancel safe: the loop drops it whenever another branch wins.
-    fn wait(&mut self) -> impl Future<Output = StageWake> + Send;
+    fn wait(&mut self) -> impl Future<Output = StageWake> + Send {
+        std::future::pending()
+    }
 
     /// What [`wait`](Self::wait) resolved with.
-    fn on_wake(&mut self, core: &mut ConnectionCore, woken: StageWake);
+    fn on_wake(&mut self, core: &mut ConnectionCore, woken: StageWake) {
+        let _ = (core, woken);
+    }
 
-    /// The endpoint began a graceful shutdown.
-    fn on_drain(&mut self, core: &mut ConnectionCore);
+    /// The endpoint began a graceful shutdown (only for stages that [`WAITS`](Self::WAITS)).
+    fn on_drain(&mut self, core: &mut ConnectionCore) {
+        let _ = core;
+    }
 }
 
 /// Whether the loop keeps going in this stage.
@@ -218,14 +225,6 @@ impl Stage for HandshakeStage {
     fn act(&mut self, _core: &mut ConnectionCore) -> StageStep {
         StageStep::Leave
     }
-
-    fn wait(&mut self) -> impl Future<Output = StageWake> + Send {
-        std::future::pending()
-    }
-
-    fn on_wake(&mut self, _core: &mut ConnectionCore, _woken: StageWake) {}
-
-    fn on_drain(&mut self, _core: &mut ConnectionCore) {}
 }
 
 /// The accept stage's loop: wait for the application, refuse if none comes.
@@ -329,14 +328,6 @@ impl Stage for DrainingStage {
     fn act(&mut self, _core: &mut ConnectionCore) -> StageStep {
         StageStep::Stay
     }
-
-    fn wait(&mut self) -> impl Future<Output = StageWake> + Send {
-        std::future::pending()
-    }
-
-    fn on_wake(&mut self, _core: &mut ConnectionCore, _woken: StageWake) {}
-
-    fn on_drain(&mut self, _core: &mut ConnectionCore) {}
 }
 
 /// A server connection that completed its handshake and waits for an application.

@@ -16,6 +16,8 @@ pub(crate) mod admission;
 mod forward;
 mod stateless;
 mod table;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
