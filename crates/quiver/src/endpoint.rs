@@ -1,104 +1,30 @@
 //! [`Endpoint`]: the sockets, their routers, and the entry points for accepting and opening
 //! connections.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::app::ApplicationOverQuic;
-use crate::buffer::{BufferPool, LARGE_BUFFER_BYTES};
 use crate::cid::CidGenerator;
 use crate::config::{ClientConfig, ServerConfig};
-use crate::connection::{self, ConnectionCore, ConnectionHandle, CoreParts, SessionSlot, StartSender};
+use crate::connection::{ConnectionCore, ConnectionHandle, CoreParts, IncomingConnection, SessionSlot};
 use crate::error::{ConnectError, ConnectionError, EndpointError, MigrateError};
 use crate::limits::{SourceConnections, SourceRates};
-use crate::router::{
-    FORWARD_QUEUE, ROUTER_COMMAND_QUEUE, Route, Router, RouterCommand, RouterHandle, RouterParts, ServerRole, Siblings,
-};
+use crate::route::{ROUTER_COMMAND_QUEUE, Route, RouterCommand, RouterHandle};
+use crate::router::{FORWARD_QUEUE, Router, RouterParts, ServerRole, Siblings};
+use crate::shared::{EndpointShared, SessionCache, SessionKey};
 use crate::socket::QuicSocket;
-use crate::stats::{EndpointCounters, EndpointStats};
+use crate::stats::EndpointStats;
 use crate::token::ResetTokens;
-
-/// State every router and connection task of one endpoint shares.
-#[derive(Debug)]
-pub(crate) struct EndpointShared {
-    pub(crate) counters: EndpointCounters,
-    /// GSO send batches and GRO receive batches.
-    pub(crate) large_buffers: BufferPool,
-    /// Single received datagrams.
-    pub(crate) small_buffers: BufferPool,
-    pub(crate) idle: Notify,
-    shutdown: watch::Sender<bool>,
-    /// Set by a graceful shutdown: no new connections, applications finish and close.
-    drain: watch::Sender<bool>,
-    /// Handshake rate per client address, if the server limits it.
-    pub(crate) source_rates: Option<SourceRates>,
-    /// Live connections per client address, if the server limits them.
-    pub(crate) source_connections: Option<SourceConnections>,
-}
-
-impl EndpointShared {
-    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
-    }
-
-    pub(crate) fn drain_signal(&self) -> watch::Receiver<bool> {
-        self.drain.subscribe()
-    }
-
-    /// Whether a graceful shutdown has begun.
-    pub(crate) fn is_draining(&self) -> bool {
-        *self.drain.borrow()
-    }
-
-    /// Returns a buffer from either pool to the pool it came from.
-    pub(crate) fn give_back(&self, buffer: Vec<u8>) {
-        if buffer.len() == LARGE_BUFFER_BYTES {
-            self.large_buffers.give_back(buffer);
-        } else {
-            self.small_buffers.give_back(buffer);
-        }
-    }
-}
 
 struct ClientRole {
     config: ClientConfig,
     quiche_config: Mutex<quiche::Config>,
     sessions: Arc<SessionCache>,
-}
-
-/// Which server a session ticket is for: the name it was verified as and its address.
-pub(crate) type SessionKey = (String, SocketAddr);
-
-/// Session tickets a client endpoint remembers, for resumption and 0-RTT. Tickets are a few hundred
-/// bytes; past [`SESSION_CACHE_ENTRIES`] servers, an arbitrary old one is forgotten.
-#[derive(Debug, Default)]
-pub(crate) struct SessionCache {
-    sessions: Mutex<HashMap<SessionKey, Vec<u8>>>,
-}
-
-/// Servers a client endpoint keeps a session ticket for.
-const SESSION_CACHE_ENTRIES: usize = 1024;
-
-impl SessionCache {
-    pub(crate) fn store(&self, key: SessionKey, session: Vec<u8>) {
-        let mut sessions = self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if sessions.len() >= SESSION_CACHE_ENTRIES
-            && !sessions.contains_key(&key)
-            && let Some(victim) = sessions.keys().next().cloned()
-        {
-            sessions.remove(&victim);
-        }
-        sessions.insert(key, session);
-    }
-
-    fn get(&self, key: &SessionKey) -> Option<Vec<u8>> {
-        self.sessions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(key).cloned()
-    }
 }
 
 struct EndpointInner {
@@ -111,7 +37,7 @@ struct EndpointInner {
 
 impl Drop for EndpointInner {
     fn drop(&mut self) {
-        self.shared.shutdown.send_replace(true);
+        self.shared.shut_down();
     }
 }
 
@@ -160,6 +86,9 @@ pub struct EndpointBuilder {
     binds: Vec<(SocketAddr, bool)>,
     server: Option<ServerConfig>,
     client: Option<ClientConfig>,
+    /// Unit tests: bind on this in-memory network instead of UDP.
+    #[cfg(test)]
+    memory: Option<crate::memory::MemoryNetwork>,
 }
 
 impl EndpointBuilder {
@@ -175,6 +104,13 @@ impl EndpointBuilder {
         for _ in 0..count.max(1) {
             self.binds.push((addr, true));
         }
+        self
+    }
+
+    /// Binds every socket on an in-memory network instead of UDP (unit tests).
+    #[cfg(test)]
+    pub(crate) fn memory(mut self, network: &crate::memory::MemoryNetwork) -> Self {
+        self.memory = Some(network.clone());
         self
     }
 
@@ -209,29 +145,12 @@ impl EndpointBuilder {
             });
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| EndpointError::NoRuntime)?;
-        let (shutdown, _) = watch::channel(false);
-        let (drain, _) = watch::channel(false);
-        let shared = Arc::new(EndpointShared {
-            counters: EndpointCounters::default(),
-            large_buffers: BufferPool::large(),
-            small_buffers: BufferPool::small(),
-            source_rates: self
-                .server
-                .as_ref()
-                .and_then(|config| config.handshake_rate_per_source)
-                .map(SourceRates::new),
-            source_connections: self
-                .server
-                .as_ref()
-                .and_then(|config| config.max_connections_per_source)
-                .map(SourceConnections::new),
-            idle: Notify::new(),
-            shutdown,
-            drain,
-        });
+        let shared = Arc::new(EndpointShared::new(
+            self.server.as_ref().and_then(|config| config.handshake_rate_per_source).map(SourceRates::new),
+            self.server.as_ref().and_then(|config| config.max_connections_per_source).map(SourceConnections::new),
+        ));
         let backlog = self.server.as_ref().map_or(1, |config| config.accept_backlog);
         let (accept_tx, accept_rx) = mpsc::channel(backlog);
-        let server = self.server.map(Arc::new);
 
         let mut sockets = Vec::with_capacity(self.binds.len());
         let mut shared_port: Option<SocketAddr> = None;
@@ -242,13 +161,14 @@ impl EndpointBuilder {
                 _ => *addr,
             };
             let socket =
-                QuicSocket::bind(target, *reuse_port).map_err(|source| EndpointError::Bind { addr: target, source })?;
+                self.bind_socket(target, *reuse_port).map_err(|source| EndpointError::Bind { addr: target, source })?;
             if *reuse_port && shared_port.is_none() {
                 shared_port = Some(socket.local_addr());
             }
             sockets.push(Arc::new(socket));
         }
 
+        let server = self.server.map(Arc::new);
         let mut routers = Vec::with_capacity(sockets.len());
         let mut tasks = Vec::with_capacity(sockets.len());
         let (forward_senders, forward_receivers): (Vec<_>, Vec<_>) =
@@ -298,6 +218,16 @@ impl EndpointBuilder {
                 next_router: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
+    }
+}
+
+impl EndpointBuilder {
+    fn bind_socket(&self, addr: SocketAddr, reuse_port: bool) -> std::io::Result<QuicSocket> {
+        #[cfg(test)]
+        if let Some(network) = &self.memory {
+            return QuicSocket::memory(network, addr);
+        }
+        QuicSocket::bind(addr, reuse_port)
     }
 }
 
@@ -369,7 +299,7 @@ impl Endpoint {
         app: A,
     ) -> Result<ConnectionHandle, ConnectError> {
         let client = self.inner.client.as_ref().ok_or(ConnectError::NotAClient)?;
-        if *self.inner.shared.shutdown.borrow() {
+        if self.inner.shared.is_shut_down() {
             return Err(ConnectError::EndpointClosed);
         }
         let index = self.inner.next_router.fetch_add(1, Ordering::Relaxed) % self.inner.routers.len();
@@ -472,7 +402,7 @@ impl Endpoint {
     /// Stops accepting, closes every connection (CONNECTION_CLOSE with NO_ERROR) and stops the
     /// routers. Use [`wait_idle`](Self::wait_idle) to wait until every connection task has ended.
     pub fn close(&self) {
-        self.inner.shared.shutdown.send_replace(true);
+        self.inner.shared.shut_down();
     }
 
     /// Shuts the endpoint down gracefully: new connections are refused (CONNECTION_REFUSED), every
@@ -484,7 +414,7 @@ impl Endpoint {
     ///
     /// [`ApplicationOverQuic::on_drain`]: crate::ApplicationOverQuic::on_drain
     pub async fn shutdown(&self, deadline: std::time::Duration) {
-        self.inner.shared.drain.send_replace(true);
+        self.inner.shared.start_drain();
         if tokio::time::timeout(deadline, self.wait_idle()).await.is_err() {
             tracing::warn!(
                 connections = self.inner.shared.counters.active_connections.load(Ordering::Relaxed),
@@ -509,48 +439,5 @@ impl Endpoint {
             }
             notified.await;
         }
-    }
-}
-
-/// A server connection that completed its handshake and waits for an application.
-///
-/// Call [`start`](Self::start) to run an application on it; drop it to refuse the connection
-/// (CONNECTION_REFUSED).
-pub struct IncomingConnection {
-    handle: ConnectionHandle,
-    start: StartSender,
-}
-
-impl std::fmt::Debug for IncomingConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IncomingConnection").field("connection", &self.handle).finish_non_exhaustive()
-    }
-}
-
-impl IncomingConnection {
-    pub(crate) fn new(handle: ConnectionHandle, start: StartSender) -> Self {
-        Self { handle, start }
-    }
-
-    /// The client's address.
-    pub fn peer_addr(&self) -> SocketAddr {
-        self.handle.peer_addr()
-    }
-
-    /// The negotiated application protocol; pick the application by it when serving several.
-    pub fn alpn(&self) -> &[u8] {
-        self.handle.alpn()
-    }
-
-    /// The server name the client asked for (SNI).
-    pub fn server_name(&self) -> Option<&str> {
-        self.handle.server_name()
-    }
-
-    /// Runs `app` on this connection and returns its handle.
-    pub fn start<A: ApplicationOverQuic>(self, app: A) -> ConnectionHandle {
-        // If the connection died while waiting, the handle already reports it closed.
-        let _ = self.start.send(connection::start_fn(app));
-        self.handle
     }
 }

@@ -51,7 +51,7 @@ pub enum ConfigError {
     Tls(String),
     /// quiche refused a transport setting.
     #[error("QUIC setup failed: {0}")]
-    Quic(#[from] quiche::Error),
+    Quic(QuicError),
     /// An unknown congestion control algorithm name.
     #[error("unknown congestion control {0:?}: use \"cubic\", \"reno\" or \"bbr2\"")]
     UnknownCongestionControl(String),
@@ -161,9 +161,98 @@ pub enum MigrateError {
     /// The connection is not established yet, or already closed.
     #[error("the connection is not established (or already closed)")]
     NotEstablished,
-    /// QUIC refused: the peer disabled migration, or it has not given spare connection IDs yet.
+    /// QUIC refused, or the new path never answered.
     #[error("migration refused: {0}")]
-    Refused(String),
+    Refused(MigrateRefusal),
+}
+
+/// Why a migration was refused ([`MigrateError::Refused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MigrateRefusal {
+    /// The peer has not given us a spare connection ID for a new path yet; try again shortly.
+    #[error("the peer has not issued a spare connection ID yet")]
+    NoSpareConnectionId,
+    /// The peer disabled active migration in its transport parameters.
+    #[error("the peer disabled active migration")]
+    MigrationDisabled,
+    /// Another migration of the same connection started before this one completed.
+    #[error("superseded by another migration")]
+    Superseded,
+    /// The peer never answered the PATH_CHALLENGEs on the new path.
+    #[error("the peer did not answer on the new path")]
+    NoAnswer,
+    /// QUIC rejected the new path for another reason.
+    #[error("QUIC rejected the new path")]
+    PathRejected,
+}
+
+impl ConnectionError {
+    /// Whether the connection ended because a deadline passed: the idle timeout or the handshake
+    /// timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::IdleTimeout | Self::HandshakeTimeout(_))
+    }
+
+    /// Whether the connection was closed on purpose: a CONNECTION_CLOSE from either side, a stateless
+    /// reset, or the endpoint's shutdown (not a timeout, not an aborted task).
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Self::PeerClosed(_) | Self::LocallyClosed(_) | Self::StatelessReset | Self::EndpointShutdown)
+    }
+
+    /// Whether a new connection may well succeed where this one ended: a timeout, a stateless reset
+    /// (the peer restarted), or the peer refusing with CONNECTION_REFUSED (it was busy).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::IdleTimeout | Self::HandshakeTimeout(_) | Self::StatelessReset => true,
+            Self::PeerClosed(close) => close.kind() == CloseKind::Transport && close.code == CONNECTION_REFUSED,
+            _ => false,
+        }
+    }
+
+    /// The CONNECTION_CLOSE that ended the connection, from whichever side sent it.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        match self {
+            Self::PeerClosed(close) | Self::LocallyClosed(close) => Some(close),
+            _ => None,
+        }
+    }
+
+    /// The application error code, when an application (not the transport) closed the connection.
+    pub fn application_code(&self) -> Option<u64> {
+        self.close_reason().filter(|close| close.kind() == CloseKind::Application).map(|close| close.code)
+    }
+}
+
+/// Transport error code CONNECTION_REFUSED (RFC 9000 §20.1).
+const CONNECTION_REFUSED: u64 = 0x2;
+
+/// Who a CONNECTION_CLOSE speaks for: the application protocol or the QUIC transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseKind {
+    /// An application close (frame type 0x1d): the code is the application protocol's (for example
+    /// an HTTP/3 error code).
+    Application,
+    /// A transport close (frame type 0x1c): the code is a QUIC transport error (RFC 9000 §20.1), or a
+    /// TLS alert (0x100 + alert).
+    Transport,
+}
+
+/// An error from the QUIC engine, kept opaque so public error types do not expose quiche's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QuicError(quiche::Error);
+
+impl From<quiche::Error> for ConfigError {
+    fn from(err: quiche::Error) -> Self {
+        Self::Quic(QuicError(err))
+    }
+}
+
+impl From<quiche::Error> for ConnectError {
+    fn from(err: quiche::Error) -> Self {
+        Self::Quic(QuicError(err))
+    }
 }
 
 /// The content of a CONNECTION_CLOSE frame.
@@ -178,6 +267,11 @@ pub struct CloseReason {
 }
 
 impl CloseReason {
+    /// Whether the application or the transport closed.
+    pub fn kind(&self) -> CloseKind {
+        if self.is_application { CloseKind::Application } else { CloseKind::Transport }
+    }
+
     /// Whether this close reports no error: application code 0 or transport NO_ERROR.
     pub fn is_no_error(&self) -> bool {
         self.code == 0
@@ -263,7 +357,7 @@ pub enum ConnectError {
     },
     /// quiche refused to create the connection.
     #[error("cannot create connection: {0}")]
-    Quic(#[from] quiche::Error),
+    Quic(QuicError),
     /// No answer from the server within the handshake timeout or idle timeout.
     #[error("timed out connecting: no handshake completed within {0:?}")]
     TimedOut(std::time::Duration),
@@ -273,6 +367,37 @@ pub enum ConnectError {
     /// The endpoint is shutting down.
     #[error("endpoint is shut down")]
     EndpointClosed,
+}
+
+impl ConnectError {
+    /// Whether the handshake did not complete in time (the server never answered).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Self::TimedOut(_) => true,
+            Self::HandshakeFailed(reason) => reason.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// Whether the attempt ended because a side closed: the server refused or TLS failed
+    /// ([`ConnectionError::is_closed`]), or this endpoint is shut down.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::EndpointClosed => true,
+            Self::HandshakeFailed(reason) => reason.is_closed(),
+            _ => false,
+        }
+    }
+
+    /// Whether trying again later may succeed: a timeout, or a server that was busy
+    /// ([`ConnectionError::is_retryable`]). Bad names, address families or configurations are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::TimedOut(_) => true,
+            Self::HandshakeFailed(reason) => reason.is_retryable(),
+            _ => false,
+        }
+    }
 }
 
 /// An [`ApplicationOverQuic`](crate::ApplicationOverQuic) hook asks the runtime to close the connection.
@@ -306,5 +431,21 @@ mod tests {
         let app = CloseReason { is_application: true, code: 0x130, reason: "x".into() };
         assert_eq!(app.tls_alert(), None);
         assert_eq!(app.to_string(), "application error 0x130 (x)");
+    }
+
+    #[test]
+    fn queries_tell_timeouts_closes_and_refusals_apart() {
+        let refused =
+            ConnectionError::PeerClosed(CloseReason { is_application: false, code: 0x2, reason: String::new() });
+        assert!(refused.is_closed() && refused.is_retryable() && !refused.is_timeout());
+        assert_eq!(refused.application_code(), None);
+        let app = ConnectionError::PeerClosed(CloseReason { is_application: true, code: 0x2, reason: String::new() });
+        assert!(!app.is_retryable(), "an application code 0x2 is not CONNECTION_REFUSED");
+        assert_eq!(app.application_code(), Some(0x2));
+        assert!(ConnectionError::IdleTimeout.is_timeout() && !ConnectionError::IdleTimeout.is_closed());
+        assert!(ConnectError::TimedOut(std::time::Duration::from_secs(1)).is_retryable());
+        assert!(ConnectError::HandshakeFailed(refused).is_retryable());
+        assert!(!ConnectError::InvalidServerName(String::new()).is_retryable());
+        assert!(ConnectError::EndpointClosed.is_closed());
     }
 }

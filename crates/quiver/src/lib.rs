@@ -52,11 +52,17 @@ mod endpoint;
 mod error;
 mod handshake;
 mod limits;
+#[cfg(test)]
+mod memory;
 pub mod metrics;
 mod qlog;
+mod route;
 mod router;
+mod shared;
 mod socket;
 mod stats;
+#[cfg(test)]
+mod test_support;
 mod token;
 
 pub use crate::app::{ApplicationOverQuic, QuicConnection};
@@ -68,10 +74,11 @@ pub use crate::config::{
     DEFAULT_MAX_HANDSHAKES_IN_FLIGHT, RateLimit, STATELESS_RESET_RATE, ServerConfig, ServerConfigBuilder, ServerSecret,
     TlsIdentity, TransportConfig,
 };
-pub use crate::connection::ConnectionHandle;
-pub use crate::endpoint::{Endpoint, EndpointBuilder, IncomingConnection};
+pub use crate::connection::{ConnectionHandle, IncomingConnection};
+pub use crate::endpoint::{Endpoint, EndpointBuilder};
 pub use crate::error::{
-    ApplicationError, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError, MigrateError,
+    ApplicationError, CloseKind, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError, MigrateError,
+    MigrateRefusal, QuicError,
 };
 pub use crate::handshake::HandshakeInfo;
 pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};

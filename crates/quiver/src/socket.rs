@@ -19,12 +19,24 @@ pub(crate) const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 /// [`LARGE_BUFFER_BYTES`](crate::buffer::LARGE_BUFFER_BYTES) buffer.
 pub(crate) const SEND_BATCH_BYTES: usize = 64_000;
 
-/// A UDP socket with the per-platform state `quinn-udp` needs.
+/// A UDP socket with the per-platform state `quinn-udp` needs (or, in unit tests, an address on an
+/// in-memory network).
 #[derive(Debug)]
 pub(crate) struct QuicSocket {
-    io: tokio::net::UdpSocket,
-    state: UdpSocketState,
+    kind: SocketKind,
     local_addr: SocketAddr,
+}
+
+/// What carries the datagrams. Outside tests there is one variant, so every `match` below compiles
+/// to the UDP path alone: the seam costs the hot path nothing.
+#[derive(Debug)]
+enum SocketKind {
+    Udp {
+        io: tokio::net::UdpSocket,
+        state: UdpSocketState,
+    },
+    #[cfg(test)]
+    Memory(crate::memory::MemorySocket),
 }
 
 impl QuicSocket {
@@ -48,7 +60,14 @@ impl QuicSocket {
         let state = UdpSocketState::new((&std_socket).into())?;
         let io = tokio::net::UdpSocket::from_std(std_socket)?;
         let local_addr = io.local_addr()?;
-        Ok(Self { io, state, local_addr })
+        Ok(Self { kind: SocketKind::Udp { io, state }, local_addr })
+    }
+
+    /// A socket on an in-memory network (unit tests).
+    #[cfg(test)]
+    pub(crate) fn memory(network: &crate::memory::MemoryNetwork, addr: SocketAddr) -> io::Result<Self> {
+        let socket = network.bind(addr)?;
+        Ok(Self { local_addr: socket.local_addr(), kind: SocketKind::Memory(socket) })
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -57,12 +76,20 @@ impl QuicSocket {
 
     /// How many equal-size datagrams one send call may carry (1 without GSO).
     pub(crate) fn max_gso_segments(&self) -> usize {
-        self.state.max_gso_segments()
+        match &self.kind {
+            SocketKind::Udp { state, .. } => state.max_gso_segments(),
+            #[cfg(test)]
+            SocketKind::Memory(_) => 1,
+        }
     }
 
     /// How many datagrams one receive buffer may hold when the kernel coalesces them (GRO).
     pub(crate) fn gro_segments(&self) -> usize {
-        self.state.gro_segments()
+        match &self.kind {
+            SocketKind::Udp { state, .. } => state.gro_segments(),
+            #[cfg(test)]
+            SocketKind::Memory(_) => 1,
+        }
     }
 
     /// Receives a batch of datagrams.
@@ -70,9 +97,14 @@ impl QuicSocket {
     /// # Cancel safety
     /// Cancel safe: data is only taken from the socket in the same poll that returns it.
     pub(crate) async fn recv(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> io::Result<usize> {
+        let (io, state) = match &self.kind {
+            SocketKind::Udp { io, state } => (io, state),
+            #[cfg(test)]
+            SocketKind::Memory(socket) => return socket.recv(bufs, meta).await,
+        };
         loop {
-            self.io.readable().await?;
-            match self.io.try_io(Interest::READABLE, || self.state.recv((&self.io).into(), bufs, meta)) {
+            io.readable().await?;
+            match io.try_io(Interest::READABLE, || state.recv(io.into(), bufs, meta)) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return result,
             }
@@ -84,9 +116,14 @@ impl QuicSocket {
     /// # Cancel safety
     /// Cancel safe: the datagram is either handed to the kernel whole or not at all.
     pub(crate) async fn send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
+        let (io, state) = match &self.kind {
+            SocketKind::Udp { io, state } => (io, state),
+            #[cfg(test)]
+            SocketKind::Memory(socket) => return socket.send(transmit),
+        };
         loop {
-            self.io.writable().await?;
-            match self.io.try_io(Interest::WRITABLE, || self.state.try_send((&self.io).into(), transmit)) {
+            io.writable().await?;
+            match io.try_io(Interest::WRITABLE, || state.try_send(io.into(), transmit)) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return result,
             }
@@ -96,7 +133,11 @@ impl QuicSocket {
     /// Sends one datagram if the socket has room now; used for replies the router makes (Version
     /// Negotiation), which are never worth waiting for.
     pub(crate) fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        self.io.try_io(Interest::WRITABLE, || self.state.try_send((&self.io).into(), transmit))
+        match &self.kind {
+            SocketKind::Udp { io, state } => io.try_io(Interest::WRITABLE, || state.try_send(io.into(), transmit)),
+            #[cfg(test)]
+            SocketKind::Memory(socket) => socket.send(transmit),
+        }
     }
 }
 
