@@ -55,6 +55,7 @@ mod limits;
 pub mod metrics;
 mod qlog;
 mod router;
+mod serve;
 mod socket;
 mod stats;
 mod token;
@@ -73,6 +74,7 @@ pub use crate::error::{
     ApplicationError, CloseReason, ConfigError, ConnectError, ConnectionError, EndpointError, MigrateError,
 };
 pub use crate::handshake::HandshakeInfo;
+pub use crate::serve::{ServeEnd, serve};
 pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 pub use quiche;
 
