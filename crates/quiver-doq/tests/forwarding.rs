@@ -253,8 +253,8 @@ async fn connections_past_the_per_source_cap_are_refused() {
     let second = unpadded_client(forwarder.addr);
     let refused = guarded(second.send_bytes(&query)).await.unwrap_err();
     assert!(matches!(refused, quiver_doq::DoqError::Connect { .. }), "{refused}");
-    // The endpoint's one per-source cap refused it, and counted it.
-    assert_eq!(forwarder.endpoint.stats().dropped(quiver::DropReason::SourceConnectionLimit), 1);
+    // The endpoint's one per-source cap refused it, and counted it (once per Initial it refused).
+    assert!(forwarder.endpoint.stats().dropped(quiver::DropReason::SourceConnectionLimit) >= 1);
     assert_eq!(forwarder.server.stats().connections_accepted, 1);
     // The first connection is unaffected.
     guarded(first.send_bytes(&query)).await.expect("still served");

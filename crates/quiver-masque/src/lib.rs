@@ -43,6 +43,7 @@ mod body;
 mod client;
 pub mod ip;
 pub mod metrics;
+mod network;
 pub mod policy;
 mod proxy;
 mod resolve;
