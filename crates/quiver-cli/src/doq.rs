@@ -46,7 +46,7 @@ pub struct ServeArgs {
     /// Queries one connection may have in flight (its stream limit).
     #[arg(long, default_value_t = quiver_doq::DEFAULT_MAX_STREAMS_PER_CONNECTION)]
     pub max_streams: usize,
-    /// Connections one client address may hold; more are closed with DOQ_EXCESSIVE_LOAD.
+    /// Connections one client address may hold; more are refused (CONNECTION_REFUSED).
     #[arg(long, default_value_t = quiver_doq::DEFAULT_MAX_CONNECTIONS_PER_SOURCE)]
     pub max_connections_per_source: usize,
     /// Positive answers to cache for their TTL (0: no cache).
@@ -100,6 +100,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .identity(server_identity.identity.clone())
         .max_streams(args.max_streams.max(1) as u64, 0)
         .idle_timeout(Duration::from_secs(args.idle_timeout.max(1)))
+        .max_connections_per_source(args.max_connections_per_source.max(1))
         .early_data(args.early_data)
         .with_transport(|transport| args.qlog.apply(transport));
     let config = args.admission.apply(config).build()?;
@@ -111,10 +112,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = endpoint.local_addr();
     let server = DoqServer::builder(args.upstream)
         .upstream_timeout(Duration::from_millis(args.upstream_timeout_ms.max(1)))
-        .max_queries_per_connection(args.max_streams)
-        .max_connections_per_source(args.max_connections_per_source)
+        .max_queries_per_connection(args.max_streams.max(1))
         .cache_entries(args.cache_entries)
-        .build();
+        .build()
+        .map_err(|err| usage(err.to_string()))?;
     say!("quiver doq serving DNS over QUIC on {addr}, forwarding to {}", args.upstream);
     if let Some(notice) = server_identity.self_signed_notice() {
         say!("{notice}");
@@ -130,7 +131,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         say!("shutting down: answering the queries in flight (at most {:.1} s)", drain.as_secs_f64());
     };
-    if !server.serve_until(endpoint.clone(), shutdown, drain).await {
+    if !server.serve_until(endpoint.clone(), shutdown, drain).await.drained() {
         say!("some queries were still unanswered after {:.1} s; closed anyway", drain.as_secs_f64());
     }
     let stats = server.stats();

@@ -84,6 +84,9 @@ struct ProxyArgs {
     /// Close a tunnel after this many seconds without a datagram.
     #[arg(long, value_name = "SECONDS", default_value_t = quiver_masque::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
+    /// Seconds open tunnels keep relaying after Ctrl-C (no new tunnels are taken meanwhile).
+    #[arg(long, default_value_t = 10)]
+    drain_seconds: u64,
     /// Serve CONNECT-IP (RFC 9484) too: lease client addresses from this network (e.g. 10.89.0.0/24).
     /// Creates the --tun device and gives it the network's first host address (needs root, Linux).
     #[arg(long, value_name = "CIDR")]
@@ -196,16 +199,19 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         Some(pool) => Some(start_ip_gateway(pool, &args.ip_route, &args.tun)?),
         None => None,
     };
-    let config = ProxyConfig {
-        template,
-        policy,
-        max_tunnels_per_connection: args.max_tunnels_per_connection,
-        max_tunnels: args.max_tunnels,
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        bearer_token: args.token,
-        ip_gateway,
-        ..ProxyConfig::default()
-    };
+    let mut config = ProxyConfig::builder()
+        .template(template)
+        .policy(policy)
+        .max_tunnels_per_connection(args.max_tunnels_per_connection)
+        .max_tunnels(args.max_tunnels)
+        .idle_timeout(Duration::from_secs(args.idle_timeout));
+    if let Some(token) = args.token {
+        config = config.bearer_token(token);
+    }
+    if let Some(gateway) = ip_gateway {
+        config = config.ip_gateway(gateway);
+    }
+    let config = config.build().map_err(|err| usage(err.to_string()))?;
     let server_identity = args.identity.load()?;
     let quic = quiver_masque::proxy_server_config(&config)
         .identity(server_identity.identity.clone())
@@ -213,9 +219,9 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
     let quic = args.source_limit.apply(args.admission.apply(quic)).build()?;
     let endpoint = Endpoint::server(args.listen, quic)?;
     let addr = endpoint.local_addr();
-    let rules: Vec<String> = config.policy.rules().iter().map(ToString::to_string).collect();
-    say!("quiver masque proxy on https://{addr} (template {}; allow {})", config.template, rules.join(" "));
-    if let Some(gateway) = &config.ip_gateway {
+    let rules: Vec<String> = config.policy().rules().iter().map(ToString::to_string).collect();
+    say!("quiver masque proxy on https://{addr} (template {}; allow {})", config.template(), rules.join(" "));
+    if let Some(gateway) = config.ip_gateway() {
         let routes: Vec<String> =
             gateway.routes().iter().map(|range| format!("{}-{}", range.start, range.end)).collect();
         say!(
@@ -235,11 +241,12 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         let proxy = proxy.clone();
         metrics.serve(endpoint.clone(), move || quiver_masque::metrics::publish(&proxy.stats())).await?;
     }
+    let drain = Duration::from_secs(args.drain_seconds);
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
-        say!("shutting down: closing every connection");
+        say!("shutting down: no new tunnels; open ones relay for at most {} s", drain.as_secs());
     };
-    proxy.serve_until(endpoint, shutdown).await;
+    proxy.serve_until(endpoint, shutdown, drain).await;
     let stats = proxy.stats();
     say!(
         "tunnels opened {}, datagrams to targets {}, from targets {}",

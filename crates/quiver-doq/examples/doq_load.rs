@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let upstream = TestUpstream::start().await?;
     let config = quiver_doq::server_config().self_signed(["localhost"]).build()?;
     let endpoint = quiver::Endpoint::server("127.0.0.1:0".parse()?, config)?;
-    let server = DoqServer::builder(upstream.addr()).build();
+    let server = DoqServer::builder(upstream.addr()).build()?;
     let (serving, accepting) = (server.clone(), endpoint.clone());
     tokio::spawn(async move { serving.serve(accepting).await });
     let config = quiver_doq::client_config().insecure_skip_verification().build()?;

@@ -75,3 +75,13 @@ impl DoqError {
         }
     }
 }
+
+/// A [`DoqServerBuilder`](crate::DoqServerBuilder) setting that would leave the server unable to
+/// answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DoqConfigError {
+    /// A limit or timeout is zero; the field names the builder method.
+    #[error("DoQ server setting `{0}` must be greater than zero")]
+    Zero(&'static str),
+}

@@ -21,7 +21,7 @@
 //! // A forwarder on 127.0.0.1:8853 in front of the resolver at 127.0.0.1:53.
 //! let config = quiver_doq::server_config().self_signed(["localhost"]).build()?;
 //! let endpoint = quiver::Endpoint::server("127.0.0.1:8853".parse()?, config)?;
-//! let server = DoqServer::builder("127.0.0.1:53".parse()?).build();
+//! let server = DoqServer::builder("127.0.0.1:53".parse()?).build()?;
 //! tokio::spawn(async move { server.serve(endpoint).await });
 //!
 //! // A client for it (development only: the self-signed certificate is not verified).
@@ -47,12 +47,11 @@ mod upstream;
 
 pub use crate::client::{DEFAULT_QUERY_TIMEOUT, DoqClient, DoqClientBuilder};
 pub use crate::dns::{PADDING_BLOCK_BYTES, is_replay_safe};
-pub use crate::error::DoqError;
+pub use crate::error::{DoqConfigError, DoqError};
 pub use crate::framing::MAX_MESSAGE_BYTES;
 pub use crate::server::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
-    DEFAULT_QUERY_READ_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT, DoqServer, DoqServerBuilder, MAX_TRACKED_SOURCES,
-    ServerStats,
+    DEFAULT_QUERY_READ_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT, DoqServer, DoqServerBuilder, ServerStats,
 };
 /// The DNS message library this crate speaks (`hickory-proto`), for building queries and reading
 /// answers in full.
@@ -85,8 +84,8 @@ pub const DOQ_INTERNAL_ERROR: u64 = 0x1;
 pub const DOQ_PROTOCOL_ERROR: u64 = 0x2;
 /// The client no longer wants the answer to an outstanding query (RFC 9250 §4.3.1).
 pub const DOQ_REQUEST_CANCELLED: u64 = 0x3;
-/// The server is closing the connection because it is overloaded (here: too many connections from
-/// the client's address).
+/// The server is closing the connection because it is overloaded. (This server refuses excess
+/// connections per address in the QUIC handshake instead, with CONNECTION_REFUSED.)
 pub const DOQ_EXCESSIVE_LOAD: u64 = 0x4;
 /// A catch-all for errors without a more specific code.
 pub const DOQ_UNSPECIFIED_ERROR: u64 = 0x5;
@@ -106,7 +105,9 @@ pub const CONNECTION_WINDOW_BYTES: u64 = 256 * 1024;
 /// [`DEFAULT_MAX_STREAMS_PER_CONNECTION`] concurrent queries per connection, no unidirectional streams
 /// (a client that opens one breaks the transport's stream limit), flow-control windows of
 /// [`STREAM_WINDOW_BYTES`] per stream and [`CONNECTION_WINDOW_BYTES`] per connection (fixed: no
-/// auto-tuning beyond them), and a [`DEFAULT_IDLE_TIMEOUT`].
+/// auto-tuning beyond them), a [`DEFAULT_IDLE_TIMEOUT`], and at most
+/// [`DEFAULT_MAX_CONNECTIONS_PER_SOURCE`] connections per client address (the endpoint refuses more
+/// with CONNECTION_REFUSED and counts them as `DropReason::SourceConnectionLimit`).
 ///
 /// Add a certificate (`.identity(..)`, `.certificate_pem_files(..)` or `.self_signed(..)`) and build.
 ///
@@ -119,6 +120,7 @@ pub fn server_config() -> quiver::ServerConfigBuilder {
         .alpn([ALPN])
         .max_streams(DEFAULT_MAX_STREAMS_PER_CONNECTION as u64, 0)
         .idle_timeout(DEFAULT_IDLE_TIMEOUT)
+        .max_connections_per_source(DEFAULT_MAX_CONNECTIONS_PER_SOURCE)
         .flow_control(CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES)
         .with_transport(|transport| {
             transport.max_connection_window = CONNECTION_WINDOW_BYTES;

@@ -24,8 +24,6 @@ pub const QUERIES: &str = "quiver_doq_queries_total";
 pub const ANSWERS: &str = "quiver_doq_answers_total";
 /// Counter: DoQ connections started.
 pub const CONNECTIONS_ACCEPTED: &str = "quiver_doq_connections_accepted_total";
-/// Counter: connections closed at once with DOQ_EXCESSIVE_LOAD (per-address cap).
-pub const CONNECTIONS_REFUSED: &str = "quiver_doq_connections_refused_total";
 /// Counter, label `reason` (`timeout`, `upstream_error`): queries answered SERVFAIL.
 pub const SERVFAILS: &str = "quiver_doq_servfail_total";
 /// Counter: queries the client cancelled.
@@ -58,7 +56,6 @@ pub fn describe() {
     describe_counter!(QUERIES, Unit::Count, "DoQ answers sent, by response code");
     describe_counter!(ANSWERS, Unit::Count, "DoQ answers by where they came from");
     describe_counter!(CONNECTIONS_ACCEPTED, Unit::Count, "DoQ connections started");
-    describe_counter!(CONNECTIONS_REFUSED, Unit::Count, "DoQ connections refused by the per-address cap");
     describe_counter!(SERVFAILS, Unit::Count, "Queries answered SERVFAIL, by reason");
     describe_counter!(CANCELLED, Unit::Count, "Queries the client cancelled");
     describe_counter!(PROTOCOL_ERRORS, Unit::Count, "Connections closed with DOQ_PROTOCOL_ERROR");
@@ -71,7 +68,6 @@ pub fn publish(stats: &ServerStats) {
     let local = stats.servfail_timeout + stats.servfail_upstream_error + stats.format_errors + stats.not_implemented;
     counter!(ANSWERS, "source" => "local").absolute(local);
     counter!(CONNECTIONS_ACCEPTED).absolute(stats.connections_accepted);
-    counter!(CONNECTIONS_REFUSED).absolute(stats.connections_refused_per_source);
     counter!(SERVFAILS, "reason" => "timeout").absolute(stats.servfail_timeout);
     counter!(SERVFAILS, "reason" => "upstream_error").absolute(stats.servfail_upstream_error);
     counter!(CANCELLED).absolute(stats.cancelled);

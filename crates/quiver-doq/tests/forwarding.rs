@@ -10,8 +10,8 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode}
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{Name, RData, RecordType};
 use quiver_doq::test_util::TEST_TTL;
-use quiver_doq::{DOQ_EXCESSIVE_LOAD, DOQ_PROTOCOL_ERROR, PADDING_BLOCK_BYTES};
-use support::{GUARD, client, forwarder, guarded, unpadded_client};
+use quiver_doq::{DOQ_PROTOCOL_ERROR, PADDING_BLOCK_BYTES};
+use support::{GUARD, client, forwarder, forwarder_with, guarded, unpadded_client};
 
 fn query_bytes(name: &str, record_type: RecordType, id: u16) -> Vec<u8> {
     let mut query = Message::new(id, MessageType::Query, OpCode::Query);
@@ -107,7 +107,7 @@ async fn unreachable_upstream_gets_servfail() {
     drop(closed);
     let config = quiver_doq::server_config().self_signed(["localhost"]).build().unwrap();
     let endpoint = quiver::Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
-    let server = quiver_doq::DoqServer::builder(dead).build();
+    let server = quiver_doq::DoqServer::builder(dead).build().unwrap();
     let (serving, accepting) = (server.clone(), endpoint.clone());
     tokio::spawn(async move { serving.serve(accepting).await });
     let client = unpadded_client(endpoint.local_addr());
@@ -245,15 +245,17 @@ async fn cache_answers_repeats_with_aged_ttls() {
 }
 
 #[tokio::test]
-async fn connections_past_the_per_source_cap_get_excessive_load() {
-    let forwarder = forwarder(|server| server.max_connections_per_source(1)).await;
+async fn connections_past_the_per_source_cap_are_refused() {
+    let forwarder = forwarder_with(|quic| quic.max_connections_per_source(1), |server| server).await;
     let first = unpadded_client(forwarder.addr);
     let query = query_bytes("www.test.", RecordType::A, 0);
     guarded(first.send_bytes(&query)).await.expect("the first connection is served");
     let second = unpadded_client(forwarder.addr);
     let refused = guarded(second.send_bytes(&query)).await.unwrap_err();
-    assert_eq!(refused.peer_error_code(), Some(DOQ_EXCESSIVE_LOAD), "{refused}");
-    assert_eq!(forwarder.server.stats().connections_refused_per_source, 1);
+    assert!(matches!(refused, quiver_doq::DoqError::Connect { .. }), "{refused}");
+    // The endpoint's one per-source cap refused it, and counted it (once per Initial it refused).
+    assert!(forwarder.endpoint.stats().dropped(quiver::DropReason::SourceConnectionLimit) >= 1);
+    assert_eq!(forwarder.server.stats().connections_accepted, 1);
     // The first connection is unaffected.
     guarded(first.send_bytes(&query)).await.expect("still served");
 }
@@ -326,7 +328,8 @@ async fn shutdown_lets_queries_in_flight_finish() {
     let upstream = quiver_doq::test_util::TestUpstream::start().await.unwrap();
     let config = quiver_doq::server_config().self_signed(["localhost"]).build().unwrap();
     let endpoint = quiver::Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
-    let server = quiver_doq::DoqServer::builder(upstream.addr()).upstream_timeout(Duration::from_millis(300)).build();
+    let server =
+        quiver_doq::DoqServer::builder(upstream.addr()).upstream_timeout(Duration::from_millis(300)).build().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn({
         let (server, endpoint) = (server.clone(), endpoint.clone());
@@ -349,7 +352,7 @@ async fn shutdown_lets_queries_in_flight_finish() {
     // The query still gets its SERVFAIL (after the upstream timeout), then the server stops.
     let answer = guarded(query).await.unwrap().expect("answered despite the shutdown");
     assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
-    assert!(guarded(serving).await.unwrap(), "drained within the deadline");
+    assert_eq!(guarded(serving).await.unwrap(), quiver::ServeEnd::Drained, "drained within the deadline");
 }
 
 #[tokio::test]
@@ -447,7 +450,7 @@ async fn queries_queue_behind_a_small_stream_limit() {
     let upstream = quiver_doq::test_util::TestUpstream::start().await.unwrap();
     let config = quiver_doq::server_config().max_streams(2, 0).self_signed(["localhost"]).build().unwrap();
     let endpoint = quiver::Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
-    let server = quiver_doq::DoqServer::builder(upstream.addr()).max_queries_per_connection(2).build();
+    let server = quiver_doq::DoqServer::builder(upstream.addr()).max_queries_per_connection(2).build().unwrap();
     let (serving, accepting) = (server.clone(), endpoint.clone());
     tokio::spawn(async move { serving.serve(accepting).await });
     let client = client(endpoint.local_addr());

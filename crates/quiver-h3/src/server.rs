@@ -14,7 +14,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::body::RecvBody;
-use crate::driver::{self, Dispatch, H3Driver, H3Settings, OutFrame, StreamSink, Wake, WakeSender};
+use crate::driver::{self, Dispatch, H3Driver, H3Settings, OutFrame, StreamSink};
 use crate::error::H3_INTERNAL_ERROR;
 use crate::headers;
 use crate::metrics::RequestMetrics;
@@ -83,56 +83,36 @@ where
 
     /// Accepts connections on `endpoint` until it closes, serving HTTP/3 on those that negotiated
     /// `h3` (others are refused).
+    ///
+    /// # Cancel safety
+    /// Dropping the future stops accepting; connections already running go on until they close.
     pub async fn serve(self, endpoint: Endpoint) {
         self.serve_with_graceful_shutdown(endpoint, std::future::pending(), Duration::ZERO).await;
     }
 
-    /// As [`serve`](Self::serve), until `shutdown` resolves; then drains gracefully: stops accepting,
-    /// sends GOAWAY on every connection, lets requests already received finish, closes each connection
-    /// when it has none left, and closes whatever remains after `drain_deadline`. Returns when every
-    /// connection has ended.
+    /// As [`serve`](Self::serve), until `shutdown` resolves; then drains gracefully through
+    /// [`quiver::serve`]: stops accepting, sends GOAWAY on every connection (the driver's
+    /// `on_drain`), lets requests already received finish, closes each connection when it has none
+    /// left, and closes whatever remains after `drain_deadline`. Returns when every connection has
+    /// ended.
+    ///
+    /// # Cancel safety
+    /// As [`quiver::serve`]: dropping the future while accepting stops accepting; dropping it during
+    /// the drain leaves the endpoint draining (GOAWAY sent, new connections refused) but nothing
+    /// closes what is left at the deadline.
     pub async fn serve_with_graceful_shutdown(
         self,
         endpoint: Endpoint,
         shutdown: impl std::future::Future<Output = ()>,
         drain_deadline: Duration,
     ) {
-        let mut drivers: Vec<WakeSender> = Vec::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let incoming = tokio::select! {
-                incoming = endpoint.accept() => incoming,
-                () = &mut shutdown => break,
-            };
-            let Some(incoming) = incoming else { return };
+        let accept_h3 = |incoming: quiver::IncomingConnection| {
+            // Other ALPNs are refused by dropping them.
             if incoming.alpn() == crate::ALPN {
-                let driver = self.application();
-                drivers.retain(|waker| !waker.is_closed());
-                drivers.push(driver.waker());
-                incoming.start(driver);
-            }
-        }
-        tracing::info!(connections = drivers.len(), "draining: GOAWAY sent, finishing in-flight requests");
-        for driver in &drivers {
-            let _ = driver.send(Wake::GoAway);
-        }
-        // Connections that finish their handshake during the drain are refused (dropping them sends
-        // CONNECTION_REFUSED) instead of waiting in the accept queue until the deadline.
-        let refuse_new = async {
-            while let Some(incoming) = endpoint.accept().await {
-                drop(incoming);
+                incoming.start(self.application());
             }
         };
-        tokio::select! {
-            idle = tokio::time::timeout(drain_deadline, endpoint.wait_idle()) => {
-                if idle.is_err() {
-                    tracing::warn!("drain deadline passed; closing remaining connections");
-                }
-            }
-            () = refuse_new => {}
-        }
-        endpoint.close();
-        endpoint.wait_idle().await;
+        quiver::serve(&endpoint, accept_h3, shutdown, drain_deadline).await;
     }
 }
 

@@ -17,7 +17,7 @@
 //! use quiver_masque::{Proxy, ProxyConfig, TargetPolicy};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = ProxyConfig { policy: TargetPolicy::parse(&["*:53", "127.0.0.1/32:5353"])?, ..ProxyConfig::default() };
+//! let config = ProxyConfig::builder().policy(TargetPolicy::parse(&["*:53", "127.0.0.1/32:5353"])?).build()?;
 //! let quic = quiver_masque::proxy_server_config(&config).self_signed(["localhost"]).build()?;
 //! let endpoint = quiver::Endpoint::server("127.0.0.1:4433".parse()?, quic)?;
 //! Proxy::new(config).serve(endpoint).await;
@@ -43,6 +43,7 @@ mod body;
 mod client;
 pub mod ip;
 pub mod metrics;
+mod network;
 pub mod policy;
 mod proxy;
 mod resolve;
@@ -54,7 +55,7 @@ pub use crate::client::{ClientError, MasqueClient, TunnelError, UdpTunnel, clien
 pub use crate::policy::{AllowRule, Denied, RuleError, TargetPolicy};
 pub use crate::proxy::{
     DEFAULT_DNS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_TUNNELS, DEFAULT_MAX_TUNNELS_PER_CONNECTION, Proxy,
-    ProxyConfig, ProxyStats, proxy_server_config,
+    ProxyConfig, ProxyConfigBuilder, ProxyConfigError, ProxyStats, proxy_server_config,
 };
 pub use crate::target::{Target, TargetError, TargetHost};
 pub use crate::template::{DEFAULT_TEMPLATE, MatchError, TemplateError, UriTemplate};

@@ -16,8 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
-use crate::ip::IpNetwork;
-use crate::ip::capsule::max_prefix;
+use crate::network::{IpNetwork, max_prefix};
 use crate::target::{TargetHost, parse_port};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

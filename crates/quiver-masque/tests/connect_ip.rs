@@ -73,7 +73,7 @@ fn in_namespace() {
         // The gateway's own address is this host: only an explicit rule opens it (here one UDP port,
         // and ICMP).
         let policy = TargetPolicy::parse(&["*:*", &format!("{GATEWAY}/32:{GATEWAY_PORT}")]).unwrap();
-        let proxy = start_proxy(ProxyConfig { ip_gateway: Some(gateway.clone()), policy, ..ProxyConfig::default() });
+        let proxy = start_proxy(ProxyConfig::builder().ip_gateway(gateway.clone()).policy(policy));
         tokio::time::timeout(GUARD, exchange(&proxy, &gateway)).await.expect("timed out");
 
         // The same over IPv6, on a second device and proxy (one address family per gateway).
@@ -87,7 +87,7 @@ fn in_namespace() {
             IpGatewayConfig { pool: "fd00:89::/64".parse().unwrap(), routes: vec!["fd00:89::/64".parse().unwrap()] };
         let gateway = IpGateway::start(tun, config).unwrap();
         let policy = TargetPolicy::parse(&["*:*", "[fd00:89::1/128]:*"]).unwrap();
-        let proxy = start_proxy(ProxyConfig { ip_gateway: Some(gateway), policy, ..ProxyConfig::default() });
+        let proxy = start_proxy(ProxyConfig::builder().ip_gateway(gateway).policy(policy));
         tokio::time::timeout(GUARD, exchange_v6(&proxy)).await.expect("timed out");
     });
 }

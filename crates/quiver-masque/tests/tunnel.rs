@@ -135,11 +135,9 @@ fn connect_udp(url: &str, path: &str) -> http::request::Builder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_have_status_codes_and_proxy_status() {
-    let config = ProxyConfig {
-        policy: TargetPolicy::parse(&["127.0.0.1/32:1000-2000", "*:53"]).unwrap(),
-        max_tunnels_per_connection: 1,
-        ..ProxyConfig::default()
-    };
+    let config = ProxyConfig::builder()
+        .policy(TargetPolicy::parse(&["127.0.0.1/32:1000-2000", "*:53"]).unwrap())
+        .max_tunnels_per_connection(1);
     let proxy = start_proxy(config);
     let echo = udp_echo().await;
     let url = proxy.url();
@@ -175,7 +173,7 @@ async fn refusals_have_status_codes_and_proxy_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn default_policy_keeps_loopback_closed_and_names_resolve() {
-    let proxy = start_proxy(ProxyConfig::default());
+    let proxy = start_proxy(ProxyConfig::builder());
     let run = async {
         refused(proxy.client(true).open(&"127.0.0.1:53".parse().unwrap()).await, StatusCode::FORBIDDEN);
         // A name that resolves to loopback is refused too: the addresses are checked, not the name.
@@ -197,7 +195,7 @@ async fn default_policy_keeps_loopback_closed_and_names_resolve() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_is_required_when_configured() {
-    let proxy = start_proxy(ProxyConfig { bearer_token: Some("s3cret".into()), ..loopback_config() });
+    let proxy = start_proxy(loopback_config().bearer_token("s3cret"));
     let echo = udp_echo().await;
     let run = async {
         for client in [proxy.client(true), proxy.client(true).with_bearer_token("wrong")] {
@@ -213,7 +211,7 @@ async fn bearer_token_is_required_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_tunnels_close_and_free_their_socket() {
-    let proxy = start_proxy(ProxyConfig { idle_timeout: Duration::from_millis(300), ..loopback_config() });
+    let proxy = start_proxy(loopback_config().idle_timeout(Duration::from_millis(300)));
     // A target that only reports where datagrams come from: the proxy's socket for this tunnel.
     let target = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let target_addr = target.local_addr().unwrap();
@@ -313,7 +311,7 @@ async fn ipv6_literal_targets_travel_percent_encoded() {
         }
     });
     let proxy =
-        start_proxy(ProxyConfig { policy: TargetPolicy::parse(&["[::1/128]:*"]).unwrap(), ..ProxyConfig::default() });
+        start_proxy(ProxyConfig::builder().policy(TargetPolicy::parse(&["[::1/128]:*"]).unwrap()));
     let run = async {
         // The client expands "[::1]:PORT" to /.well-known/masque/udp/%3A%3A1/PORT/; the proxy decodes it.
         let mut tunnel = proxy.client(true).open(&format!("[::1]:{}", echo.port()).parse().unwrap()).await.unwrap();
@@ -370,7 +368,7 @@ async fn expect_reset(h3_client: &quiver_h3::Client, request: Request<http_body_
 /// (`*:*`) must refuse each with 403 `destination_ip_prohibited`, and say nothing about addresses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn special_targets_are_refused_however_they_are_written() {
-    let proxy = start_proxy(ProxyConfig::default());
+    let proxy = start_proxy(ProxyConfig::builder());
     let run = async {
         for host in ["%3A%3Affff%3A127.0.0.1", "%31%32%37.0.0.1", "0.0.0.0", "%3A%3A1", "localhost"] {
             let path = format!("/.well-known/masque/udp/{host}/53/");

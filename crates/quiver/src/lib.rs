@@ -58,6 +58,7 @@ pub mod metrics;
 mod qlog;
 mod route;
 mod router;
+mod serve;
 mod shared;
 mod socket;
 mod stats;
@@ -81,6 +82,7 @@ pub use crate::error::{
     MigrateRefusal, QuicError,
 };
 pub use crate::handshake::HandshakeInfo;
+pub use crate::serve::{ServeEnd, serve};
 pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 pub use quiche;
 

@@ -7,6 +7,10 @@
 //! FIN. Queries past the per-connection limit stay unread in quiche until one finishes. A query that
 //! does not arrive whole within the read timeout has its stream reset (DOQ_PROTOCOL_ERROR), so a
 //! slow sender cannot keep partial messages in memory.
+//!
+//! On a graceful shutdown ([`ApplicationOverQuic::on_drain`]) the connection takes no new query
+//! streams (each is reset with DOQ_NO_ERROR), answers the queries it has, and closes with
+//! DOQ_NO_ERROR once the last answer is acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,17 +23,16 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::{InFlight, ServerShared, count};
+use super::{ServerShared, count};
 use crate::dns::{HEADER_BYTES, error_answer, format_error_for, has_tcp_keepalive, message_id, wants_padding};
 use crate::framing::{MessageReader, Outbound, READ_CHUNK_BYTES, StreamRead, WriteFailure, read_message};
-use crate::{DOQ_INTERNAL_ERROR, DOQ_PROTOCOL_ERROR, DOQ_REQUEST_CANCELLED, is_client_bidi};
+use crate::{DOQ_INTERNAL_ERROR, DOQ_NO_ERROR, DOQ_PROTOCOL_ERROR, DOQ_REQUEST_CANCELLED, is_client_bidi};
 
 /// A query still arriving.
 struct PartialQuery {
     reader: MessageReader,
     /// When the stream is reset if the query is not whole by then.
     deadline: Instant,
-    _in_flight: InFlight,
 }
 
 /// Server side of one DoQ connection.
@@ -38,12 +41,14 @@ pub(crate) struct ServerConnection {
     /// Streams whose query has not fully arrived.
     reading: HashMap<u64, PartialQuery>,
     /// Streams whose query is being resolved.
-    resolving: HashMap<u64, (AbortHandle, InFlight)>,
+    resolving: HashMap<u64, AbortHandle>,
     /// Streams whose answer is being written.
-    sending: HashMap<u64, (Outbound, InFlight)>,
+    sending: HashMap<u64, Outbound>,
     /// Streams whose answer is written, until the client has acknowledged it (quiche then forgets the
     /// stream): a draining server must not close the connection under an answer still in flight.
-    unacknowledged: Vec<(u64, InFlight)>,
+    unacknowledged: Vec<u64>,
+    /// The endpoint is shutting down: no new queries; close once the last one is answered.
+    draining: bool,
     answers_tx: mpsc::Sender<(u64, Vec<u8>)>,
     /// Holds one answer per resolving query at most: every task sends exactly one, and resolving
     /// queries are capped at `max_queries_per_connection`, so a send never waits.
@@ -61,6 +66,7 @@ impl ServerConnection {
             resolving: HashMap::new(),
             sending: HashMap::new(),
             unacknowledged: Vec::new(),
+            draining: false,
             answers_tx,
             answers_rx,
             arrived: Vec::new(),
@@ -82,7 +88,7 @@ impl ServerConnection {
     /// The client gave up on `stream`: stop whatever we were doing for it.
     fn cancel(&mut self, conn: &mut QuicConnection, stream: u64) {
         let was_live = self.reading.remove(&stream).is_some()
-            | self.resolving.remove(&stream).map(|(task, _)| task.abort()).is_some()
+            | self.resolving.remove(&stream).map(|task| task.abort()).is_some()
             | self.sending.remove(&stream).is_some();
         if was_live {
             count(&self.shared.counters.cancelled);
@@ -96,13 +102,12 @@ impl ServerConnection {
         conn: &mut QuicConnection,
         stream: u64,
         query: Vec<u8>,
-        in_flight: InFlight,
     ) -> Result<(), ApplicationError> {
         let counters = &self.shared.counters;
         count(&counters.queries);
         if query.len() < HEADER_BYTES {
             count(&counters.format_errors);
-            self.respond(conn, stream, format_error_for(&query), in_flight);
+            self.respond(conn, stream, format_error_for(&query));
             return Ok(());
         }
         if message_id(&query) != Some(0) {
@@ -110,7 +115,7 @@ impl ServerConnection {
         }
         let Ok(parsed) = Message::from_vec(&query) else {
             count(&counters.format_errors);
-            self.respond(conn, stream, format_error_for(&query), in_flight);
+            self.respond(conn, stream, format_error_for(&query));
             return Ok(());
         };
         if has_tcp_keepalive(&parsed) {
@@ -120,7 +125,7 @@ impl ServerConnection {
         if parsed.metadata.message_type != MessageType::Query || parsed.queries.len() != 1 {
             count(&counters.format_errors);
             let answer = self.shared.pad_if(error_answer(&parsed, ResponseCode::FormErr), padded);
-            self.respond(conn, stream, answer, in_flight);
+            self.respond(conn, stream, answer);
             return Ok(());
         }
         // Other opcodes are not a forwarder's to relay; zone transfers need a multi-message exchange
@@ -129,7 +134,7 @@ impl ServerConnection {
         if parsed.metadata.op_code != OpCode::Query || transfer {
             count(&counters.not_implemented);
             let answer = self.shared.pad_if(error_answer(&parsed, ResponseCode::NotImp), padded);
-            self.respond(conn, stream, answer, in_flight);
+            self.respond(conn, stream, answer);
             return Ok(());
         }
         // 0-RTT (RFC 9250 §4.5): what reaches the upstream from here on is exactly what
@@ -146,18 +151,18 @@ impl ServerConnection {
             let answer = shared.resolve(query, parsed).await;
             let _ = answers.send((stream, answer)).await;
         });
-        self.resolving.insert(stream, (task.abort_handle(), in_flight));
+        self.resolving.insert(stream, task.abort_handle());
         Ok(())
     }
 
     /// Queues `answer` for `stream`. An answer too large for the 2-octet length (none built or
     /// forwarded here is: upstream answers are read into 65535 bytes, padding stays under the limit)
     /// resets the stream with DOQ_INTERNAL_ERROR (RFC 9250 §4.3.2) rather than leaving it silent.
-    fn respond(&mut self, conn: &mut QuicConnection, stream: u64, answer: Vec<u8>, in_flight: InFlight) {
+    fn respond(&mut self, conn: &mut QuicConnection, stream: u64, answer: Vec<u8>) {
         match Outbound::new(&answer) {
             Some(outbound) => {
                 self.shared.rcodes.count(&answer);
-                self.sending.insert(stream, (outbound, in_flight));
+                self.sending.insert(stream, outbound);
             }
             None => {
                 count(&self.shared.counters.internal_errors);
@@ -226,22 +231,24 @@ impl ApplicationOverQuic for ServerConnection {
                 }
                 continue;
             }
+            if !self.reading.contains_key(&stream) && self.draining {
+                refuse_while_draining(conn, stream);
+                continue;
+            }
             if !self.reading.contains_key(&stream) && self.live_queries() >= self.shared.max_queries_per_connection {
                 continue; // left in quiche until a query finishes
             }
-            let (shared, read_timeout) = (&self.shared, self.shared.query_read_timeout);
+            let read_timeout = self.shared.query_read_timeout;
             let partial = self.reading.entry(stream).or_insert_with(|| PartialQuery {
                 reader: MessageReader::default(),
                 deadline: Instant::now() + read_timeout,
-                _in_flight: InFlight::start(shared),
             });
             match read_message(conn, stream, &mut partial.reader, &mut self.scratch) {
                 Err(framing) => return Err(self.protocol_error(&framing.to_string())),
                 Ok(StreamRead::Pending) => {}
                 Ok(StreamRead::Message(query)) => {
-                    if let Some(partial) = self.reading.remove(&stream) {
-                        self.dispatch(conn, stream, query, partial._in_flight)?;
-                    }
+                    self.reading.remove(&stream);
+                    self.dispatch(conn, stream, query)?;
                 }
                 Ok(StreamRead::Reset(_)) => self.cancel(conn, stream),
                 Ok(StreamRead::Gone) => {
@@ -255,8 +262,8 @@ impl ApplicationOverQuic for ServerConnection {
     fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
         for (stream, answer) in std::mem::take(&mut self.arrived) {
             // A query cancelled meanwhile has no entry any more: its answer is dropped.
-            if let Some((_, in_flight)) = self.resolving.remove(&stream) {
-                self.respond(conn, stream, answer, in_flight);
+            if self.resolving.remove(&stream).is_some() {
+                self.respond(conn, stream, answer);
             }
         }
         self.expire_slow_reads(conn);
@@ -272,7 +279,7 @@ impl ApplicationOverQuic for ServerConnection {
         }
         let mut finished = Vec::new();
         let mut written = Vec::new();
-        for (stream, (outbound, _)) in &mut self.sending {
+        for (stream, outbound) in &mut self.sending {
             match outbound.write(conn, *stream) {
                 Ok(true) => written.push(*stream),
                 Ok(false) => {}
@@ -287,27 +294,52 @@ impl ApplicationOverQuic for ServerConnection {
             self.sending.remove(&stream);
         }
         for stream in written {
-            if let Some((_, in_flight)) = self.sending.remove(&stream) {
-                self.unacknowledged.push((stream, in_flight));
+            if self.sending.remove(&stream).is_some() {
+                self.unacknowledged.push(stream);
             }
         }
         // quiche forgets a stream once both directions are done and our side is acknowledged.
         self.unacknowledged
-            .retain(|(stream, _)| !matches!(conn.stream_capacity(*stream), Err(quiche::Error::InvalidStreamState(_))));
+            .retain(|stream| !matches!(conn.stream_capacity(*stream), Err(quiche::Error::InvalidStreamState(_))));
+        self.close_if_drained(conn);
+        Ok(())
+    }
+
+    /// Takes no new queries from here on, and closes once those in flight are answered.
+    fn on_drain(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        tracing::debug!(queries = self.live_queries(), "draining: answering the queries in flight, then closing");
+        self.draining = true;
+        self.close_if_drained(conn);
         Ok(())
     }
 
     fn on_conn_close(&mut self, _conn: &mut QuicConnection, reason: &ConnectionError) {
         tracing::debug!(%reason, resolving = self.resolving.len(), "DoQ connection closed");
-        for (_, (task, _)) in self.resolving.drain() {
+        for (_, task) in self.resolving.drain() {
             task.abort();
         }
     }
 }
 
+impl ServerConnection {
+    /// While draining, closes the connection (DOQ_NO_ERROR) once no query is left in any phase.
+    fn close_if_drained(&self, conn: &mut QuicConnection) {
+        if self.draining && self.live_queries() == 0 {
+            let _ = conn.close(true, DOQ_NO_ERROR, b"server shutting down");
+        }
+    }
+}
+
+/// A query stream opened after the drain began: reset both ways with DOQ_NO_ERROR (RFC 9250 §4.3:
+/// closing with no error to signal), so the client retries it on another connection.
+fn refuse_while_draining(conn: &mut QuicConnection, stream: u64) {
+    let _ = conn.stream_shutdown(stream, quiche::Shutdown::Read, DOQ_NO_ERROR);
+    let _ = conn.stream_shutdown(stream, quiche::Shutdown::Write, DOQ_NO_ERROR);
+}
+
 impl Drop for ServerConnection {
     fn drop(&mut self) {
-        for (_, (task, _)) in self.resolving.drain() {
+        for (_, task) in self.resolving.drain() {
             task.abort();
         }
     }

@@ -29,13 +29,21 @@ impl Drop for Forwarder {
 
 /// Starts a forwarder; `configure` adjusts the server before it is built.
 pub async fn forwarder(configure: impl FnOnce(DoqServerBuilder) -> DoqServerBuilder) -> Forwarder {
+    forwarder_with(|quic| quic, configure).await
+}
+
+/// As [`forwarder`], with `quic` adjusting the endpoint's configuration too.
+pub async fn forwarder_with(
+    quic: impl FnOnce(quiver::ServerConfigBuilder) -> quiver::ServerConfigBuilder,
+    configure: impl FnOnce(DoqServerBuilder) -> DoqServerBuilder,
+) -> Forwarder {
     let upstream = TestUpstream::start().await.expect("start the test upstream");
-    let config = quiver_doq::server_config().self_signed(["localhost"]).build().expect("server config");
+    let config = quic(quiver_doq::server_config()).self_signed(["localhost"]).build().expect("server config");
     let certificate_der = config.identity().certificate_der();
     let certificate_pem = config.identity().certificate_chain_pem();
     let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).expect("bind");
     let addr = endpoint.local_addr();
-    let server = configure(DoqServer::builder(upstream.addr())).build();
+    let server = configure(DoqServer::builder(upstream.addr())).build().expect("server");
     let serving = server.clone();
     let accepting = endpoint.clone();
     tokio::spawn(async move { serving.serve(accepting).await });

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use quiver::{Endpoint, TlsIdentity};
-use quiver_masque::{MasqueClient, Proxy, ProxyConfig, TargetPolicy, UdpTunnel};
+use quiver_masque::{MasqueClient, Proxy, ProxyConfig, ProxyConfigBuilder, TargetPolicy, UdpTunnel};
 use tokio::net::UdpSocket;
 
 /// Guards every wait; tests end long before unless something is broken.
@@ -47,21 +47,33 @@ impl TestProxy {
 }
 
 /// Loopback targets allowed, everything else as configured.
-pub fn loopback_config() -> ProxyConfig {
-    ProxyConfig { policy: TargetPolicy::parse(&["127.0.0.1/32:1-65535"]).unwrap(), ..ProxyConfig::default() }
+pub fn loopback_config() -> ProxyConfigBuilder {
+    ProxyConfig::builder().policy(TargetPolicy::parse(&["127.0.0.1/32:1-65535"]).unwrap())
 }
 
-pub fn start_proxy(config: ProxyConfig) -> TestProxy {
+/// Builds `config` and serves it on 127.0.0.1 port 0 until the test's endpoint closes.
+pub fn start_proxy(config: ProxyConfigBuilder) -> TestProxy {
+    start_proxy_until(config, std::future::pending(), Duration::ZERO).0
+}
+
+/// As [`start_proxy`], shutting down gracefully when `shutdown` resolves, within `drain_deadline`;
+/// the task ends with how the serve lifecycle ended.
+pub fn start_proxy_until(
+    config: ProxyConfigBuilder,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    drain_deadline: Duration,
+) -> (TestProxy, tokio::task::JoinHandle<quiver::ServeEnd>) {
+    let config = config.build().expect("proxy config");
     let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
     let quic = quiver_masque::proxy_server_config(&config).identity(identity.clone()).build().unwrap();
     let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), quic).unwrap();
     let proxy = Proxy::new(config);
-    tokio::spawn({
+    let serving = tokio::spawn({
         let proxy = proxy.clone();
         let endpoint = endpoint.clone();
-        async move { proxy.serve(endpoint).await }
+        async move { proxy.serve_until(endpoint, shutdown, drain_deadline).await }
     });
-    TestProxy { proxy, endpoint, identity }
+    (TestProxy { proxy, endpoint, identity }, serving)
 }
 
 /// A UDP echo server on 127.0.0.1; answers "big" with 4000 bytes and then "after" (a payload no QUIC
