@@ -1,56 +1,27 @@
 //! The `quiver` binary end to end: `quiver serve` on 127.0.0.1 port 0, fetched with `quiver get`.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod support;
 
-const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
+use std::path::Path;
+use std::process::{Command, Output};
 
-/// A running `quiver serve`; killed on drop.
+use quiver_test_support::tool::{Tool, chromium_program, unavailable};
+use support::{QUIVER, Running, serve as serve_quiver, temp_dir};
+
+/// A running `quiver serve` and its base URL ("https://127.0.0.1:PORT").
 struct Served {
-    child: Child,
+    _process: Running,
     base: String,
 }
 
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn serve(extra: &[&str]) -> Served {
-    let mut child = Command::new(QUIVER)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start quiver serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut reader = BufReader::new(stdout);
-    let mut first = String::new();
-    reader.read_line(&mut first).expect("read the banner");
-    // Keep draining so the server never writes into a closed pipe.
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     // "quiver serving HTTP/3 on https://127.0.0.1:PORT/ (...)"
-    let base = first
-        .split_whitespace()
-        .find(|word| word.starts_with("https://"))
-        .map(|url| url.trim_end_matches('/').to_owned())
-        .unwrap_or_else(|| panic!("no URL in banner {first:?}"));
-    Served { child, base }
+    let served = serve_quiver(&[&["serve", "--listen", "127.0.0.1:0"], extra].concat(), "https://", "https://");
+    Served { base: format!("https://{}", served.addr), _process: served.process }
 }
 
 fn get(args: &[&str]) -> Output {
     Command::new(QUIVER).arg("get").args(args).output().expect("run quiver get")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("quiver-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
@@ -122,29 +93,16 @@ fn directory_serving_with_types_ranges_and_confinement() {
 }
 
 /// Chromium, forced onto QUIC for the demo's origin and trusting the printed SPKI pin, loads the demo
-/// page. The server speaks only QUIC, so any page content proves an HTTP/3 exchange. Skipped (with a
-/// note) where Chromium is not installed; `.ci/run` installs it.
+/// page. The server speaks only QUIC, so any page content proves an HTTP/3 exchange. Needs Chromium
+/// (`./scripts/test` installs it): without it the test fails under `CI=true` and is skipped elsewhere.
 #[test]
 fn chromium_loads_the_demo_page_over_http3() {
-    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
-        .into_iter()
-        .find(|name| Command::new(name).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
-    else {
-        eprintln!("skipped: no chromium on PATH");
-        return;
+    let Some(chromium) = chromium_program() else {
+        return unavailable(Tool::Chromium, "no chromium, chromium-browser or google-chrome on PATH");
     };
-    let mut child = Command::new(QUIVER)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start quiver serve");
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    let (mut banner, mut pin_line) = (String::new(), String::new());
-    reader.read_line(&mut banner).unwrap();
-    reader.read_line(&mut pin_line).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let served = Served { child, base: String::new() };
+    let served = support::start(&["serve", "--listen", "127.0.0.1:0"]);
+    let banner = served.wait_stdout("https://");
+    let pin_line = served.wait_stdout("pin: ");
     let origin = banner.split("https://").nth(1).and_then(|rest| rest.split('/').next()).expect("origin").to_owned();
     let pin = pin_line.rsplit("pin: ").next().expect("pin").trim().to_owned();
     let profile = temp_dir("chromium-profile");

@@ -1,56 +1,28 @@
 //! `quiver doq` end to end: `doq serve` on 127.0.0.1 port 0 in front of a scripted resolver,
 //! `doq query` against it and against an independent DoQ server (hickory-net's, on quinn + rustls).
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::Duration;
 
 use hickory_net::quic::QuicServer;
 use quiver_doq::Message;
 use quiver_doq::test_util::TestUpstream;
-
-const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
-/// Bounds every wait; nothing here waits for time to pass.
-const GUARD: Duration = Duration::from_secs(20);
-
-/// A running `quiver doq serve`; killed on drop.
-struct Served {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use quiver_test_support::guarded;
+use support::{QUIVER, Served};
 
 fn serve(upstream: SocketAddr, extra: &[&str]) -> Served {
-    let mut child = Command::new(QUIVER)
-        .args(["doq", "serve", "--listen", "127.0.0.1:0", "--upstream", &upstream.to_string()])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start quiver doq serve");
-    let mut reader = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut banner = String::new();
-    reader.read_line(&mut banner).expect("read the banner");
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let upstream = upstream.to_string();
+    let args = [&["doq", "serve", "--listen", "127.0.0.1:0", "--upstream", &upstream], extra].concat();
     // "quiver doq serving DNS over QUIC on 127.0.0.1:PORT, forwarding to ..."
-    let addr = banner
-        .split_whitespace()
-        .find_map(|word| word.trim_end_matches(',').parse().ok())
-        .unwrap_or_else(|| panic!("no address in banner {banner:?}"));
-    Served { child, addr }
+    support::serve(&args, "serving DNS over QUIC", "on ")
 }
 
 async fn query(args: &[&str]) -> Output {
     let run = tokio::process::Command::new(QUIVER).args(["doq", "query"]).args(args).output();
-    tokio::time::timeout(GUARD, run).await.expect("quiver doq query finished").expect("run quiver doq query")
+    guarded("quiver doq query", run).await.expect("run quiver doq query")
 }
 
 fn stdout(output: &Output) -> String {

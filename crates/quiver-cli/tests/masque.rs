@@ -1,90 +1,27 @@
 //! `quiver masque proxy` and `quiver masque client` end to end on loopback: a DNS query through the
 //! forwarded port to a local resolver, a proxy restart, a denied target, bad usage.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod support;
 
-const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
-/// Guards every wait; a healthy run is far quicker.
-const GUARD: Duration = Duration::from_secs(20);
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::Command;
+
+use quiver_test_support::GUARD;
+use quiver_test_support::netns::run_inside;
+use support::{QUIVER, Running, address_after};
+
 /// The address the test resolver answers with (TEST-NET-1).
 const ANSWER: [u8; 4] = [192, 0, 2, 53];
 
-/// A child process, killed on drop, whose output lines arrive on channels.
-struct Running {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lines(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
+/// Starts `quiver masque ARGS`.
 fn start(args: &[&str]) -> Running {
-    let mut child = Command::new(QUIVER)
-        .arg("masque")
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start quiver masque");
-    let stdout = lines(child.stdout.take().unwrap());
-    let stderr = lines(child.stderr.take().unwrap());
-    Running { child, stdout, stderr }
-}
-
-impl Running {
-    /// The first line of standard output containing `marker`.
-    fn wait_stdout(&self, marker: &str) -> String {
-        wait_line(&self.stdout, marker)
-    }
-
-    fn wait_stderr(&self, marker: &str) -> String {
-        wait_line(&self.stderr, marker)
-    }
-}
-
-fn wait_line(lines: &mpsc::Receiver<String>, marker: &str) -> String {
-    loop {
-        match lines.recv_timeout(GUARD) {
-            Ok(line) if line.contains(marker) => return line,
-            Ok(_) => {}
-            Err(err) => panic!("no line with {marker:?}: {err}"),
-        }
-    }
-}
-
-/// The address after `scheme` in a banner line ("... https://127.0.0.1:PORT ...").
-fn address_in(line: &str, scheme: &str) -> SocketAddr {
-    let start = line.find(scheme).unwrap_or_else(|| panic!("no {scheme} in {line:?}")) + scheme.len();
-    let address: String = line[start..].chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
-    address.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"))
+    support::start(&[&["masque"], args].concat())
 }
 
 fn start_proxy(listen: &str) -> (Running, SocketAddr) {
     let proxy = start(&["proxy", "--listen", listen, "--allow", "127.0.0.1/32:1-65535"]);
     let banner = proxy.wait_stdout("quiver masque proxy on");
-    let addr = address_in(&banner, "https://");
+    let addr = address_after(&banner, "https://");
     (proxy, addr)
 }
 
@@ -100,7 +37,7 @@ fn start_client(proxy: SocketAddr, target: SocketAddr) -> (Running, SocketAddr) 
         &target.to_string(),
     ]);
     let banner = client.wait_stdout("forwarding udp://");
-    let local = address_in(&banner, "udp://");
+    let local = address_after(&banner, "udp://");
     (client, local)
 }
 
@@ -118,25 +55,18 @@ fn dns_query(id: u16, name: &str) -> Vec<u8> {
 
 /// A resolver on 127.0.0.1 that answers every A query with [`ANSWER`].
 fn start_resolver() -> SocketAddr {
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let addr = socket.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buffer = [0u8; 512];
-        while let Ok((length, peer)) = socket.recv_from(&mut buffer) {
-            let query = &buffer[..length];
-            if length < 12 {
-                continue;
-            }
-            let mut answer = query.to_vec();
-            answer[2] = 0x81; // QR, RD
-            answer[3] = 0x80; // RA, NOERROR
-            answer[6..8].copy_from_slice(&1u16.to_be_bytes()); // ANCOUNT
-            answer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-            answer.extend_from_slice(&ANSWER);
-            let _ = socket.send_to(&answer, peer);
+    quiver_test_support::udp::spawn_responder(|query| {
+        if query.len() < 12 {
+            return None;
         }
-    });
-    addr
+        let mut answer = query.to_vec();
+        answer[2] = 0x81; // QR, RD
+        answer[3] = 0x80; // RA, NOERROR
+        answer[6..8].copy_from_slice(&1u16.to_be_bytes()); // ANCOUNT
+        answer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        answer.extend_from_slice(&ANSWER);
+        Some(answer)
+    })
 }
 
 /// Asks through the forwarded port and checks the answer.
@@ -163,10 +93,9 @@ fn dns_through_the_client_survives_a_proxy_restart() {
 
     // Restart the proxy on the same port. Ctrl-C closes its connections (CONNECTION_CLOSE), so the
     // client learns at once and says so.
-    let pid = proxy.child.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    proxy.interrupt();
     let mut proxy = proxy;
-    let status = proxy.child.wait().unwrap();
+    let status = proxy.wait();
     assert!(status.success(), "proxy exit {status:?}");
     let line = client.wait_stderr("connection to the proxy lost");
     assert!(line.contains("closed by peer") && line.contains("the next datagram"), "{line}");
@@ -219,43 +148,18 @@ fn bad_usage_exits_2_with_a_hint() {
     }
 }
 
-const IN_NAMESPACE: &str = "QUIVER_CLI_TEST_IN_NETNS";
-
 /// `quiver masque proxy --ip-pool`: creates its TUN device, configures it, and leases addresses to
 /// CONNECT-IP clients. Runs itself again in a network namespace of its own (needs root, `unshare`
-/// and iproute2; skipped otherwise). Packets through such a tunnel are tested in quiver-masque.
+/// and iproute2: a failure under `CI=true` without them, skipped elsewhere). Packets through such a
+/// tunnel are tested in quiver-masque.
 #[test]
 fn proxy_serves_connect_ip_on_its_tun_device() {
-    const TEST_NAME: &str = "proxy_serves_connect_ip_on_its_tun_device";
-    if std::env::var_os(IN_NAMESPACE).is_none() {
-        if !Command::new("unshare").args(["--net", "true"]).status().is_ok_and(|status| status.success()) {
-            eprintln!("skipped: cannot create a network namespace (unshare --net needs root)");
-            return;
-        }
-        let output = Command::new("unshare")
-            .args(["--net", "--"])
-            .arg(std::env::current_exe().unwrap())
-            .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-            .env(IN_NAMESPACE, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success() && stdout.contains("1 passed"), "in the namespace:\n{stdout}\n{stderr}");
-        // The run inside may have skipped itself (no TUN device, no `ip`): say so, do not claim a pass.
-        match stderr.lines().find(|line| line.starts_with("skipped:")) {
-            Some(skipped) => eprintln!("{skipped} (inside the network namespace)"),
-            None => eprintln!("{stderr}"),
-        }
-        return;
-    }
-    if !Command::new("ip").args(["link", "set", "lo", "up"]).status().is_ok_and(|status| status.success()) {
-        eprintln!("skipped: the ip command (iproute2) is not available");
+    if !run_inside("proxy_serves_connect_ip_on_its_tun_device") {
         return;
     }
     let proxy = start(&["proxy", "--listen", "127.0.0.1:0", "--ip-pool", "10.89.0.0/29", "--tun", "qmcli0"]);
     let banner = proxy.wait_stdout("quiver masque proxy on");
-    let proxy_addr = address_in(&banner, "https://");
+    let proxy_addr = address_after(&banner, "https://");
     let ip_line = proxy.wait_stdout("CONNECT-IP on TUN qmcli0");
     assert!(ip_line.contains("gateway 10.89.0.1") && ip_line.contains("10.89.0.0-10.89.0.7"), "{ip_line}");
     let show = Command::new("ip").args(["-o", "addr", "show", "dev", "qmcli0"]).output().unwrap();

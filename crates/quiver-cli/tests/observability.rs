@@ -2,77 +2,26 @@
 //! `serve`, `doq serve` and `masque proxy`; qlog files; `get -v`; and a tshark capture of a request
 //! decrypted with the SSLKEYLOGFILE the client and the server wrote.
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use quiver_doq::test_util::TestUpstream;
-
-const QUIVER: &str = env!("CARGO_BIN_EXE_quiver");
-/// Bounds every wait; nothing here waits for time to pass.
-const GUARD: Duration = Duration::from_secs(30);
-
-/// A child process whose output lines arrive on channels; killed on drop.
-struct Running {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn line_channel(stream: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-fn spawn(command: &mut Command) -> Running {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the process");
-    let stdout = line_channel(child.stdout.take().expect("stdout"));
-    let stderr = line_channel(child.stderr.take().expect("stderr"));
-    Running { child, stdout, stderr }
-}
-
-/// The first line containing `marker`; `None` if the stream ends first.
-fn line_with(lines: &mpsc::Receiver<String>, marker: &str) -> Option<String> {
-    loop {
-        match lines.recv_timeout(GUARD) {
-            Ok(line) if line.contains(marker) => return Some(line),
-            Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return None,
-            Err(mpsc::RecvTimeoutError::Timeout) => panic!("no line with {marker:?} within {GUARD:?}"),
-        }
-    }
-}
-
-/// The address that follows `scheme` in `line` ("... https://127.0.0.1:PORT/ ...").
-fn address_after(line: &str, scheme: &str) -> SocketAddr {
-    let start = line.find(scheme).unwrap_or_else(|| panic!("no {scheme} in {line:?}")) + scheme.len();
-    let address: String = line[start..].chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
-    address.parse().unwrap_or_else(|_| panic!("bad address in {line:?}"))
-}
+use quiver_test_support::tool::{Tool, require, unavailable};
+use quiver_test_support::{GUARD, guarded};
+use support::{QUIVER, Running, address_after, run, start, temp_dir};
 
 /// A server command started with `--metrics 127.0.0.1:0`: the process and its metrics address.
 fn start_with_metrics(args: &[&str], banner: &str) -> (Running, String, SocketAddr) {
-    let running = spawn(Command::new(QUIVER).args(args).args(["--metrics", "127.0.0.1:0"]));
-    let banner = line_with(&running.stdout, banner).expect("the banner");
-    let metrics = line_with(&running.stdout, "metrics on http://").expect("the metrics address");
+    let running = start(&[args, &["--metrics", "127.0.0.1:0"]].concat());
+    let banner = running.wait_stdout(banner);
+    let metrics = running.wait_stdout("metrics on http://");
     let metrics = address_after(&metrics, "http://");
     (running, banner, metrics)
 }
@@ -116,17 +65,6 @@ fn sample(samples: &HashMap<String, f64>, name: &str) -> f64 {
     })
 }
 
-fn run(args: &[&str]) -> Output {
-    Command::new(QUIVER).args(args).output().expect("run quiver")
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("quiver-cli-observe-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn file_count(dir: &Path) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
@@ -156,7 +94,7 @@ fn serve_counts_requests_by_status_and_writes_a_qlog_per_connection() {
     assert_eq!(file_count(&qlogs), 5, "one qlog per connection");
     // One access line per request, on standard error within the log buffer's flush interval:
     // "2026-11-25T14:05:10Z 127.0.0.1:50190 \"GET /nope HTTP/3\" 404 10 0.012ms".
-    let access = line_with(&served.stderr, "\"GET /nope HTTP/3\" 404 10 ").expect("an access line");
+    let access = served.wait_stderr("\"GET /nope HTTP/3\" 404 10 ");
     let fields: Vec<&str> = access.split(' ').collect();
     assert_eq!(fields.len(), 8, "{access}");
     assert!(fields[0].len() == 20 && fields[0].ends_with('Z') && fields[0].as_bytes()[10] == b'T', "{access}");
@@ -177,7 +115,7 @@ async fn doq_serve_counts_answers_by_rcode() {
     let server = format!("@{}", address_after(&banner, "on "));
     for name in ["www.test.", "mail.test.", "nowhere.example."] {
         let asked = tokio::process::Command::new(QUIVER).args(["doq", "query", "-k", &server, name]).output();
-        let asked = tokio::time::timeout(GUARD, asked).await.expect("query finished").expect("run query");
+        let asked = guarded("quiver doq query", asked).await.expect("run query");
         assert!(asked.status.success(), "{asked:?}");
     }
     let samples = scrape(metrics);
@@ -190,28 +128,15 @@ async fn doq_serve_counts_answers_by_rcode() {
     drop(served);
 }
 
-/// Echoes every datagram back to its sender.
-fn start_udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let addr = socket.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buffer = [0u8; 2048];
-        while let Ok((length, peer)) = socket.recv_from(&mut buffer) {
-            let _ = socket.send_to(&buffer[..length], peer);
-        }
-    });
-    addr
-}
-
 #[test]
 fn masque_proxy_counts_tunnels_datagrams_and_bytes() {
-    let echo = start_udp_echo();
+    let echo = quiver_test_support::udp::spawn_echo();
     let (proxy, banner, metrics) = start_with_metrics(
         &["masque", "proxy", "--listen", "127.0.0.1:0", "--allow", "127.0.0.1/32:1-65535"],
         "quiver masque proxy on",
     );
     let proxy_addr = address_after(&banner, "https://");
-    let client = spawn(Command::new(QUIVER).args([
+    let client = start(&[
         "masque",
         "client",
         "--proxy",
@@ -221,8 +146,8 @@ fn masque_proxy_counts_tunnels_datagrams_and_bytes() {
         "127.0.0.1:0",
         "--target",
         &echo.to_string(),
-    ]));
-    let local = address_after(&line_with(&client.stdout, "forwarding udp://").expect("client banner"), "udp://");
+    ]);
+    let local = address_after(&client.wait_stdout("forwarding udp://"), "udp://");
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     socket.set_read_timeout(Some(GUARD)).unwrap();
     let mut buffer = [0u8; 64];
@@ -248,8 +173,8 @@ fn masque_proxy_counts_tunnels_datagrams_and_bytes() {
 
 #[test]
 fn get_verbose_prints_the_handshake_and_transfer_statistics() {
-    let served = spawn(Command::new(QUIVER).args(["serve", "--listen", "127.0.0.1:0"]));
-    let base = format!("https://{}", address_after(&line_with(&served.stdout, "serving").unwrap(), "https://"));
+    let served = start(&["serve", "--listen", "127.0.0.1:0"]);
+    let base = format!("https://{}", address_after(&served.wait_stdout("serving"), "https://"));
     let fetched = run(&["get", "-k", "-v", "-o", "/dev/null", &format!("{base}/bytes/30000")]);
     assert!(fetched.status.success(), "{fetched:?}");
     let verbose = String::from_utf8_lossy(&fetched.stderr);
@@ -267,17 +192,18 @@ fn get_verbose_prints_the_handshake_and_transfer_statistics() {
     assert!(!verbose.contains("unknown"), "every handshake detail is known:\n{verbose}");
 }
 
-/// tshark, when it can capture here: `None` (and the reason printed) otherwise.
+/// tshark, when it can capture here; `None` otherwise, reported through `unavailable` (a failure
+/// under `CI=true`).
 fn tshark_capture(port: u16, sentinel_port: u16, file: &Path) -> Option<Running> {
-    if Command::new("tshark").arg("--version").output().is_err() {
-        eprintln!("skipped: tshark is not installed (.ci/run installs it)");
+    if !require(Tool::Tshark) {
         return None;
     }
     let filter = format!("udp port {port} or udp port {sentinel_port}");
-    let capture = spawn(Command::new("tshark").args(["-i", "lo", "-f", &filter, "-w"]).arg(file).args(["-P", "-l"]));
+    let capture =
+        Running::spawn(Command::new("tshark").args(["-i", "lo", "-f", &filter, "-w"]).arg(file).args(["-P", "-l"]));
     // tshark says "Capturing on 'Loopback: lo'" once it captures, or exits with the reason it cannot.
-    if line_with(&capture.stderr, "Capturing on").is_none() {
-        eprintln!("skipped: tshark cannot capture on the loopback interface here (no permission?)");
+    if capture.stderr_line("Capturing on").is_none() {
+        unavailable(Tool::Tshark, "it cannot capture on the loopback interface here (no permission?)");
         return None;
     }
     Some(capture)
@@ -304,7 +230,7 @@ fn wait_for_sentinel(capture: &Running, sentinel: &UdpSocket, payload: &[u8]) {
     loop {
         assert!(std::time::Instant::now() < deadline, "tshark never saw {marker:?}");
         sentinel.send_to(payload, addr).unwrap();
-        match capture.stdout.recv_timeout(Duration::from_millis(500)) {
+        match capture.stdout().recv_timeout(Duration::from_millis(500)) {
             Ok(line) if line.contains(&marker) => return,
             Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => panic!("tshark stopped capturing"),
@@ -317,9 +243,10 @@ fn sslkeylogfile_lets_tshark_decrypt_a_loopback_request() {
     let dir = temp_dir("keylog");
     let (server_keys, client_keys, capture_file) =
         (dir.join("server-keys.txt"), dir.join("client-keys.txt"), dir.join("capture.pcapng"));
-    let served =
-        spawn(Command::new(QUIVER).args(["serve", "--listen", "127.0.0.1:0"]).env("SSLKEYLOGFILE", &server_keys));
-    let server = address_after(&line_with(&served.stdout, "serving").unwrap(), "https://");
+    let served = Running::spawn(
+        Command::new(QUIVER).args(["serve", "--listen", "127.0.0.1:0"]).env("SSLKEYLOGFILE", &server_keys),
+    );
+    let server = address_after(&served.wait_stdout("serving"), "https://");
     let sentinel = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let sentinel_addr = sentinel.local_addr().unwrap();
     let Some(capture) = tshark_capture(server.port(), sentinel_addr.port(), &capture_file) else { return };
@@ -336,11 +263,9 @@ fn sslkeylogfile_lets_tshark_decrypt_a_loopback_request() {
     // every packet of the request.
     wait_for_sentinel(&capture, &sentinel, b"the request is over");
     // SIGINT: tshark finishes the capture file and exits.
-    let pid = i32::try_from(capture.child.id()).unwrap();
-    // SAFETY: kill(2) on the tshark process this test started and still owns.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    capture.interrupt();
     let mut capture = capture;
-    capture.child.wait().unwrap();
+    capture.wait();
 
     // 1-RTT packets carry only encrypted frames: without the secrets tshark sees none of them, with
     // either side's key log it reads the client's HTTP/3 request and frames the server sent. (tshark

@@ -75,9 +75,9 @@ async fn ask_bad_server(misbehaviour: Misbehaviour, query: Message) -> DoqError 
         .padding(false)
         .build(config)
         .unwrap();
-    let failure = guarded(client.send(query)).await.unwrap_err();
+    let failure = guarded("client.send", client.send(query)).await.unwrap_err();
     let handle = client.connection_handle().await.expect("a connection was made");
-    match guarded(handle.closed()).await {
+    match guarded("handle.closed", handle.closed()).await {
         quiver::ConnectionError::LocallyClosed(close) => {
             assert!(close.is_application && close.code == DOQ_PROTOCOL_ERROR, "{close}")
         }

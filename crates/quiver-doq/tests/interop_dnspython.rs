@@ -1,24 +1,17 @@
 //! An independent DoQ client — dnspython over aioquic, from PyPI — querying our forwarder with
-//! certificate verification. Skipped when python3, dnspython or aioquic is missing (`.ci/run`
-//! installs them).
+//! certificate verification. Needs python3 with dnspython and aioquic (`./scripts/test` installs
+//! them): without them it fails under `CI=true` and is skipped elsewhere (`quiver_test_support::tool`).
 
 mod support;
 
-use std::process::Command;
-
-use support::{GUARD, forwarder};
-
-fn python_with_doq() -> Option<&'static str> {
-    let probe = Command::new("python3").args(["-c", "import dns.query, dns.quic, aioquic"]).output().ok()?;
-    probe.status.success().then_some("python3")
-}
+use quiver_test_support::{Tool, require};
+use support::{forwarder, guarded};
 
 #[tokio::test]
 async fn dnspython_queries_our_server() {
-    let Some(python) = python_with_doq() else {
-        eprintln!("skipped: python3 with dnspython and aioquic is not installed (pip install dnspython aioquic)");
+    if !require(Tool::Dnspython) {
         return;
-    };
+    }
     let forwarder = forwarder(|server| server).await;
     let dir = std::env::temp_dir().join(format!("quiver-doq-dnspython-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -27,14 +20,13 @@ async fn dnspython_queries_our_server() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/dnspython_query.py");
     let port = forwarder.addr.port().to_string();
     let ca_path = ca.to_str().unwrap().to_owned();
-    let output = tokio::time::timeout(
-        GUARD,
-        tokio::process::Command::new(python)
+    let output = guarded(
+        "dnspython's queries",
+        tokio::process::Command::new("python3")
             .args([script, &port, &ca_path, "www.test.:A", "www.test.:AAAA", "www.test.:TXT", "nowhere.example.:A"])
             .output(),
     )
     .await
-    .expect("dnspython finished in time")
     .expect("run python3");
     std::fs::remove_dir_all(&dir).ok();
     let stdout = String::from_utf8_lossy(&output.stdout);

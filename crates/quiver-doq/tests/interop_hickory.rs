@@ -25,6 +25,7 @@ fn rustls_config(certificate_der: &[u8]) -> rustls::ClientConfig {
 /// hickory's DoQ client, connected to the forwarder and verifying its certificate for "localhost".
 async fn connect(forwarder: &support::Forwarder) -> QuicClientStream {
     guarded(
+        "the hickory handshake",
         QuicClientStream::builder()
             .crypto_config(rustls_config(&forwarder.certificate_der))
             .build(forwarder.addr, Arc::from("localhost")),
@@ -48,7 +49,7 @@ async fn hickory_doq_client_queries_our_server() {
     for (name, record_type) in
         [("www.test.", RecordType::A), ("www.test.", RecordType::AAAA), ("www.test.", RecordType::TXT)]
     {
-        let response = guarded(stream.send_message(query(name, record_type).into()).next())
+        let response = guarded("stream.send_message", stream.send_message(query(name, record_type).into()).next())
             .await
             .expect("a response")
             .expect("no error");
@@ -62,10 +63,11 @@ async fn hickory_doq_client_queries_our_server() {
             (other, _) => panic!("unexpected record {other:?}"),
         }
     }
-    let missing = guarded(stream.send_message(query("nowhere.example.", RecordType::A).into()).next())
-        .await
-        .expect("a response")
-        .expect("no error");
+    let missing =
+        guarded("stream.send_message", stream.send_message(query("nowhere.example.", RecordType::A).into()).next())
+            .await
+            .expect("a response")
+            .expect("no error");
     assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(forwarder.server.stats().connections_accepted, 1, "hickory reused its connection");
 }
@@ -74,9 +76,10 @@ async fn hickory_doq_client_queries_our_server() {
 async fn hickory_sees_servfail_for_a_silent_upstream() {
     let forwarder = forwarder(|server| server.upstream_timeout(std::time::Duration::from_millis(100))).await;
     let mut stream = connect(&forwarder).await;
-    let response = guarded(stream.send_message(query("silent.test.", RecordType::A).into()).next())
-        .await
-        .expect("a response")
-        .expect("no error");
+    let response =
+        guarded("stream.send_message", stream.send_message(query("silent.test.", RecordType::A).into()).next())
+            .await
+            .expect("a response")
+            .expect("no error");
     assert_eq!(response.metadata.response_code, ResponseCode::ServFail);
 }

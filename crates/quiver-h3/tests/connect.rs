@@ -1,18 +1,19 @@
 //! Extended CONNECT (RFC 9220) with HTTP Datagrams and capsules (RFC 9297), Quiver on both sides: the
 //! machinery MASQUE stands on.
 
+mod support;
+
 use std::convert::Infallible;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
-use quiver::{Endpoint, TlsIdentity};
+use quiver::Endpoint;
 use quiver_h3::datagram::{CAPSULE_DATAGRAM, CapsuleDecoder, encode_capsule};
 use quiver_h3::{Client, DatagramError, DatagramFlow, Error, H3Settings, Protocol, RecvBody, Server};
+use quiver_test_support::guarded;
+use support::{server_endpoint, trusting};
 use tokio::sync::mpsc;
-
-const GUARD: Duration = Duration::from_secs(60);
 
 type FrameSender = mpsc::Sender<Result<http_body::Frame<Bytes>, Infallible>>;
 
@@ -60,18 +61,11 @@ async fn tunnel(
 }
 
 fn start(extended_connect: bool) -> (Endpoint, Client) {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).datagrams(true).build().unwrap();
-    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (endpoint, identity) = server_endpoint(|config| config.datagrams(true));
     let service = tower::service_fn(|request| async move { Ok::<_, Infallible>(tunnel(request).await) });
     let settings = H3Settings { extended_connect, ..H3Settings::default() };
     tokio::spawn(Server::new(service).settings(settings).serve(endpoint.clone()));
-    let client_config = quiver_h3::client_config()
-        .without_system_roots()
-        .trust_certificate_der(identity.certificate_der())
-        .datagrams(true)
-        .build()
-        .unwrap();
+    let client_config = trusting(&identity).datagrams(true).build().unwrap();
     (endpoint, Client::new(client_config))
 }
 
@@ -123,16 +117,15 @@ async fn extended_connect_carries_datagrams_and_capsules() {
             assert_eq!((capsule.capsule_type, &capsule.value[..]), (CAPSULE_DATAGRAM, &value[..]));
         }
     };
-    tokio::time::timeout(GUARD, run).await.expect("tunnel run timed out");
+    guarded("tunnel run", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_connect_needs_the_server_setting() {
     let (endpoint, client) = start(false);
     let (_upload, body) = channel_body();
-    let outcome = tokio::time::timeout(GUARD, client.send_request(connect_request(endpoint.local_addr().port(), body)))
-        .await
-        .expect("timed out");
+    let outcome =
+        guarded("the CONNECT request", client.send_request(connect_request(endpoint.local_addr().port(), body))).await;
     assert!(
         matches!(outcome, Err(Error::InvalidRequest(ref reason)) if reason.contains("extended CONNECT")),
         "{outcome:?}"

@@ -1,24 +1,18 @@
 //! Session resumption and 0-RTT: a client that connected once resumes its next connection, sends safe
 //! requests in early data, and the server marks them; unsafe requests wait for the handshake.
 
+mod support;
+
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::{BodyExt, Full};
 use quiver::{Endpoint, TlsIdentity};
 use quiver_h3::{EarlyData, H3Connection, RecvBody, Server};
-use tokio::net::UdpSocket;
-use tokio::sync::watch;
-
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn guarded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(GUARD, future).await.unwrap_or_else(|_| panic!("timed out: {what}"))
-}
+use quiver_test_support::guarded;
+use quiver_test_support::relay::gated::GatedRelay;
+use support::{server_endpoint, trusting};
 
 /// Answers with whether the request arrived in early data, and its method.
 async fn report(request: Request<RecvBody>) -> Result<Response<String>, Infallible> {
@@ -31,8 +25,7 @@ fn client_trusting(
     identity: &TlsIdentity,
     configure: impl FnOnce(quiver::ClientConfigBuilder) -> quiver::ClientConfigBuilder,
 ) -> Endpoint {
-    let config = quiver_h3::client_config().without_system_roots().trust_certificate_der(identity.certificate_der());
-    Endpoint::client("127.0.0.1:0".parse().unwrap(), configure(config).build().unwrap()).unwrap()
+    Endpoint::client("127.0.0.1:0".parse().unwrap(), configure(trusting(identity)).build().unwrap()).unwrap()
 }
 
 async fn ask(connection: &H3Connection, method: Method, port: u16) -> String {
@@ -46,66 +39,9 @@ async fn ask(connection: &H3Connection, method: Method, port: u16) -> String {
     String::from_utf8(body.to_vec()).unwrap()
 }
 
-/// A UDP relay between one client and the server whose server-to-client direction can be held: while
-/// closed, the client cannot finish its handshake, so whatever it sends is early data, deterministically.
-struct GatedRelay {
-    addr: SocketAddr,
-    open: watch::Sender<bool>,
-}
-
-impl GatedRelay {
-    async fn start(server: SocketAddr) -> Self {
-        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        back.connect(server).await.unwrap();
-        let addr = front.local_addr().unwrap();
-        let (open, gate) = watch::channel(true);
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-        {
-            let (front, back, client) = (front.clone(), back.clone(), client.clone());
-            tokio::spawn(async move {
-                let mut buffer = vec![0u8; 65_536];
-                while let Ok((len, from)) = front.recv_from(&mut buffer).await {
-                    *client.lock().unwrap() = Some(from);
-                    let _ = back.send(&buffer[..len]).await;
-                }
-            });
-        }
-        tokio::spawn(async move {
-            let mut gate = gate;
-            let mut held: Vec<Vec<u8>> = Vec::new();
-            let mut buffer = vec![0u8; 65_536];
-            loop {
-                tokio::select! {
-                    received = back.recv(&mut buffer) => {
-                        let Ok(len) = received else { return };
-                        held.push(buffer[..len].to_vec());
-                    }
-                    changed = gate.changed() => if changed.is_err() { return },
-                }
-                if *gate.borrow() {
-                    let to = *client.lock().unwrap();
-                    for datagram in held.drain(..) {
-                        if let Some(to) = to {
-                            let _ = front.send_to(&datagram, to).await;
-                        }
-                    }
-                }
-            }
-        });
-        Self { addr, open }
-    }
-
-    fn set_open(&self, open: bool) {
-        self.open.send_replace(open);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resumed_connection_sends_safe_requests_in_early_data_and_the_server_marks_them() {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).early_data(true).build().unwrap();
-    let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (server, identity) = server_endpoint(|config| config.early_data(true));
     // Every request the server handles is also reported here, so the test can wait for it.
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let service = tower::service_fn(move |request: Request<RecvBody>| {
@@ -118,11 +54,11 @@ async fn a_resumed_connection_sends_safe_requests_in_early_data_and_the_server_m
     });
     tokio::spawn(Server::new(service).serve(server.clone()));
     let relay = GatedRelay::start(server.local_addr()).await;
-    let port = relay.addr.port();
+    let port = relay.addr().port();
     let client = client_trusting(&identity, |config| config.early_data(true));
 
     // First contact: a full handshake, which leaves a session ticket behind.
-    let first = guarded("connect", H3Connection::connect(&client, relay.addr, "localhost")).await.unwrap();
+    let first = guarded("connect", H3Connection::connect(&client, relay.addr(), "localhost")).await.unwrap();
     assert!(!first.quic().started_in_early_data());
     assert_eq!(ask(&first, Method::GET, port).await, "GET after-handshake");
     first.quic().close(0, "done");
@@ -131,7 +67,7 @@ async fn a_resumed_connection_sends_safe_requests_in_early_data_and_the_server_m
     // Second contact, with the server's answers held back: the client resumes, is usable at once, and
     // cannot complete the handshake, so its GET goes in 0-RTT; its POST waits for the handshake.
     relay.set_open(false);
-    let second = guarded("resume", H3Connection::connect(&client, relay.addr, "localhost")).await.unwrap();
+    let second = guarded("resume", H3Connection::connect(&client, relay.addr(), "localhost")).await.unwrap();
     assert!(second.quic().started_in_early_data(), "the resumed connection was usable before its handshake");
     let get = tokio::spawn({
         let second = second.clone();
@@ -150,10 +86,8 @@ async fn a_resumed_connection_sends_safe_requests_in_early_data_and_the_server_m
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_early_data_a_resumed_connection_waits_for_the_handshake() {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
     // The server does not accept early data.
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (server, identity) = server_endpoint(|config| config);
     tokio::spawn(Server::new(tower::service_fn(report)).serve(server.clone()));
     let client = client_trusting(&identity, |config| config.early_data(true));
     for round in 0..2 {
@@ -168,9 +102,7 @@ async fn without_early_data_a_resumed_connection_waits_for_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_resumption_can_be_turned_off() {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (server, identity) = server_endpoint(|config| config);
     tokio::spawn(Server::new(tower::service_fn(report)).serve(server.clone()));
     for resumption in [true, false] {
         let client = client_trusting(&identity, |config| config.session_resumption(resumption));

@@ -1,6 +1,8 @@
 //! HTTP/3 over loopback with Quiver on both sides: methods, body sizes, concurrency, trailers, handler
 //! failures, cancellation and limits.
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,15 +10,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use quiver::{Endpoint, TlsIdentity};
+use quiver::Endpoint;
 use quiver_h3::{BodyError, Client, Error, RecvBody, Server};
+use quiver_test_support::guarded;
+use support::{BULK_WINDOWS, server_endpoint, trusting};
 use tokio::sync::mpsc;
-
-const GUARD: Duration = Duration::from_secs(60);
-
-async fn guarded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(GUARD, future).await.unwrap_or_else(|_| panic!("timed out: {what}"))
-}
 
 fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x100_0000_01b3))
@@ -95,29 +93,14 @@ struct Fixture {
 }
 
 fn start(watch: Option<mpsc::Sender<Result<usize, BodyError>>>) -> Fixture {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config()
-        .identity(identity.clone())
-        .max_streams(1000, 100)
-        .flow_control(64 * 1024 * 1024, 16 * 1024 * 1024)
-        .build()
-        .unwrap();
-    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (endpoint, identity) =
+        server_endpoint(|config| config.max_streams(1000, 100).flow_control(BULK_WINDOWS.0, BULK_WINDOWS.1));
     let service = tower::service_fn(move |request| {
         let watch = watch.clone();
         async move { Ok::<_, Infallible>(route(request, watch).await) }
     });
     tokio::spawn(Server::new(service).serve(endpoint.clone()));
-    let client_config = quiver_h3::client_config()
-        .without_system_roots()
-        .trust_certificate_der(identity.certificate_der())
-        .flow_control(64 * 1024 * 1024, 16 * 1024 * 1024)
-        .build()
-        .unwrap();
+    let client_config = trusting(&identity).flow_control(BULK_WINDOWS.0, BULK_WINDOWS.1).build().unwrap();
     Fixture { endpoint, client: Client::new(client_config) }
 }
 
@@ -257,13 +240,7 @@ async fn requests_to_a_dead_server_fail_with_a_typed_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (endpoint, identity) = server_endpoint(|config| config);
     let port = endpoint.local_addr().port();
     let (started_tx, mut started_rx) = mpsc::channel::<()>(1);
     let release = Arc::new(tokio::sync::Notify::new());
@@ -286,8 +263,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         },
         Duration::from_secs(30),
     ));
-    let client_config =
-        quiver_h3::client_config().without_system_roots().trust_certificate_der(identity.certificate_der());
+    let client_config = trusting(&identity);
     let client = Client::new(client_config.build().unwrap());
     let url = format!("https://localhost:{port}/slow");
     let in_flight = {
@@ -312,16 +288,13 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_timeout_fires_when_the_server_never_answers() {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (endpoint, identity) = server_endpoint(|config| config);
     let service = tower::service_fn(|_request: Request<RecvBody>| async {
         std::future::pending::<()>().await;
         Ok::<_, Infallible>(Response::new(full("never")))
     });
     tokio::spawn(Server::new(service).serve(endpoint.clone()));
-    let client_config =
-        quiver_h3::client_config().without_system_roots().trust_certificate_der(identity.certificate_der());
+    let client_config = trusting(&identity);
     let timeout = Duration::from_millis(300);
     let client = Client::new(client_config.build().unwrap()).with_timeout(timeout);
     let url = format!("https://localhost:{}/", endpoint.local_addr().port());
@@ -334,10 +307,8 @@ async fn client_timeout_fires_when_the_server_never_answers() {
 /// whose stream limit is 100 all complete only if every dropped body's stream is finished and freed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unread_bodies_do_not_leak_streams() {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
     // Default transport: at most 100 concurrent bidirectional streams.
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (endpoint, identity) = server_endpoint(|config| config);
     let service = tower::service_fn(|request: Request<RecvBody>| async move {
         let reply = if request.uri().path() == "/big" {
             Response::new(full(pattern(1024 * 1024)))
@@ -348,11 +319,7 @@ async fn unread_bodies_do_not_leak_streams() {
         Ok::<_, Infallible>(reply)
     });
     tokio::spawn(Server::new(service).serve(endpoint.clone()));
-    let client_config = quiver_h3::client_config()
-        .without_system_roots()
-        .trust_certificate_der(identity.certificate_der())
-        .build()
-        .unwrap();
+    let client_config = trusting(&identity).build().unwrap();
     let client = Client::new(client_config);
     let base = format!("https://localhost:{}", endpoint.local_addr().port());
     let connection = client.connection(&base.parse().unwrap()).await.unwrap();
@@ -375,9 +342,7 @@ async fn unread_bodies_do_not_leak_streams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_requests_per_connection_are_capped() {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (endpoint, identity) = server_endpoint(|config| config);
     let (started_tx, mut started_rx) = mpsc::channel::<()>(16);
     let service = tower::service_fn(move |_request: Request<RecvBody>| {
         let started = started_tx.clone();
@@ -389,8 +354,7 @@ async fn live_requests_per_connection_are_capped() {
     });
     let settings = quiver_h3::H3Settings { max_live_requests: 3, ..quiver_h3::H3Settings::default() };
     tokio::spawn(Server::new(service).settings(settings).serve(endpoint.clone()));
-    let client_config =
-        quiver_h3::client_config().without_system_roots().trust_certificate_der(identity.certificate_der());
+    let client_config = trusting(&identity);
     let client = Client::new(client_config.build().unwrap());
     let url = format!("https://localhost:{}/", endpoint.local_addr().port());
     for _ in 0..3 {

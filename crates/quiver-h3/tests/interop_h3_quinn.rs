@@ -1,17 +1,18 @@
 //! Interop with an independent HTTP/3 stack: `h3` + `h3-quinn` (quinn, rustls) from crates.io.
 //! Their client against our server, and our client against their server, each with bodies both ways.
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use quiver::{Endpoint, TlsIdentity};
+use quiver::TlsIdentity;
 use quiver_h3::{Client, H3Settings, RecvBody, Server};
-
-const GUARD: Duration = Duration::from_secs(60);
+use quiver_test_support::guarded;
+use support::server_endpoint;
 
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|index| (index % 251) as u8).collect()
@@ -23,19 +24,12 @@ fn rustls_provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// A quinn endpoint that trusts `identity` and offers ALPN h3.
 fn quinn_h3_client(identity: &TlsIdentity) -> quinn::Endpoint {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(identity.certificate_der())).unwrap();
-    let mut tls = rustls::ClientConfig::builder_with_provider(rustls_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    )));
-    endpoint
+    quiver_test_support::quinn_client(
+        "127.0.0.1:0".parse().unwrap(),
+        &identity.certificate_der(),
+        b"h3",
+        Default::default(),
+    )
 }
 
 /// `GET /bytes/N` answers N pattern bytes; anything else answers "METHOD PATH BODY_LEN".
@@ -59,9 +53,7 @@ async fn read_response<S: h3::quic::RecvStream>(stream: &mut h3::client::Request
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h3_quinn_client_against_quiver_server() {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (endpoint, identity) = server_endpoint(|config| config);
     let service = tower::service_fn(|request: Request<RecvBody>| async move {
         let (parts, body) = request.into_parts();
         let body = body.collect().await.map(|collected| collected.to_bytes().len()).unwrap_or(0);
@@ -91,7 +83,7 @@ async fn h3_quinn_client_against_quiver_server() {
         stream.finish().await.unwrap();
         assert_eq!(String::from_utf8_lossy(&read_response(&mut stream).await), "POST /upload 1000000");
     };
-    tokio::time::timeout(GUARD, run).await.expect("h3 client run timed out");
+    guarded("h3 client run", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +144,7 @@ async fn quiver_client_against_h3_quinn_server() {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "PUT /upload 2000000");
     };
-    tokio::time::timeout(GUARD, run).await.expect("quiver client run timed out");
+    guarded("quiver client run", run).await;
 }
 
 /// QPACK prefixed integer (RFC 9204 §4.1.1) with `prefix_bits` bits in the first byte, OR-ed with `flags`.
@@ -204,9 +196,7 @@ fn oversized_headers_frame(authority: &str, value_len: usize) -> Vec<u8> {
 /// header section (quiche closes with H3_EXCESSIVE_LOAD), never run the handler, and keep serving others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiver_server_rejects_oversized_headers_from_a_raw_client() {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (endpoint, identity) = server_endpoint(|config| config);
     let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let service = {
         let served = served.clone();
@@ -234,7 +224,7 @@ async fn quiver_server_rejects_oversized_headers_from_a_raw_client() {
             other => panic!("expected H3_EXCESSIVE_LOAD, got {other:?}"),
         }
     };
-    tokio::time::timeout(GUARD, run).await.expect("oversized header run timed out");
+    guarded("oversized header run", run).await;
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 0, "the handler never saw the request");
 
     // The same raw encoding under the limit is answered, so the rejection was about size alone.
@@ -251,7 +241,7 @@ async fn quiver_server_rejects_oversized_headers_from_a_raw_client() {
         assert!(response.contains(&0xd9), "no :status 200 in {response:?}");
         assert!(response.windows(4).any(|frame| frame == [0x00, 0x02, b'o', b'k']), "no body in {response:?}");
     };
-    tokio::time::timeout(GUARD, run).await.expect("small header run timed out");
+    guarded("small header run", run).await;
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
@@ -259,9 +249,7 @@ async fn quiver_server_rejects_oversized_headers_from_a_raw_client() {
 /// H3_MESSAGE_ERROR and keeps serving other requests on the same connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_request_resets_only_its_stream() {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let endpoint = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (endpoint, identity) = server_endpoint(|config| config);
     let service = tower::service_fn(|_request: Request<RecvBody>| async {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
@@ -299,5 +287,5 @@ async fn malformed_request_resets_only_its_stream() {
         assert!(response.windows(4).any(|frame| frame == [0x00, 0x02, b'o', b'k']), "no body in {response:?}");
         assert!(connection.close_reason().is_none(), "the connection stays open");
     };
-    tokio::time::timeout(GUARD, run).await.expect("malformed request run timed out");
+    guarded("malformed request run", run).await;
 }

@@ -1,5 +1,5 @@
 //! Loss soak: HTTP/3 with Quiver on both sides through a relay that drops 5% of the datagrams each
-//! way and holds others back behind later ones (`support::Relay`). Transfers must complete byte-exact;
+//! way and holds others back behind later ones (`quiver_test_support::relay::lossy`). Transfers must complete byte-exact;
 //! only QUIC's recovery stands between the impairments and the bytes.
 
 mod support;
@@ -11,23 +11,22 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
-use quiver::{Endpoint, TlsIdentity};
+use quiver::Endpoint;
 use quiver_h3::{BodyError, H3Connection, RecvBody, Server};
-use support::{DirectionStats, Impairment, Relay, RelayConfig};
+use quiver_test_support::guarded_for;
+use quiver_test_support::relay::lossy::{DirectionStats, Impairment, LossyRelay, RelayConfig};
+use support::{BULK_WINDOWS, connect, server_endpoint, trusting};
 use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 
-/// Timeouts here are guards against a hang, never part of what is tested.
-const GUARD: Duration = Duration::from_secs(120);
+/// Timeouts here are guards against a hang, never part of what is tested; a 100 MiB transfer through
+/// 5% loss on a loaded two-core machine takes longer than the usual guard allows.
+const SOAK_GUARD: Duration = Duration::from_secs(120);
 
 /// The impairment under test: 5% loss, and 5% of the datagrams overtaken by the next three (enough to
 /// trip QUIC's packet-threshold loss detection: spurious retransmits, too).
 fn five_percent_loss_and_reordering() -> Impairment {
     Impairment::lossy(0.05, 0.05, 3)
-}
-
-async fn guarded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(GUARD, future).await.unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
 /// Byte `offset` of every generated body: position-dependent, so a lost, repeated or misplaced chunk
@@ -73,35 +72,19 @@ async fn route(request: Request<RecvBody>) -> Result<Response<Body>, Infallible>
 
 /// A server, a relay in front of it, and one HTTP/3 connection through the relay.
 struct Soak {
-    relay: Relay,
+    relay: LossyRelay,
     connection: H3Connection,
     _server: Endpoint,
     _client: Endpoint,
 }
 
 async fn start(impairment: Impairment, seed: u64) -> Soak {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config()
-        .identity(identity.clone())
-        .max_streams(1000, 100)
-        .flow_control(64 * 1024 * 1024, 16 * 1024 * 1024)
-        .build()
-        .unwrap();
-    let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (server, identity) =
+        server_endpoint(|config| config.max_streams(1000, 100).flow_control(BULK_WINDOWS.0, BULK_WINDOWS.1));
     tokio::spawn(Server::new(tower::service_fn(route)).serve(server.clone()));
-    let relay = Relay::start(server.local_addr(), RelayConfig::symmetric(impairment, seed)).await.unwrap();
-    let client_config = quiver_h3::client_config()
-        .without_system_roots()
-        .trust_certificate_der(identity.certificate_der())
-        .flow_control(64 * 1024 * 1024, 16 * 1024 * 1024)
-        .build()
-        .unwrap();
-    let client = Endpoint::client("127.0.0.1:0".parse().unwrap(), client_config).unwrap();
-    let connection = guarded("handshake", H3Connection::connect(&client, relay.addr(), "localhost")).await.unwrap();
+    let relay = LossyRelay::start(server.local_addr(), RelayConfig::symmetric(impairment, seed)).await.unwrap();
+    let client_config = trusting(&identity).flow_control(BULK_WINDOWS.0, BULK_WINDOWS.1).build().unwrap();
+    let (client, connection) = connect(client_config, relay.addr()).await;
     Soak { relay, connection, _server: server, _client: client }
 }
 
@@ -132,7 +115,7 @@ impl Soak {
 
 async fn get(connection: &H3Connection, path: &str) -> Response<RecvBody> {
     let request = Request::get(format!("https://localhost{path}")).body(Full::new(Bytes::new())).unwrap();
-    guarded("response head", connection.send_request(request)).await.unwrap()
+    guarded_for(SOAK_GUARD, "response head", connection.send_request(request)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +128,7 @@ async fn hundred_mib_get_is_byte_exact_through_loss_and_reordering() {
     let mut body = response.into_body();
     let (mut offset, mut hash) = (0u64, FNV_OFFSET);
     let mut expected = Vec::new();
-    while let Some(frame) = guarded("body frame", body.frame()).await {
+    while let Some(frame) = guarded_for(SOAK_GUARD, "body frame", body.frame()).await {
         let frame = frame.unwrap_or_else(|err| panic!("body failed after {offset} bytes: {err}"));
         let Ok(data) = frame.into_data() else { continue };
         assert!(offset + data.len() as u64 <= LEN, "more than {LEN} bytes");
@@ -199,7 +182,7 @@ async fn ten_thousand_small_requests_are_byte_exact_through_loss_and_reordering(
             assert!(body.to_bytes()[..] == expected[..], "request {index}: body differs");
         });
     }
-    while let Some(done) = guarded("requests", tasks.join_next()).await {
+    while let Some(done) = guarded_for(SOAK_GUARD, "requests", tasks.join_next()).await {
         done.unwrap();
     }
     let stats = soak.connection.quic().stats().await;
@@ -222,7 +205,7 @@ async fn relay_impairs_as_configured() {
         jitter: Duration::from_millis(2),
     };
     let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let relay = Relay::start(
+    let relay = LossyRelay::start(
         receiver.local_addr().unwrap(),
         RelayConfig { client_to_server: impairment, server_to_client: Impairment::NONE, seed: 42 },
     )
@@ -252,7 +235,7 @@ async fn relay_impairs_as_configured() {
             sender.send(&sequence.to_be_bytes()).await.unwrap();
         }
         let received = u64::from((batch + 1) * BATCH);
-        let stats = guarded("relay drained", async {
+        let stats = guarded_for(SOAK_GUARD, "relay drained", async {
             loop {
                 let stats = relay.client_to_server();
                 if stats.received == received
@@ -265,7 +248,7 @@ async fn relay_impairs_as_configured() {
         })
         .await;
         while arrivals.len() < stats.sent as usize {
-            let (sequence, at) = guarded("datagram", arrivals_rx.recv()).await.unwrap();
+            let (sequence, at) = guarded_for(SOAK_GUARD, "datagram", arrivals_rx.recv()).await.unwrap();
             first_arrival.get_or_insert(at);
             arrivals.push(sequence);
         }

@@ -1,6 +1,8 @@
 //! Endpoint::shutdown with HTTP/3: in-flight requests finish, new connections are refused, and the
 //! shutdown resolves when the last connection is gone.
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,21 +10,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use quiver::{ConnectError, ConnectionError, Endpoint, TlsIdentity};
+use quiver::{ConnectError, ConnectionError};
 use quiver_h3::{Error, H3Connection, RecvBody, Server};
+use quiver_test_support::guarded;
+use support::{connect, server_endpoint, trusting};
 use tokio::sync::{mpsc, oneshot};
-
-const GUARD: Duration = Duration::from_secs(30);
-
-async fn guarded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(GUARD, future).await.unwrap_or_else(|_| panic!("timed out: {what}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (server, identity) = server_endpoint(|config| config);
     // The handler tells the test it started, then waits for the test's go-ahead.
     let (started_tx, mut started) = mpsc::channel(1);
     let release: Arc<Mutex<Option<oneshot::Receiver<()>>>> = Arc::default();
@@ -40,14 +36,7 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
         }
     });
     tokio::spawn(Server::new(service).serve(server.clone()));
-    let client_config = quiver_h3::client_config()
-        .without_system_roots()
-        .trust_certificate_der(identity.certificate_der())
-        .build()
-        .unwrap();
-    let client = Endpoint::client("127.0.0.1:0".parse().unwrap(), client_config).unwrap();
-    let connection =
-        guarded("connect", H3Connection::connect(&client, server.local_addr(), "localhost")).await.unwrap();
+    let (client, connection) = connect(trusting(&identity).build().unwrap(), server.local_addr()).await;
     let uri = format!("https://localhost:{}/slow", server.local_addr().port());
     let in_flight = tokio::spawn({
         let connection = connection.clone();
@@ -92,9 +81,7 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_received_before_the_server_closes_is_read_whole_afterwards() {
     const BODY_BYTES: usize = 8 * 1024 * 1024;
-    let identity = TlsIdentity::self_signed(&["localhost"]).unwrap();
-    let config = quiver_h3::server_config().identity(identity.clone()).build().unwrap();
-    let server = Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+    let (server, identity) = server_endpoint(|config| config);
     let body: Bytes = (0..BODY_BYTES).map(|at| (at % 251) as u8).collect::<Vec<_>>().into();
     let served = body.clone();
     let service = tower::service_fn(move |_request: Request<RecvBody>| {
@@ -103,15 +90,8 @@ async fn a_body_received_before_the_server_closes_is_read_whole_afterwards() {
     });
     tokio::spawn(Server::new(service).serve(server.clone()));
     // Windows larger than the body: the server can send all of it while nobody reads.
-    let client_config = quiver_h3::client_config()
-        .without_system_roots()
-        .trust_certificate_der(identity.certificate_der())
-        .flow_control(4 * BODY_BYTES as u64, 2 * BODY_BYTES as u64)
-        .build()
-        .unwrap();
-    let client = Endpoint::client("127.0.0.1:0".parse().unwrap(), client_config).unwrap();
-    let connection =
-        guarded("connect", H3Connection::connect(&client, server.local_addr(), "localhost")).await.unwrap();
+    let client_config = trusting(&identity).flow_control(4 * BODY_BYTES as u64, 2 * BODY_BYTES as u64).build().unwrap();
+    let (_client, connection) = connect(client_config, server.local_addr()).await;
     let uri = format!("https://localhost:{}/", server.local_addr().port());
     let request = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
     let response = guarded("response", connection.send_request(request)).await.unwrap();

@@ -1,20 +1,20 @@
 //! CONNECT-IP (RFC 9484) end to end through a real TUN device. The test runs itself again inside a
 //! fresh network namespace (`unshare --net`), so the TUN device, its addresses and every packet stay
 //! there: the proxy's gateway is 10.89.0.1 on `qmasque0` (and fd00:89::1 on `qmasque6`) in that
-//! namespace, and the kernel answers the client's ICMP echo, UDP and ICMPv6 echo packets. Skipped where namespaces, TUN devices or `ip` are not
-//! available (it needs root, as CI has).
+//! namespace, and the kernel answers the client's ICMP echo, UDP and ICMPv6 echo packets. Needs root,
+//! a TUN device and iproute2 (`quiver_test_support::netns`): without them it fails under `CI=true`
+//! and is skipped elsewhere.
 
 mod support;
 
 use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
-use std::process::Command;
 
 use quiver_masque::ip::packet::{inspect, internet_checksum};
 use quiver_masque::ip::{IpGateway, IpGatewayConfig, IpTunnel, TunDevice};
 use quiver_masque::{ProxyConfig, TargetPolicy, TunnelError};
-use support::{GUARD, start_proxy};
+use quiver_test_support::netns::{ip, no_tun_device, run_inside};
+use support::{GUARD, guarded, start_proxy};
 
-const IN_NAMESPACE: &str = "QUIVER_MASQUE_TEST_IN_NETNS";
 const TEST_NAME: &str = "connect_ip_through_a_tun_device_in_a_network_namespace";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 1);
 /// The one port of the gateway the proxy's policy opens (besides ICMP, which has no port).
@@ -22,48 +22,14 @@ const GATEWAY_PORT: u16 = 5353;
 
 #[test]
 fn connect_ip_through_a_tun_device_in_a_network_namespace() {
-    if std::env::var_os(IN_NAMESPACE).is_some() {
-        return in_namespace();
-    }
-    if !Command::new("unshare").args(["--net", "true"]).status().is_ok_and(|status| status.success()) {
-        eprintln!("skipped: cannot create a network namespace (unshare --net needs root)");
-        return;
-    }
-    let output = Command::new("unshare")
-        .args(["--net", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-        .env(IN_NAMESPACE, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "in the namespace:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "{stdout}");
-    // The run inside may have skipped itself (no TUN device, no `ip`): say so, do not claim a pass.
-    match stderr.lines().find(|line| line.starts_with("skipped:")) {
-        Some(skipped) => eprintln!("{skipped} (inside the network namespace)"),
-        None => eprintln!("{stderr}"),
-    }
-}
-
-fn ip(args: &[&str]) -> bool {
-    Command::new("ip").args(args).status().is_ok_and(|status| status.success())
-}
-
-fn in_namespace() {
-    if !ip(&["link", "set", "lo", "up"]) {
-        eprintln!("skipped: the ip command (iproute2) is not available");
+    if !run_inside(TEST_NAME) {
         return;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         let tun = match TunDevice::create("qmasque0") {
             Ok(tun) => tun,
-            Err(err) => {
-                eprintln!("skipped: {err}");
-                return;
-            }
+            Err(err) => return no_tun_device(&err),
         };
         assert!(ip(&["addr", "add", "10.89.0.1/24", "dev", "qmasque0"]) && ip(&["link", "set", "qmasque0", "up"]));
         let config =
@@ -73,8 +39,13 @@ fn in_namespace() {
         // The gateway's own address is this host: only an explicit rule opens it (here one UDP port,
         // and ICMP).
         let policy = TargetPolicy::parse(&["*:*", &format!("{GATEWAY}/32:{GATEWAY_PORT}")]).unwrap();
+<<<<<<< HEAD
         let proxy = start_proxy(ProxyConfig::builder().ip_gateway(gateway.clone()).policy(policy));
         tokio::time::timeout(GUARD, exchange(&proxy, &gateway)).await.expect("timed out");
+=======
+        let proxy = start_proxy(ProxyConfig { ip_gateway: Some(gateway.clone()), policy, ..ProxyConfig::default() });
+        guarded("the IPv4 exchange", exchange(&proxy, &gateway)).await;
+>>>>>>> wt-tests
 
         // The same over IPv6, on a second device and proxy (one address family per gateway).
         let tun = TunDevice::create("qmasque6").unwrap();
@@ -87,8 +58,13 @@ fn in_namespace() {
             IpGatewayConfig { pool: "fd00:89::/64".parse().unwrap(), routes: vec!["fd00:89::/64".parse().unwrap()] };
         let gateway = IpGateway::start(tun, config).unwrap();
         let policy = TargetPolicy::parse(&["*:*", "[fd00:89::1/128]:*"]).unwrap();
+<<<<<<< HEAD
         let proxy = start_proxy(ProxyConfig::builder().ip_gateway(gateway).policy(policy));
         tokio::time::timeout(GUARD, exchange_v6(&proxy)).await.expect("timed out");
+=======
+        let proxy = start_proxy(ProxyConfig { ip_gateway: Some(gateway), policy, ..ProxyConfig::default() });
+        guarded("the IPv6 exchange", exchange_v6(&proxy)).await;
+>>>>>>> wt-tests
     });
 }
 

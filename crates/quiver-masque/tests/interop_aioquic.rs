@@ -1,29 +1,18 @@
 //! A second independent CONNECT-UDP client, on aioquic (Python; QUIC, TLS, QPACK and HTTP Datagrams
 //! of its own): several tunnels on one connection through our proxy, then a denied target. The client
-//! is `aioquic_connect_udp.py` beside this file. Skipped where aioquic is not installed (`.ci/run`
-//! installs it).
+//! is `aioquic_connect_udp.py` beside this file. Needs python3 with aioquic (`./scripts/test`
+//! installs it): without it the test fails under `CI=true` and is skipped elsewhere.
 
 mod support;
 
-use std::process::Stdio;
-
-use support::{GUARD, loopback_config, start_proxy, udp_echo};
+use quiver_test_support::{Tool, require};
+use support::{guarded, loopback_config, start_proxy, udp_echo};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/aioquic_connect_udp.py");
 
-fn aioquic_available() -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", "import aioquic"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aioquic_client_tunnels_udp_through_the_proxy() {
-    if !aioquic_available() {
-        eprintln!("skipped: python3 with aioquic is not installed (pip install aioquic)");
+    if !require(Tool::Aioquic) {
         return;
     }
     let proxy = start_proxy(loopback_config());
@@ -38,7 +27,7 @@ async fn aioquic_client_tunnels_udp_through_the_proxy() {
         .arg(&cafile)
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(GUARD, run).await.expect("aioquic client timed out").unwrap();
+    let output = guarded("the aioquic client", run).await.unwrap();
     std::fs::remove_file(&cafile).ok();
     let stdout = String::from_utf8_lossy(&output.stdout);
     eprintln!("{stdout}");

@@ -10,34 +10,29 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use bytes::{Buf, Bytes};
 use h3_datagram::datagram_handler::HandleDatagramsExt;
 use http::{Method, Request, StatusCode};
 use quiver_h3::datagram::{CAPSULE_DATAGRAM, CapsuleDecoder, encode_capsule};
-use support::{GUARD, loopback_config, payload, start_proxy, udp_echo};
+use support::{TestProxy, guarded, loopback_config, payload, start_proxy, udp_echo};
 
 fn quinn_client(identity: &quiver::TlsIdentity, datagrams: bool) -> quinn::Endpoint {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(identity.certificate_der())).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h3".to_vec()];
     let mut transport = quinn::TransportConfig::default();
     if !datagrams {
         transport.datagram_receive_buffer_size(None);
     }
-    let mut config =
-        quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
-    config.transport_config(Arc::new(transport));
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(config);
-    endpoint
+    quiver_test_support::quinn_client("127.0.0.1:0".parse().unwrap(), &identity.certificate_der(), b"h3", transport)
+}
+
+/// A quinn connection to the proxy and h3's client on it (its driver polled on a task of its own).
+async fn h3_session(
+    quinn: &quinn::Endpoint,
+    proxy: &TestProxy,
+) -> (quinn::Connection, h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>) {
+    let connection = quinn.connect(proxy.endpoint.local_addr(), "localhost").unwrap().await.unwrap();
+    let (mut driver, send_request) = h3::client::new(h3_quinn::Connection::new(connection.clone())).await.unwrap();
+    tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+    (connection, send_request)
 }
 
 fn connect_udp(port: u16, target_host: &str, target_port: u16) -> Request<()> {
@@ -88,7 +83,7 @@ async fn h3_client_tunnels_udp_over_http_datagrams() {
         }
         assert_eq!(proxy.proxy.stats().datagrams_from_target, 500);
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 type H3Stream = h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
@@ -120,10 +115,8 @@ async fn h3_client_with_quic_datagrams_but_no_http_datagrams_gets_capsules() {
     let quinn = quinn_client(&proxy.identity, true);
     let run = async {
         let port = proxy.endpoint.local_addr().port();
-        let connection = quinn.connect(proxy.endpoint.local_addr(), "localhost").unwrap().await.unwrap();
+        let (connection, mut send_request) = h3_session(&quinn, &proxy).await;
         assert!(connection.max_datagram_size().is_some(), "the proxy offers QUIC datagrams to this client");
-        let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(connection)).await.unwrap();
-        let _driver = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
         let mut stream = send_request.send_request(connect_udp(port, "127.0.0.1", echo.port())).await.unwrap();
         assert_eq!(stream.recv_response().await.unwrap().status(), StatusCode::OK);
         let mut decoder = CapsuleDecoder::new(70_000);
@@ -133,7 +126,7 @@ async fn h3_client_with_quic_datagrams_but_no_http_datagrams_gets_capsules() {
         let stats = proxy.proxy.stats();
         assert_eq!((stats.datagrams_to_target, stats.datagrams_from_target), (20, 20), "{stats:?}");
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out: the proxy sent HTTP Datagrams the client never enabled");
+    guarded("the echoes (did the proxy send HTTP Datagrams the client never enabled?)", run).await;
 }
 
 /// The client turns QUIC datagrams off at the transport: capsules again, on several streams.
@@ -144,9 +137,7 @@ async fn h3_client_without_quic_datagrams_uses_capsules() {
     let quinn = quinn_client(&proxy.identity, false);
     let run = async {
         let port = proxy.endpoint.local_addr().port();
-        let connection = quinn.connect(proxy.endpoint.local_addr(), "localhost").unwrap().await.unwrap();
-        let (mut driver, mut send_request) = h3::client::new(h3_quinn::Connection::new(connection)).await.unwrap();
-        let _driver = tokio::spawn(async move { std::future::poll_fn(|cx| driver.poll_close(cx)).await });
+        let (_connection, mut send_request) = h3_session(&quinn, &proxy).await;
 
         // A denied target first (no rule covers 127.0.0.2): 403 with Proxy-Status.
         let mut refused = send_request.send_request(connect_udp(port, "127.0.0.2", 53)).await.unwrap();
@@ -173,5 +164,5 @@ async fn h3_client_without_quic_datagrams_uses_capsules() {
         stream.finish().await.unwrap();
         assert!(stream.recv_data().await.unwrap().is_none());
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use quiver_h3::{DatagramFlow, Protocol};
 use quiver_masque::{ProxyConfig, Target, TargetPolicy, TunnelError};
-use support::{GUARD, echo_exchange, loopback_config, start_proxy, udp_echo};
+use quiver_test_support::tool::{Tool, unavailable};
+use support::{echo_exchange, guarded, loopback_config, start_proxy, udp_echo};
 
 fn target(addr: std::net::SocketAddr) -> Target {
     addr.to_string().parse().unwrap()
@@ -43,7 +44,7 @@ async fn ten_thousand_datagrams_of_mixed_sizes_echo_byte_exact() {
         }
         eprintln!("10k echo: {resent} resent; proxy {stats:?}; endpoint {:?}", proxy.endpoint.stats());
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +65,7 @@ async fn capsules_carry_the_tunnel_without_quic_datagrams() {
         assert_eq!(&tunnel.recv().await.unwrap()[..], b"\0\0\0\x01x");
         assert_eq!(proxy.proxy.stats().dropped_send_failed, 1);
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +107,7 @@ async fn a_hundred_concurrent_tunnels_share_one_connection() {
         while closing.join_next().await.transpose().unwrap().is_some() {}
         assert_eq!(proxy.proxy.stats().tunnels_active, 0);
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 /// Asserts that opening a tunnel was refused with `expected`; returns the `Proxy-Status` (or "").
@@ -168,7 +169,7 @@ async fn refusals_have_status_codes_and_proxy_status() {
         assert_eq!((stats.refused_policy, stats.refused_malformed, stats.refused_not_found), (2, 3, 1), "{stats:?}");
         assert_eq!(stats.refused_limit, 1, "{stats:?}");
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +181,7 @@ async fn default_policy_keeps_loopback_closed_and_names_resolve() {
         let status = refused(proxy.client(true).open(&"localhost:53".parse().unwrap()).await, StatusCode::FORBIDDEN);
         assert!(status.contains("destination_ip_prohibited"), "{status}");
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 
     let allowed = start_proxy(loopback_config());
     let echo = udp_echo().await;
@@ -190,7 +191,7 @@ async fn default_policy_keeps_loopback_closed_and_names_resolve() {
         tunnel.send(b"\0\0\0\0by name").unwrap();
         assert_eq!(&tunnel.recv().await.unwrap()[..], b"\0\0\0\0by name");
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,7 +207,7 @@ async fn bearer_token_is_required_when_configured() {
         assert_eq!(&tunnel.recv().await.unwrap()[..], b"\0\0\0\0ok");
         assert_eq!(proxy.proxy.stats().refused_unauthorized, 2);
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,7 +228,7 @@ async fn idle_tunnels_close_and_free_their_socket() {
         // The socket is closed before the stream is finished: its port can be bound again.
         std::net::UdpSocket::bind(("0.0.0.0", proxy_socket.port())).expect("the tunnel's socket was freed");
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,7 +260,7 @@ async fn unknown_contexts_and_oversized_payloads_are_dropped_and_counted() {
         );
         drop(response);
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 /// A request body that stays open and sends nothing: the tunnel's stream without capsules.
@@ -294,14 +295,14 @@ async fn proxy_shutdown_ends_tunnels_with_the_reason() {
             other => panic!("expected the connection's end, got {other:?}"),
         }
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_literal_targets_travel_percent_encoded() {
-    let Ok(echo_socket) = tokio::net::UdpSocket::bind("[::1]:0").await else {
-        eprintln!("skipped: no IPv6 loopback on this machine");
-        return;
+    let echo_socket = match tokio::net::UdpSocket::bind("[::1]:0").await {
+        Ok(socket) => socket,
+        Err(err) => return unavailable(Tool::Ipv6Loopback, &err.to_string()),
     };
     let echo = echo_socket.local_addr().unwrap();
     tokio::spawn(async move {
@@ -318,7 +319,7 @@ async fn ipv6_literal_targets_travel_percent_encoded() {
         tunnel.send(b"\0\0\0\0six").unwrap();
         assert_eq!(&tunnel.recv().await.unwrap()[..], b"\0\0\0\0six");
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +348,7 @@ async fn an_oversized_capsule_resets_only_its_tunnel() {
         assert_eq!(&flow.recv().await.unwrap()[..], b"\x00still here");
         drop(healthy);
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 /// Sends `request` and asserts that the proxy reset its stream: before the response head or after
@@ -381,7 +382,7 @@ async fn special_targets_are_refused_however_they_are_written() {
         }
         assert_eq!(proxy.proxy.stats().refused_policy, 5);
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }
 
 /// A stream that ends (FIN) inside a capsule is malformed (RFC 9297 §3.3): the proxy resets it.
@@ -397,5 +398,5 @@ async fn a_capsule_cut_short_by_fin_resets_the_tunnel() {
         expect_reset(&proxy.h3_client(), request).await;
         assert_eq!(proxy.proxy.stats().datagrams_to_target, 0);
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the test's exchange", run).await;
 }

@@ -3,24 +3,10 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use support::*;
 
 fn quinn_client(identity: &quiver::TlsIdentity) -> quinn::Endpoint {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(identity.certificate_der())).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![echo::ALPN.to_vec()];
-    let quic_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap();
-    let mut endpoint = quinn::Endpoint::client(loopback()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic_crypto)));
-    endpoint
+    quiver_test_support::quinn_client(loopback(), &identity.certificate_der(), echo::ALPN, Default::default())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

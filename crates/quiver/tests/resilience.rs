@@ -10,9 +10,9 @@ use std::time::Duration;
 use quiver::{
     AddressValidation, ConnectError, ConnectionError, DropReason, Endpoint, ServerConfigBuilder, ServerSecret,
 };
+use quiver_test_support::relay::path_change::{Change, PathChangeRelay};
 use rand::{RngCore, SeedableRng};
 use support::echo::EchoClient;
-use support::relay::{Change, Relay};
 use support::*;
 
 fn server(config: ServerConfigBuilder) -> Endpoint {
@@ -103,7 +103,7 @@ async fn a_stateless_reset_closes_a_client_of_a_restarted_server() {
     // switch comes after 300 datagrams, long after the handshake is confirmed: before that, the
     // client's packets may still start with a long (Handshake) header, which no one may answer with a
     // stateless reset (RFC 9000 §10.3).
-    let relay = Relay::start(
+    let relay = PathChangeRelay::start(
         before_restart.local_addr(),
         Some((SWITCH_AFTER_DATAGRAMS, Change::Retarget(after_restart.local_addr()))),
     )
@@ -122,9 +122,11 @@ async fn a_reset_from_a_server_with_another_secret_is_ignored() {
     let identity = identity();
     let original = server(server_builder(&identity).secret(ServerSecret::from_bytes(&[1; 32])));
     let impostor = server(server_builder(&identity).secret(ServerSecret::from_bytes(&[2; 32])));
-    let relay =
-        Relay::start(original.local_addr(), Some((SWITCH_AFTER_DATAGRAMS, Change::Retarget(impostor.local_addr()))))
-            .await;
+    let relay = PathChangeRelay::start(
+        original.local_addr(),
+        Some((SWITCH_AFTER_DATAGRAMS, Change::Retarget(impostor.local_addr()))),
+    )
+    .await;
     let client =
         Endpoint::client(loopback(), client_builder(&identity).idle_timeout(Duration::from_secs(2)).build().unwrap())
             .unwrap();
@@ -141,7 +143,7 @@ async fn a_transfer_survives_a_client_port_change() {
     let identity = identity();
     let server = server(server_builder(&identity));
     // After the client's 50th datagram, its packets reach the server from a new port.
-    let relay = Relay::start(server.local_addr(), Some((50, Change::Rebind))).await;
+    let relay = PathChangeRelay::start(server.local_addr(), Some((50, Change::Rebind))).await;
     let client = Endpoint::client(loopback(), client_builder(&identity).build().unwrap()).unwrap();
     let sent = payload(8_000_000, 5);
     let (app, results) = EchoClient::new(vec![sent.clone()]);

@@ -3,14 +3,13 @@
 #![allow(dead_code)] // each test file uses part of it
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use quiver::Endpoint;
 use quiver_doq::test_util::TestUpstream;
 use quiver_doq::{DoqClient, DoqServer, DoqServerBuilder};
 
-/// Every wait in these tests is bounded by this guard; none of them waits for time to pass.
-pub const GUARD: Duration = Duration::from_secs(20);
+#[allow(unused_imports)] // each test file uses part of it
+pub use quiver_test_support::{GUARD, guarded};
 
 pub struct Forwarder {
     pub upstream: TestUpstream,
@@ -60,8 +59,4 @@ pub fn client(addr: SocketAddr) -> DoqClient {
 pub fn unpadded_client(addr: SocketAddr) -> DoqClient {
     let config = quiver_doq::client_config().insecure_skip_verification().build().expect("client config");
     DoqClient::builder(addr).query_timeout(GUARD).padding(false).build(config).expect("client")
-}
-
-pub async fn guarded<T>(work: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(GUARD, work).await.expect("test guard timeout")
 }

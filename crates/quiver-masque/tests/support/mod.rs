@@ -10,8 +10,8 @@ use quiver::{Endpoint, TlsIdentity};
 use quiver_masque::{MasqueClient, Proxy, ProxyConfig, ProxyConfigBuilder, TargetPolicy, UdpTunnel};
 use tokio::net::UdpSocket;
 
-/// Guards every wait; tests end long before unless something is broken.
-pub const GUARD: Duration = Duration::from_secs(60);
+#[allow(unused_imports)] // each test file uses part of it
+pub use quiver_test_support::{GUARD, guarded};
 
 pub struct TestProxy {
     pub proxy: Proxy,

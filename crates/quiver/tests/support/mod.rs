@@ -4,23 +4,12 @@
 
 #[path = "../../examples/echo/protocol.rs"]
 pub mod echo;
-pub mod relay;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use quiver::{ClientConfig, ClientConfigBuilder, Endpoint, ServerConfig, ServerConfigBuilder, TlsIdentity};
-
-/// Upper bound for any single wait in a test: a guard against hangs, never a correctness condition.
-pub const GUARD: Duration = Duration::from_secs(60);
-
-/// Logs to the test's captured output when `RUST_LOG` is set.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
+#[allow(unused_imports)] // each test file uses part of it
+pub use quiver_test_support::{GUARD, guarded, init_tracing, wait_until, wait_until_async};
 
 pub fn loopback() -> SocketAddr {
     init_tracing();
@@ -63,30 +52,4 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
             state as u8
         })
         .collect()
-}
-
-/// Waits until `condition` holds, checking after every millisecond tick; panics after [`GUARD`].
-pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// As [`wait_until`], for a condition that has to await (a handle's statistics).
-pub async fn wait_until_async<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + GUARD;
-    while !condition().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-pub async fn guarded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(GUARD, future).await.unwrap_or_else(|_| panic!("timed out: {what}"))
 }

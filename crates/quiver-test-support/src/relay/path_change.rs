@@ -1,7 +1,6 @@
-//! A UDP relay between one client and a server, on loopback, that can change what the server sees
-//! mid-connection: a new source port (NAT rebinding) or a new server behind the same client-facing
-//! address (a restart). Changes happen after a given number of client datagrams, so tests depend on
-//! packet counts, not on timing.
+//! A relay that changes what the server sees mid-connection: a new source port (NAT rebinding) or a
+//! new server behind the same client-facing address (a restart). Changes happen after a given number
+//! of client datagrams, so tests depend on packet counts, not on timing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{Mutex, Notify};
+
+use super::{ClientAddress, MAX_DATAGRAM_BYTES};
 
 /// What to do once the client has sent a number of datagrams through the relay.
 #[derive(Debug, Clone, Copy)]
@@ -19,63 +20,64 @@ pub enum Change {
     Retarget(SocketAddr),
 }
 
-struct Upstream {
+/// The relay's server side: the socket it sends from, and the server it sends to.
+struct ServerSide {
     socket: Arc<UdpSocket>,
     target: SocketAddr,
 }
 
-pub struct Relay {
+/// A running relay (its tasks live as long as the runtime).
+pub struct PathChangeRelay {
     front_addr: SocketAddr,
     changed: Arc<Notify>,
     changes_done: Arc<AtomicU64>,
     client_datagrams: Arc<AtomicU64>,
 }
 
-impl Relay {
-    /// A relay to `server` that applies `change` after the client's `after_datagrams`-th datagram.
+impl PathChangeRelay {
+    /// A relay to `server` that applies `change` after the client's `after_datagrams`-th datagram
+    /// (`change` is `Some((after_datagrams, change))`; `None` relays unchanged).
     pub async fn start(server: SocketAddr, change: Option<(u64, Change)>) -> Self {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind relay front"));
         let front_addr = front.local_addr().expect("front address");
-        let upstream = Arc::new(Mutex::new(Upstream {
+        let server_side = Arc::new(Mutex::new(ServerSide {
             socket: Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind relay back")),
             target: server,
         }));
-        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let client = ClientAddress::default();
         let changed = Arc::new(Notify::new());
         let changes_done = Arc::new(AtomicU64::new(0));
         let client_datagrams = Arc::new(AtomicU64::new(0));
-        spawn_backward(upstream.clone(), front.clone(), client.clone()).await;
+        spawn_toward_client(server_side.clone(), front.clone(), client.clone()).await;
         {
-            let (upstream, changed, changes_done, client_datagrams) =
-                (upstream.clone(), changed.clone(), changes_done.clone(), client_datagrams.clone());
+            let (server_side, changed, changes_done, client_datagrams) =
+                (server_side.clone(), changed.clone(), changes_done.clone(), client_datagrams.clone());
             tokio::spawn(async move {
-                let mut buffer = vec![0u8; 65_536];
+                let mut buffer = vec![0u8; MAX_DATAGRAM_BYTES];
                 loop {
                     let Ok((len, from)) = front.recv_from(&mut buffer).await else { return };
-                    *client.lock().await = Some(from);
+                    client.remember(from);
                     let count = client_datagrams.fetch_add(1, Ordering::Relaxed) + 1;
                     if let Some((after, change)) = change
                         && count == after
                     {
-                        let mut upstream_now = upstream.lock().await;
-                        let rebind = matches!(change, Change::Rebind);
+                        let mut now = server_side.lock().await;
                         match change {
                             Change::Rebind => {
-                                upstream_now.socket =
-                                    Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind new back"));
+                                now.socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind new back"));
                             }
-                            Change::Retarget(target) => upstream_now.target = target,
+                            Change::Retarget(target) => now.target = target,
                         }
-                        drop(upstream_now);
-                        if rebind {
-                            spawn_backward(upstream.clone(), front.clone(), client.clone()).await;
+                        drop(now);
+                        if matches!(change, Change::Rebind) {
+                            spawn_toward_client(server_side.clone(), front.clone(), client.clone()).await;
                         }
                         changes_done.fetch_add(1, Ordering::Relaxed);
                         changed.notify_waiters();
                     }
                     let (socket, target) = {
-                        let upstream = upstream.lock().await;
-                        (upstream.socket.clone(), upstream.target)
+                        let now = server_side.lock().await;
+                        (now.socket.clone(), now.target)
                     };
                     let _ = socket.send_to(&buffer[..len], target).await;
                 }
@@ -108,19 +110,19 @@ impl Relay {
     }
 }
 
-/// Forwards what the current server sends to `socket` back to the client. Runs for the life of the
-/// socket: after a rebind the old mapping keeps working (as a NAT's does for a while), and after a
-/// retarget whatever the old server still sends is ignored (it is gone, for the client).
-async fn spawn_backward(upstream: Arc<Mutex<Upstream>>, front: Arc<UdpSocket>, client: Arc<Mutex<Option<SocketAddr>>>) {
-    let socket = upstream.lock().await.socket.clone();
+/// Forwards what the current server sends to the server-side socket back to the client. Runs for the
+/// life of the socket: after a rebind the old mapping keeps working (as a NAT's does for a while),
+/// and after a retarget whatever the old server still sends is ignored (it is gone, for the client).
+async fn spawn_toward_client(server_side: Arc<Mutex<ServerSide>>, front: Arc<UdpSocket>, client: ClientAddress) {
+    let socket = server_side.lock().await.socket.clone();
     tokio::spawn(async move {
-        let mut buffer = vec![0u8; 65_536];
+        let mut buffer = vec![0u8; MAX_DATAGRAM_BYTES];
         loop {
             let Ok((len, from)) = socket.recv_from(&mut buffer).await else { return };
-            if from != upstream.lock().await.target {
+            if from != server_side.lock().await.target {
                 continue;
             }
-            if let Some(client) = *client.lock().await {
+            if let Some(client) = client.get() {
                 let _ = front.send_to(&buffer[..len], client).await;
             }
         }
