@@ -1,35 +1,25 @@
 //! `quiver masque`: a CONNECT-UDP proxy, a client that forwards a local UDP port through one, and a
 //! throughput benchmark of UDP through a tunnel.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use quiver::Endpoint;
 use quiver_masque::ip::{IpGateway, IpGatewayConfig, IpNetwork, TunDevice};
-use quiver_masque::{MasqueClient, Proxy, ProxyConfig, Target, TargetPolicy, TunnelError, UdpTunnel, UriTemplate};
+use quiver_masque::{
+    ForwardEvent, MasqueClient, Proxy, ProxyConfig, Target, TargetPolicy, TunnelError, UdpForwarder, UdpTunnel,
+    UriTemplate,
+};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 
 use crate::admission::{AdmissionArgs, SourceLimitArgs};
 use crate::get::usage;
 use crate::identity::{ClientTlsArgs, IdentityArgs};
 use crate::observe::{MetricsArgs, QlogArgs};
 
-/// Local peers (source addresses) `quiver masque client` forwards for at once, one tunnel each; past
-/// it the least recently used flow is closed. A DNS stub resolver uses a fresh source port per query,
-/// and the proxy allows 256 tunnels per connection by default.
-const MAX_LOCAL_FLOWS: usize = 256;
-/// Datagrams from one local peer queued while its tunnel opens (one round trip): a burst of DNS
-/// retries fits. Local peers only, so at most 256 x 16 x 64 KiB even for pathological payloads.
-const FLOW_QUEUE: usize = 16;
 /// Bench: how long without an echo before the datagrams in flight count as lost and are replaced.
 const BENCH_LOSS_TIMEOUT: Duration = Duration::from_millis(200);
-/// `quiver masque client`: a local peer's dropped datagrams are reported on standard error at most
-/// this often (the first at once, then a count), so a flood of drops cannot flood the terminal.
-const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Options of `quiver masque`.
 #[derive(Debug, clap::Args)]
@@ -324,172 +314,39 @@ async fn run_client(args: ClientArgs) -> anyhow::Result<()> {
     if args.idle_timeout == 0 {
         return Err(usage("--idle-timeout must be at least 1"));
     }
-    let socket = UdpSocket::bind(args.listen)
+    let shown_target = target.to_string();
+    let forwarder = UdpForwarder::bind(args.listen, client, target)
         .await
-        .map_err(|err| anyhow::anyhow!("cannot listen on udp://{}: {err}", args.listen))?;
-    let local = socket.local_addr()?;
-    say!("quiver masque client forwarding udp://{local} to {target} via {}", args.connect.proxy);
-    let forwarder = Forwarder {
-        socket: Arc::new(socket),
-        client,
-        target: Arc::new(target),
-        idle_timeout: Duration::from_secs(args.idle_timeout),
-        flows: HashMap::new(),
-    };
+        .map_err(|err| anyhow::anyhow!("cannot listen on udp://{}: {err}", args.listen))?
+        .idle_timeout(Duration::from_secs(args.idle_timeout))
+        .on_event({
+            let target = shown_target.clone();
+            move |event| report(&event, &target)
+        });
+    say!(
+        "quiver masque client forwarding udp://{} to {shown_target} via {}",
+        forwarder.local_addr(),
+        args.connect.proxy
+    );
     tokio::select! {
-        result = forwarder.run() => result,
+        result = forwarder.run() => Ok(result?),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
 
-/// Forwards datagrams from local peers, one tunnel per peer (so answers go back to whoever asked).
-struct Forwarder {
-    socket: Arc<UdpSocket>,
-    client: MasqueClient,
-    target: Arc<Target>,
-    idle_timeout: Duration,
-    /// Each peer's flow; a closed queue means the flow ended.
-    flows: HashMap<SocketAddr, LocalFlow>,
-}
-
-/// The forwarder's handle on one peer's flow task.
-struct LocalFlow {
-    queue: mpsc::Sender<Bytes>,
-    last_datagram: Instant,
-}
-
-/// The peer whose flow has gone longest without a datagram: the one to close when every slot is taken
-/// (a DNS stub uses a fresh source port per query, so old flows are rarely needed again).
-fn least_recently_used(flows: &HashMap<SocketAddr, LocalFlow>) -> Option<SocketAddr> {
-    flows.iter().min_by_key(|(_, flow)| flow.last_datagram).map(|(peer, _)| *peer)
-}
-
-impl Forwarder {
-    async fn run(mut self) -> anyhow::Result<()> {
-        let mut buffer = vec![0u8; 65_536];
-        let mut dropped: u64 = 0;
-        loop {
-            let (length, peer) = match self.socket.recv_from(&mut buffer).await {
-                Ok(received) => received,
-                // ICMP errors for earlier answers to peers that went away; the socket is fine.
-                Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => continue,
-                Err(err) => return Err(anyhow::anyhow!("cannot read the local UDP socket: {err}")),
-            };
-            let payload = Bytes::copy_from_slice(&buffer[..length]);
-            let now = Instant::now();
-            if let Some(flow) = self.flows.get_mut(&peer).filter(|flow| !flow.queue.is_closed()) {
-                flow.last_datagram = now;
-                if flow.queue.try_send(payload).is_err() {
-                    dropped += 1;
-                    tracing::debug!(%peer, dropped, "flow queue full; datagram dropped");
-                }
-                continue;
-            }
-            if self.flows.len() >= MAX_LOCAL_FLOWS {
-                self.flows.retain(|_, flow| !flow.queue.is_closed());
-            }
-            if self.flows.len() >= MAX_LOCAL_FLOWS
-                && let Some(oldest) = least_recently_used(&self.flows)
-            {
-                // Dropping its queue ends the flow task, which closes its tunnel.
-                self.flows.remove(&oldest);
-                tracing::debug!(peer = %oldest, "every flow slot taken; closing the least recently used");
-            }
-            let (queue, datagrams) = mpsc::channel(FLOW_QUEUE);
-            let _ = queue.try_send(payload);
-            self.flows.insert(peer, LocalFlow { queue, last_datagram: now });
-            let flow = Flow {
-                socket: self.socket.clone(),
-                client: self.client.clone(),
-                target: self.target.clone(),
-                peer,
-                idle_timeout: self.idle_timeout,
-            };
-            tokio::spawn(flow.run(datagrams));
+/// Tells the user on standard error what happened to a local peer's flow.
+fn report(event: &ForwardEvent, target: &str) {
+    match event {
+        ForwardEvent::OpenFailed { peer, error } => {
+            complain(format_args!("cannot open a tunnel for {peer} to {target}: {error}; datagrams dropped"));
         }
-    }
-}
-
-/// Counts a flow's dropped datagrams and says when to report them: the first at once, then at most
-/// once per [`DROP_REPORT_INTERVAL`] with how many were dropped since the last report.
-#[derive(Debug, Default)]
-struct DropReport {
-    unreported: u64,
-    last_report: Option<Instant>,
-}
-
-impl DropReport {
-    /// Counts one drop at `now`; `Some(count)` when it is time to report `count` drops.
-    fn dropped(&mut self, now: Instant) -> Option<u64> {
-        self.unreported += 1;
-        if self.last_report.is_some_and(|last| now.duration_since(last) < DROP_REPORT_INTERVAL) {
-            return None;
-        }
-        self.last_report = Some(now);
-        Some(std::mem::take(&mut self.unreported))
-    }
-}
-
-/// One local peer's tunnel.
-struct Flow {
-    socket: Arc<UdpSocket>,
-    client: MasqueClient,
-    target: Arc<Target>,
-    peer: SocketAddr,
-    idle_timeout: Duration,
-}
-
-impl Flow {
-    async fn run(self, mut datagrams: mpsc::Receiver<Bytes>) {
-        let (peer, target) = (self.peer, &self.target);
-        let mut tunnel = match self.client.open(target).await {
-            Ok(tunnel) => tunnel,
-            Err(err) => {
-                complain(format_args!("cannot open a tunnel for {peer} to {target}: {err}; datagrams dropped"));
-                return;
-            }
-        };
-        tracing::debug!(%peer, %target, quic_datagrams = tunnel.uses_quic_datagrams(), "tunnel open");
-        let idle = tokio::time::sleep(self.idle_timeout);
-        tokio::pin!(idle);
-        let mut drops = DropReport::default();
-        loop {
-            tokio::select! {
-                next = datagrams.recv() => {
-                    let Some(payload) = next else { return };
-                    idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
-                    if let Err(err) = tunnel.send(&payload)
-                        && let Some(dropped) = drops.dropped(Instant::now())
-                    {
-                        complain(format_args!(
-                            "{dropped} datagram(s) from {peer} dropped, the last of {} bytes: {err}",
-                            payload.len()
-                        ));
-                    }
-                }
-                received = tunnel.recv() => match received {
-                    Ok(payload) => {
-                        idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
-                        let _ = self.socket.send_to(&payload, peer).await;
-                    }
-                    // A connection idle for the QUIC idle timeout ends quietly: nothing was lost.
-                    Err(TunnelError::ConnectionLost(quiver::ConnectionError::IdleTimeout)) => {
-                        tracing::debug!(%peer, "connection to the proxy idle; closing");
-                        return;
-                    }
-                    Err(err) => {
-                        complain(format_args!(
-                            "tunnel for {peer} to {target} ended: {err}; the next datagram from {peer} opens a new one"
-                        ));
-                        return;
-                    }
-                },
-                () = &mut idle => {
-                    tracing::debug!(%peer, "tunnel idle; closing");
-                    return;
-                }
-            }
-        }
+        ForwardEvent::Ended { peer, error } => complain(format_args!(
+            "tunnel for {peer} to {target} ended: {error}; the next datagram from {peer} opens a new one"
+        )),
+        ForwardEvent::Dropped { peer, count, last_payload_bytes, error } => complain(format_args!(
+            "{count} datagram(s) from {peer} dropped, the last of {last_payload_bytes} bytes: {error}"
+        )),
+        other => complain(format_args!("{other:?}")),
     }
 }
 
@@ -622,17 +479,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn drops_are_reported_at_most_once_per_interval() {
-        let start = Instant::now();
-        let mut report = DropReport::default();
-        assert_eq!(report.dropped(start), Some(1), "the first drop at once");
-        for _ in 0..999 {
-            assert_eq!(report.dropped(start + Duration::from_secs(1)), None);
-        }
-        assert_eq!(report.dropped(start + DROP_REPORT_INTERVAL), Some(1000), "then a count");
-    }
-
-    #[test]
     fn late_echoes_are_not_counted_twice() {
         let mut counts = EchoCounts::default();
         let mut in_flight: std::collections::HashSet<u64> = [1, 2].into();
@@ -643,20 +489,5 @@ mod tests {
         count_echo(&mut counts, &mut in_flight, &2u64.to_be_bytes());
         count_echo(&mut counts, &mut in_flight, b"short");
         assert_eq!(counts, EchoCounts { echoed: 1, lost: 1, late: 2 });
-    }
-
-    #[test]
-    fn the_flow_idle_longest_is_closed_first() {
-        let now = Instant::now();
-        let flow = |seconds_ago: u64| LocalFlow {
-            queue: mpsc::channel(1).0,
-            last_datagram: now.checked_sub(Duration::from_secs(seconds_ago)).unwrap_or(now),
-        };
-        let mut flows = HashMap::new();
-        assert_eq!(least_recently_used(&flows), None);
-        flows.insert("127.0.0.1:1000".parse().unwrap(), flow(1));
-        flows.insert("127.0.0.1:2000".parse().unwrap(), flow(30));
-        flows.insert("127.0.0.1:3000".parse().unwrap(), flow(5));
-        assert_eq!(least_recently_used(&flows), Some("127.0.0.1:2000".parse().unwrap()));
     }
 }

@@ -17,8 +17,8 @@ use quiver::{Endpoint, ServeEnd};
 use tokio::sync::Semaphore;
 
 use crate::cache::{AnswerCache, CachedAnswer};
-use crate::error::DoqConfigError;
 use crate::dns::{PADDING_BLOCK_BYTES, error_answer, for_upstream, pad, wants_padding};
+use crate::error::DoqConfigError;
 use crate::metrics::RcodeCounters;
 use crate::upstream;
 
@@ -233,7 +233,12 @@ impl DoqServer {
     /// As [`quiver::serve`]: dropping the future while accepting stops accepting and leaves the
     /// endpoint open; dropping it during the drain leaves the connections draining but nothing
     /// closes what is left at the deadline.
-    pub async fn serve_until(&self, endpoint: Endpoint, shutdown: impl Future<Output = ()>, drain: Duration) -> ServeEnd {
+    pub async fn serve_until(
+        &self,
+        endpoint: Endpoint,
+        shutdown: impl Future<Output = ()>,
+        drain: Duration,
+    ) -> ServeEnd {
         let start_doq = |incoming: quiver::IncomingConnection| {
             count(&self.shared.counters.connections_accepted);
             incoming.start(connection::ServerConnection::new(self.shared.clone()));

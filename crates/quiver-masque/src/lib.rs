@@ -41,6 +41,7 @@
 
 mod body;
 mod client;
+mod forward;
 pub mod ip;
 pub mod metrics;
 mod network;
@@ -52,6 +53,9 @@ pub mod template;
 
 pub use crate::body::{ChannelBody, TunnelAborted};
 pub use crate::client::{ClientError, MasqueClient, TunnelError, UdpTunnel, client_config};
+pub use crate::forward::{
+    DEFAULT_FLOW_IDLE_TIMEOUT, DROP_REPORT_INTERVAL, ForwardError, ForwardEvent, MAX_LOCAL_FLOWS, UdpForwarder,
+};
 pub use crate::policy::{AllowRule, Denied, RuleError, TargetPolicy};
 pub use crate::proxy::{
     DEFAULT_DNS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_TUNNELS, DEFAULT_MAX_TUNNELS_PER_CONNECTION, Proxy,

@@ -311,8 +311,7 @@ async fn ipv6_literal_targets_travel_percent_encoded() {
             let _ = echo_socket.send_to(&buffer[..length], peer).await;
         }
     });
-    let proxy =
-        start_proxy(ProxyConfig::builder().policy(TargetPolicy::parse(&["[::1/128]:*"]).unwrap()));
+    let proxy = start_proxy(ProxyConfig::builder().policy(TargetPolicy::parse(&["[::1/128]:*"]).unwrap()));
     let run = async {
         // The client expands "[::1]:PORT" to /.well-known/masque/udp/%3A%3A1/PORT/; the proxy decodes it.
         let mut tunnel = proxy.client(true).open(&format!("[::1]:{}", echo.port()).parse().unwrap()).await.unwrap();

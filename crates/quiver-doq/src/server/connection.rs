@@ -97,12 +97,7 @@ impl ServerConnection {
     }
 
     /// Checks a complete query and starts answering it.
-    fn dispatch(
-        &mut self,
-        conn: &mut QuicConnection,
-        stream: u64,
-        query: Vec<u8>,
-    ) -> Result<(), ApplicationError> {
+    fn dispatch(&mut self, conn: &mut QuicConnection, stream: u64, query: Vec<u8>) -> Result<(), ApplicationError> {
         let counters = &self.shared.counters;
         count(&counters.queries);
         if query.len() < HEADER_BYTES {

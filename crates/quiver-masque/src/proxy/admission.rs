@@ -100,17 +100,13 @@ async fn try_open(
     require_capsule_protocol(&request)?;
     if !config.policy.allows_port(target.port) {
         let details = format!("port {} is not allowed", target.port);
-        return Err(Refusal::new(StatusCode::FORBIDDEN, Some("http_request_denied"), details, |c| {
-            &c.refused_policy
-        }));
+        return Err(Refusal::new(StatusCode::FORBIDDEN, Some("http_request_denied"), details, |c| &c.refused_policy));
     }
     let permits = tunnel_permits(&proxy, connection_tunnels)?;
     let address = resolve(&proxy, &target).await?;
     let socket = relay::connect_udp(address).await.map_err(|err| {
         let details = format!("cannot open a UDP socket to {address}: {err}");
-        Refusal::new(StatusCode::BAD_GATEWAY, Some("destination_ip_unroutable"), details, |c| {
-            &c.refused_unreachable
-        })
+        Refusal::new(StatusCode::BAD_GATEWAY, Some("destination_ip_unroutable"), details, |c| &c.refused_unreachable)
     })?;
     tracing::debug!(%target, %address, "UDP tunnel open");
     Ok(relay::start(proxy.clone(), request, FarEnd::Udp(socket), permits))
@@ -125,9 +121,7 @@ fn tunnel_permits(proxy: &ProxyShared, connection_tunnels: Arc<Semaphore>) -> Re
     })?;
     let proxy_permit = proxy.tunnels.clone().try_acquire_owned().map_err(|_| {
         let details = format!("the proxy already has {} tunnels open", config.max_tunnels);
-        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, Some("connection_limit_reached"), details, |c| {
-            &c.refused_limit
-        })
+        Refusal::new(StatusCode::SERVICE_UNAVAILABLE, Some("connection_limit_reached"), details, |c| &c.refused_limit)
     })?;
     Ok((connection_permit, proxy_permit))
 }
@@ -145,9 +139,8 @@ async fn resolve(proxy: &ProxyShared, target: &Target) -> Result<SocketAddr, Ref
                     let refusal = Refusal::new(StatusCode::SERVICE_UNAVAILABLE, Some("dns_error"), details, |c| {
                         &c.refused_dns_busy
                     });
-                    return Err(refusal.with_log_details(format!(
-                        "all {MAX_LOOKUPS_IN_FLIGHT} lookup slots taken resolving {name}"
-                    )));
+                    return Err(refusal
+                        .with_log_details(format!("all {MAX_LOOKUPS_IN_FLIGHT} lookup slots taken resolving {name}")));
                 }
                 Err(LookupError::TimedOut) => {
                     let details = format!("resolving the target took longer than {timeout:?}");
@@ -156,21 +149,17 @@ async fn resolve(proxy: &ProxyShared, target: &Target) -> Result<SocketAddr, Ref
                     }));
                 }
                 Err(LookupError::Failed(err)) => {
-                    let refusal = Refusal::new(
-                        StatusCode::BAD_GATEWAY,
-                        Some("dns_error"),
-                        "cannot resolve the target",
-                        |c| &c.refused_resolve,
-                    );
+                    let refusal =
+                        Refusal::new(StatusCode::BAD_GATEWAY, Some("dns_error"), "cannot resolve the target", |c| {
+                            &c.refused_resolve
+                        });
                     return Err(refusal.with_log_details(format!("cannot resolve {name}: {err}")));
                 }
                 Ok(addresses) => addresses,
             };
             if addresses.is_empty() {
                 let details = "the target name has no addresses";
-                return Err(Refusal::new(StatusCode::BAD_GATEWAY, Some("dns_error"), details, |c| {
-                    &c.refused_resolve
-                }));
+                return Err(Refusal::new(StatusCode::BAD_GATEWAY, Some("dns_error"), details, |c| &c.refused_resolve));
             }
             (Some(name.as_str()), addresses)
         }

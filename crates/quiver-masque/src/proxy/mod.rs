@@ -33,8 +33,8 @@ pub use self::config::{
     DEFAULT_DNS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_TUNNELS, DEFAULT_MAX_TUNNELS_PER_CONNECTION, ProxyConfig,
     ProxyConfigBuilder, ProxyConfigError, proxy_server_config,
 };
-pub use self::stats::ProxyStats;
 use self::shared::ProxyShared;
+pub use self::stats::ProxyStats;
 
 /// A CONNECT-UDP (and, with a gateway, CONNECT-IP) proxy; cheap to clone (clones share counters
 /// and limits).
@@ -121,4 +121,3 @@ impl Proxy {
         quiver::serve(&endpoint, accept_h3, shutdown, drain_deadline).await
     }
 }
-

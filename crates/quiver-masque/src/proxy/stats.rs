@@ -72,4 +72,3 @@ counters! {
     /// IP packets from clients to a destination the target policy denies, dropped (CONNECT-IP).
     dropped_policy,
 }
-
