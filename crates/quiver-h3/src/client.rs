@@ -9,10 +9,11 @@ use std::time::Duration;
 use http::{Request, Response, Uri};
 use http_body::Body;
 use quiver::{ClientConfig, ConnectionHandle, Endpoint};
-use tokio::sync::{Mutex, Semaphore, oneshot};
+use tokio::sync::{OnceCell, Semaphore, oneshot};
 
 use crate::body::RecvBody;
-use crate::driver::{self, H3Driver, H3Settings, NewRequest, Wake, WakeSender};
+use crate::command::{self, NewRequest, Wake, WakeSender};
+use crate::driver::{H3Driver, H3Settings};
 use crate::error::Error;
 use crate::headers;
 
@@ -40,6 +41,11 @@ impl H3Connection {
     ///
     /// # Errors
     /// [`Error::Connect`] when the QUIC handshake fails.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in that nothing is lost: dropping the future drops the connection it would have
+    /// returned. As with [`Endpoint::connect`], the handshake already under way is not stopped; with
+    /// no handle left, the connection closes when it completes or fails.
     pub async fn connect(endpoint: &Endpoint, addr: SocketAddr, server_name: &str) -> Result<Self, Error> {
         Self::connect_with(endpoint, addr, server_name, H3Settings::default()).await
     }
@@ -48,6 +54,11 @@ impl H3Connection {
     ///
     /// # Errors
     /// [`Error::Connect`] when the QUIC handshake fails.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in that nothing is lost: dropping the future drops the connection it would have
+    /// returned. As with [`Endpoint::connect`], the handshake already under way is not stopped; with
+    /// no handle left, the connection closes when it completes or fails.
     pub async fn connect_with(
         endpoint: &Endpoint,
         addr: SocketAddr,
@@ -84,13 +95,18 @@ impl H3Connection {
     ///
     /// # Errors
     /// See [`Error`]: the server reset the stream, the connection closed, malformed response, ...
+    ///
+    /// # Cancel safety
+    /// Dropping the future cancels the request: if it was sent, its stream is reset with
+    /// H3_REQUEST_CANCELLED (the server stops working on it); if not, it is never sent. A response
+    /// head that arrived as the future was dropped is discarded and its body stopped (STOP_SENDING).
     pub async fn send_request<B>(&self, request: Request<B>) -> Result<Response<RecvBody>, Error>
     where
         B: Body + Send + 'static,
         B::Data: Send,
         B::Error: std::fmt::Display,
     {
-        let fields = headers::request_fields(&request).map_err(Error::InvalidRequest)?;
+        let fields = headers::request_fields(&request)?;
         let is_connect = request.method() == http::Method::CONNECT;
         let body = request.into_body();
         let end = body.is_end_stream();
@@ -110,20 +126,38 @@ impl H3Connection {
         if !end {
             tokio::spawn(async move {
                 if let Ok(sink) = opened_rx.await
-                    && let Err(reason) = driver::send_body(body, &sink).await
+                    && let Err(reason) = command::send_body(body, &sink).await
                 {
                     tracing::debug!(%reason, "request body not completed");
                 }
             });
         }
-        match response_rx.await {
-            Ok(result) => result,
+        let mut cancel = CancelOnDrop { wake: &self.wake, armed: true };
+        let outcome = response_rx.await;
+        cancel.armed = false;
+        match outcome {
+            Ok(result) => result.map(|response| response.map(RecvBody::new)),
             Err(_) => Err(self.closed_error()),
         }
     }
 
     fn closed_error(&self) -> Error {
         Error::ConnectionClosed(quiver::ConnectionError::Aborted)
+    }
+}
+
+/// Tells the driver when a caller stops waiting for its response head, so the request is cancelled on
+/// the wire instead of running to its end for nobody.
+struct CancelOnDrop<'a> {
+    wake: &'a WakeSender,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.wake.send(Wake::ResponseAbandoned);
+        }
     }
 }
 
@@ -139,17 +173,32 @@ impl H3Connection {
 /// let body = response.into_body().collect().await?.to_bytes();
 /// # Ok(()) }
 /// ```
+///
+/// Clones share the connections (and their sockets); a clone made with
+/// [`with_timeout`](Client::with_timeout) differs only in its timeout.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<ClientInner>,
+    /// Per handle, not shared: `with_timeout` changes it for one handle without splitting the
+    /// connection cache.
+    timeout: Option<Duration>,
 }
+
+/// One authority's connection, shared by every request to it. The map's lock is held only to find or
+/// insert a slot; the DNS lookup and the handshake run inside the slot, so connecting to one authority
+/// never holds up requests to another, and concurrent requests to the same authority wait for one
+/// handshake instead of starting several.
+type ConnectionSlot = Arc<OnceCell<H3Connection>>;
 
 struct ClientInner {
     config: ClientConfig,
     settings: H3Settings,
-    timeout: Option<Duration>,
-    endpoints: Mutex<HashMap<bool, Endpoint>>,
-    connections: Mutex<HashMap<String, H3Connection>>,
+    /// One client endpoint per address family, made on first use. Creating one does not wait.
+    endpoints: std::sync::Mutex<HashMap<bool, Endpoint>>,
+    /// Keyed by `host:port`. A slot whose connect failed is removed, so the next request tries again;
+    /// a slot whose connection closed is replaced on the next request to it. The keys are the
+    /// authorities this client's own callers name, so the map grows only as they choose.
+    connections: std::sync::Mutex<HashMap<String, ConnectionSlot>>,
 }
 
 impl Client {
@@ -159,56 +208,81 @@ impl Client {
             inner: Arc::new(ClientInner {
                 config,
                 settings: H3Settings::default(),
-                timeout: None,
-                endpoints: Mutex::new(HashMap::new()),
-                connections: Mutex::new(HashMap::new()),
+                endpoints: std::sync::Mutex::new(HashMap::new()),
+                connections: std::sync::Mutex::new(HashMap::new()),
             }),
+            timeout: None,
         }
     }
 
-    /// Fails requests whose response head has not arrived within `timeout` (including connecting).
+    /// This client with requests failing with [`Error::TimedOut`] when their response head has not
+    /// arrived within `timeout` (connecting included). The returned handle shares its connections with
+    /// `self` and every clone of it; only the timeout is its own.
     pub fn with_timeout(self, timeout: Duration) -> Self {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| ClientInner {
-            config: shared.config.clone(),
-            settings: shared.settings.clone(),
-            timeout: shared.timeout,
-            endpoints: Mutex::new(HashMap::new()),
-            connections: Mutex::new(HashMap::new()),
-        });
-        Self { inner: Arc::new(ClientInner { timeout: Some(timeout), ..inner }) }
+        Self { timeout: Some(timeout), ..self }
     }
 
     /// The connection for `uri`'s authority, opening it if needed.
     ///
     /// # Errors
     /// Invalid URI, resolution failure, or connection failure.
+    ///
+    /// # Cancel safety
+    /// Cancel safe. Dropping the future while it connects abandons this caller's wait only; other
+    /// callers waiting for the same authority take over the connecting (with a fresh handshake) if
+    /// it was the one connecting.
     pub async fn connection(&self, uri: &Uri) -> Result<H3Connection, Error> {
         if uri.scheme_str().is_some_and(|scheme| scheme != "https") {
             return Err(Error::InvalidUri(uri.to_string()));
         }
         let host = uri.host().ok_or_else(|| Error::InvalidUri(uri.to_string()))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(443);
         let key = format!("{host}:{port}");
-        let mut connections = self.inner.connections.lock().await;
-        if let Some(connection) = connections.get(&key)
-            && !connection.is_closed()
-        {
-            return Ok(connection.clone());
+        let slot = self.slot(&key);
+        let connecting = slot.get_or_try_init(|| self.connect(host, port));
+        match connecting.await {
+            Ok(connection) => Ok(connection.clone()),
+            Err(err) => {
+                self.forget(&key, &slot);
+                Err(err)
+            }
         }
-        let addr = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|source| Error::Resolve { host: host.clone(), source })?
-            .next()
-            .ok_or_else(|| Error::Resolve { host: host.clone(), source: std::io::Error::other("no addresses") })?;
-        let endpoint = self.endpoint_for(addr).await?;
-        let connection = H3Connection::connect_with(&endpoint, addr, &host, self.inner.settings.clone()).await?;
-        connections.insert(key, connection.clone());
-        Ok(connection)
     }
 
-    async fn endpoint_for(&self, addr: SocketAddr) -> Result<Endpoint, Error> {
-        let mut endpoints = self.inner.endpoints.lock().await;
+    /// The slot for `key`: the live one, or a fresh one in place of a closed connection's.
+    fn slot(&self, key: &str) -> ConnectionSlot {
+        let mut connections = self.inner.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(slot) = connections.get(key)
+            && !slot.get().is_some_and(H3Connection::is_closed)
+        {
+            return slot.clone();
+        }
+        let slot = ConnectionSlot::default();
+        connections.insert(key.to_owned(), slot.clone());
+        slot
+    }
+
+    /// Removes `slot` from the map unless another request already replaced it.
+    fn forget(&self, key: &str, slot: &ConnectionSlot) {
+        let mut connections = self.inner.connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if connections.get(key).is_some_and(|current| Arc::ptr_eq(current, slot)) {
+            connections.remove(key);
+        }
+    }
+
+    async fn connect(&self, host: &str, port: u16) -> Result<H3Connection, Error> {
+        let addr = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|source| Error::Resolve { host: host.to_owned(), source })?
+            .next()
+            .ok_or_else(|| Error::Resolve { host: host.to_owned(), source: std::io::Error::other("no addresses") })?;
+        let endpoint = self.endpoint_for(addr)?;
+        H3Connection::connect_with(&endpoint, addr, host, self.inner.settings.clone()).await
+    }
+
+    fn endpoint_for(&self, addr: SocketAddr) -> Result<Endpoint, Error> {
+        let mut endpoints = self.inner.endpoints.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(endpoint) = endpoints.get(&addr.is_ipv4()) {
             return Ok(endpoint.clone());
         }
@@ -222,6 +296,10 @@ impl Client {
     ///
     /// # Errors
     /// See [`Error`]; [`Error::TimedOut`] if a timeout is set and passes.
+    ///
+    /// # Cancel safety
+    /// As [`H3Connection::send_request`]: dropping the future (or the timeout passing) cancels the
+    /// request on the wire if it was sent.
     pub async fn send_request<B>(&self, request: Request<B>) -> Result<Response<RecvBody>, Error>
     where
         B: Body + Send + 'static,
@@ -232,7 +310,7 @@ impl Client {
             let connection = self.connection(request.uri()).await?;
             connection.send_request(request).await
         };
-        match self.inner.timeout {
+        match self.timeout {
             Some(timeout) => tokio::time::timeout(timeout, exchange).await.map_err(|_| Error::TimedOut(timeout))?,
             None => exchange.await,
         }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::driver::{Wake, WakeSender};
+use crate::command::{Wake, WakeSender};
 
 /// Received datagrams buffered per stream before more are dropped.
 pub(crate) const DATAGRAM_RECV_QUEUE: usize = 256;

@@ -6,13 +6,11 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use quiver::quiche::h3::{Header, NameValue};
 
-/// Why a field section is malformed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Malformed(pub(crate) String);
+use crate::error::Error;
+pub use crate::error::Malformed;
 
-fn malformed(reason: impl Into<String>) -> Malformed {
-    Malformed(reason.into())
+fn malformed(reason: impl Into<std::borrow::Cow<'static, str>>) -> Malformed {
+    Malformed::new(reason)
 }
 
 /// The `:protocol` of an extended CONNECT request (RFC 9220), kept in the request's extensions.
@@ -157,13 +155,16 @@ fn push_regular(fields: &mut Vec<Header>, headers: &HeaderMap) {
 }
 
 /// The field section for a request head.
-pub fn request_fields<B>(request: &Request<B>) -> Result<Vec<Header>, String> {
+///
+/// # Errors
+/// [`Error::MissingAuthority`] when neither the URI nor a `Host` header names the authority.
+pub fn request_fields<B>(request: &Request<B>) -> Result<Vec<Header>, Error> {
     let uri = request.uri();
     let authority = uri
         .authority()
         .map(|authority| authority.as_str().to_owned())
         .or_else(|| request.headers().get(http::header::HOST).and_then(|host| host.to_str().ok()).map(str::to_owned))
-        .ok_or_else(|| format!("request URI {uri} has no authority"))?;
+        .ok_or(Error::MissingAuthority)?;
     let mut fields = vec![Header::new(b":method", request.method().as_str().as_bytes())];
     let protocol = request.extensions().get::<Protocol>();
     if request.method() != Method::CONNECT || protocol.is_some() {

@@ -39,12 +39,15 @@
 
 mod body;
 mod client;
+mod command;
 pub mod datagram;
 mod driver;
 mod error;
 mod headers;
 pub mod metrics;
 mod server;
+#[cfg(test)]
+mod test_pipe;
 
 pub use crate::body::RecvBody;
 pub use crate::client::{Client, H3Connection};
@@ -52,7 +55,7 @@ pub use crate::datagram::{DatagramError, DatagramFlow};
 pub use crate::driver::{EarlyData, H3Driver, H3Settings, PeerAddr};
 pub use crate::error::{
     BodyError, Error, H3_EXCESSIVE_LOAD, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED,
-    H3_REQUEST_INCOMPLETE, H3_REQUEST_REJECTED,
+    H3_REQUEST_INCOMPLETE, H3_REQUEST_REJECTED, Malformed,
 };
 pub use crate::headers::Protocol;
 pub use crate::server::Server;

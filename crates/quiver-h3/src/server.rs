@@ -14,7 +14,8 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::body::RecvBody;
-use crate::driver::{self, Dispatch, H3Driver, H3Settings, OutFrame, StreamSink};
+use crate::command::{self, OutFrame, StreamSink};
+use crate::driver::{Dispatch, H3Driver, H3Settings};
 use crate::error::H3_INTERNAL_ERROR;
 use crate::headers;
 use crate::metrics::RequestMetrics;
@@ -198,7 +199,7 @@ where
         guard.complete = true;
         return;
     }
-    let sent = AssertUnwindSafe(driver::send_body(body, &guard.sink)).catch_unwind().await;
+    let sent = AssertUnwindSafe(command::send_body(body, &guard.sink)).catch_unwind().await;
     match sent {
         Ok(Ok(())) => guard.complete = true,
         // The stream was reset already (by send_body or the peer): nothing more to do.

@@ -270,9 +270,12 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         let client = client.clone();
         let url = url.clone();
         tokio::spawn(async move {
-            let response = client.send_request(Request::get(url).body(Full::new(Bytes::new())).unwrap()).await?;
-            let body = response.into_body().collect().await.map_err(|err| Error::Http3(err.to_string()))?;
-            Ok::<_, Error>(body.to_bytes())
+            let response = client
+                .send_request(Request::get(url).body(Full::new(Bytes::new())).unwrap())
+                .await
+                .map_err(|err| err.to_string())?;
+            let body = response.into_body().collect().await.map_err(|err| err.to_string())?;
+            Ok::<_, String>(body.to_bytes())
         })
     };
     guarded("handler start", started_rx.recv()).await.unwrap();
@@ -368,4 +371,48 @@ async fn live_requests_per_connection_are_capped() {
     let outcome =
         guarded("fourth request", client.send_request(Request::get(url).body(Full::new(Bytes::new())).unwrap())).await;
     assert!(matches!(outcome, Err(Error::StreamReset(code)) if code == quiver_h3::H3_REQUEST_REJECTED), "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_authority_does_not_hold_up_requests_to_others() {
+    use futures_util::FutureExt;
+    let fixture = start(None);
+    // A handshake to a socket that never answers stays in progress (its timeout is far beyond the
+    // guard below) while the other authority is asked.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_uri: http::Uri = format!("https://127.0.0.1:{}/", silent.local_addr().unwrap().port()).parse().unwrap();
+    let mut hung = Box::pin(fixture.client.connection(&silent_uri));
+    assert!(hung.as_mut().now_or_never().is_none(), "the silent authority is connecting");
+    let (status, _) = fixture.send(Method::GET, "/bytes/3", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    drop(hung);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_response_future_cancels_the_request_on_the_wire() {
+    let (watch_tx, mut watch_rx) = mpsc::channel(1);
+    let fixture = start(Some(watch_tx));
+    // An upload that never ends, so only a cancellation can end the handler's read.
+    let (_chunks_tx, mut chunks_rx) = mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+    let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| chunks_rx.poll_recv(cx)));
+    let request = Request::post(fixture.url("/watch")).body(body).unwrap();
+    let client = fixture.client.clone();
+    let waiting = tokio::spawn(async move { client.send_request(request).await });
+    assert_eq!(guarded("handler start", watch_rx.recv()).await.unwrap(), Ok(usize::MAX));
+    waiting.abort();
+    let outcome = guarded("handler outcome", watch_rx.recv()).await.unwrap();
+    assert_eq!(outcome, Err(BodyError::Reset(quiver_h3::H3_REQUEST_CANCELLED)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_timeout_keeps_sharing_the_connections_of_its_clones() {
+    let fixture = start(None);
+    let (status, _) = fixture.send(Method::GET, "/bytes/1", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    // `fixture.client` is still alive: the timed handle is a clone, and must reuse its connection.
+    let timed = fixture.client.clone().with_timeout(GUARD);
+    let request = Request::get(fixture.url("/bytes/2")).body(Full::new(Bytes::new())).unwrap();
+    let response = guarded("request", timed.send_request(request)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(fixture.endpoint.stats().active_connections, 1, "one connection, shared");
 }

@@ -208,8 +208,7 @@ impl MasqueClient {
         if let Some(token) = &self.bearer_token {
             request = request.header(http::header::PROXY_AUTHORIZATION, format!("Bearer {token}"));
         }
-        let request =
-            request.body(body).map_err(|err| TunnelError::Proxy(quiver_h3::Error::InvalidRequest(err.to_string())))?;
+        let request = request.body(body).map_err(|err| TunnelError::Proxy(quiver_h3::Error::InvalidRequest(err)))?;
         let response = connection.send_request(request).await.map_err(TunnelError::Proxy)?;
         if !response.status().is_success() {
             let proxy_status = response

@@ -1,0 +1,294 @@
+//! Both roles of the driver over the in-memory pipe (`crate::test_pipe`): no sockets, no runtime, no
+//! clock. The tests play the user's side through the same messages handlers and callers use.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use quiver::ApplicationOverQuic;
+use quiver::quiche;
+use quiver::quiche::h3::Header;
+use tokio::sync::{Semaphore, oneshot};
+
+use super::{H3Driver, H3Settings};
+use crate::body::RecvBody;
+use crate::command::{NewRequest, OutFrame, ResponseResult, StreamSink, Wake};
+use crate::error::{BodyError, Error, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED};
+use crate::headers;
+use crate::test_pipe::{Pipe, Windows};
+
+/// Requests the server driver handed to "user code", in arrival order.
+type Dispatched = Arc<Mutex<Vec<(Request<RecvBody>, StreamSink)>>>;
+
+fn pipe_with(windows: Windows) -> (Pipe, Dispatched) {
+    let dispatched = Dispatched::default();
+    let sink = dispatched.clone();
+    let dispatch: super::Dispatch =
+        Arc::new(move |request: Request<RecvBody>, stream: StreamSink| sink.lock().unwrap().push((request, stream)));
+    let server = H3Driver::server(H3Settings::default(), dispatch);
+    let client = H3Driver::client(H3Settings::default());
+    (Pipe::with_windows(client, server, windows), dispatched)
+}
+
+fn pipe() -> (Pipe, Dispatched) {
+    pipe_with(Windows::default())
+}
+
+/// A request as the client's caller queues it, and its two answers.
+struct Sent {
+    opened: oneshot::Receiver<StreamSink>,
+    response: oneshot::Receiver<ResponseResult>,
+}
+
+fn send_fields(pipe: &Pipe, fields: Vec<Header>, end: bool) -> Sent {
+    let permits = Arc::new(Semaphore::new(1));
+    let (opened_tx, opened) = oneshot::channel();
+    let (response_tx, response) = oneshot::channel();
+    let request = NewRequest {
+        fields,
+        end,
+        is_connect: false,
+        opened: opened_tx,
+        response: response_tx,
+        _permit: permits.try_acquire_owned().unwrap(),
+    };
+    assert!(pipe.client.driver.waker().send(Wake::Request(request)).is_ok());
+    Sent { opened, response }
+}
+
+fn send(pipe: &Pipe, method: &str, path: &str, end: bool) -> Sent {
+    let request = Request::builder().method(method).uri(format!("https://localhost{path}")).body(()).unwrap();
+    send_fields(pipe, headers::request_fields(&request).unwrap(), end)
+}
+
+fn take_dispatched(dispatched: &Dispatched) -> Vec<(Request<RecvBody>, StreamSink)> {
+    std::mem::take(&mut *dispatched.lock().unwrap())
+}
+
+/// What a body has delivered so far, without waiting.
+#[derive(Debug, Default)]
+struct Read {
+    data: Vec<u8>,
+    trailers: Option<HeaderMap>,
+    /// `Some(Ok)` at the end, `Some(Err)` when it ended with an error, `None` while more may come.
+    end: Option<Result<(), BodyError>>,
+}
+
+fn read_available(body: &mut RecvBody, into: &mut Read) {
+    while into.end.is_none() {
+        match body.frame().now_or_never() {
+            None => return,
+            Some(None) => into.end = Some(Ok(())),
+            Some(Some(Err(err))) => into.end = Some(Err(err)),
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => into.data.extend_from_slice(&data),
+                Err(frame) => into.trailers = frame.into_trailers().ok(),
+            },
+        }
+    }
+}
+
+fn trailers(name: &'static str, value: &'static str) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert(name, http::HeaderValue::from_static(value));
+    map
+}
+
+fn respond(sink: &StreamSink, status: StatusCode, end: bool) {
+    let fields = headers::response_fields(status, &HeaderMap::new());
+    assert!(sink.frame(OutFrame::Head { fields, end }).is_ok());
+}
+
+/// Queues `bytes` on `sink`; they must fit the stream's send budget.
+fn queue_data(sink: &StreamSink, bytes: &'static [u8]) {
+    let queued = sink.data(Bytes::from_static(bytes)).now_or_never();
+    assert!(matches!(queued, Some(Ok(()))), "send budget exhausted");
+}
+
+#[test]
+fn request_and_response_carry_bodies_and_trailers_both_ways() {
+    let (mut pipe, dispatched) = pipe();
+    let mut sent = send(&pipe, "POST", "/upload", false);
+    pipe.run();
+    let upload = sent.opened.try_recv().expect("request stream opened");
+    queue_data(&upload, b"hello ");
+    queue_data(&upload, b"server");
+    assert!(upload.frame(OutFrame::Trailers(headers::trailer_fields(&trailers("x-sum", "11")))).is_ok());
+    pipe.run();
+
+    let (request, sink) = take_dispatched(&dispatched).pop().expect("request dispatched");
+    assert_eq!((request.method().as_str(), request.uri().path()), ("POST", "/upload"));
+    let mut request_body = request.into_body();
+    let mut received = Read::default();
+    read_available(&mut request_body, &mut received);
+    assert_eq!(received.data, b"hello server");
+    assert_eq!(received.trailers, Some(trailers("x-sum", "11")));
+    assert!(matches!(received.end, Some(Ok(()))));
+
+    respond(&sink, StatusCode::CREATED, false);
+    queue_data(&sink, b"stored");
+    assert!(sink.frame(OutFrame::Trailers(headers::trailer_fields(&trailers("x-id", "7")))).is_ok());
+    pipe.run();
+
+    let response = sent.response.try_recv().expect("response head").expect("response");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let mut response_body = RecvBody::new(response.into_body());
+    let mut answer = Read::default();
+    read_available(&mut response_body, &mut answer);
+    assert_eq!(answer.data, b"stored");
+    assert_eq!(answer.trailers, Some(trailers("x-id", "7")));
+    assert!(matches!(answer.end, Some(Ok(()))));
+    // Both sides forgot the exchange.
+    assert!(pipe.client.driver.streams.is_empty() && pipe.server.driver.streams.is_empty());
+}
+
+#[test]
+fn a_malformed_request_resets_only_its_own_stream() {
+    let (mut pipe, dispatched) = pipe();
+    let good = send(&pipe, "GET", "/good", true);
+    let mut fields = headers::request_fields(&Request::get("https://localhost/bad").body(()).unwrap()).unwrap();
+    fields.push(Header::new(b"X-Uppercase", b"not allowed in HTTP/3"));
+    let mut bad = send_fields(&pipe, fields, true);
+    pipe.run();
+
+    let requests = take_dispatched(&dispatched);
+    assert_eq!(requests.len(), 1, "only the well-formed request reaches the handler");
+    assert_eq!(requests[0].0.uri().path(), "/good");
+    assert!(matches!(bad.response.try_recv(), Ok(Err(Error::StreamReset(H3_MESSAGE_ERROR)))));
+
+    respond(&requests[0].1, StatusCode::OK, true);
+    pipe.run();
+    let mut good = good;
+    assert_eq!(good.response.try_recv().expect("head").expect("response").status(), StatusCode::OK);
+    assert!(!pipe.client.conn.is_closed() && !pipe.server.conn.is_closed(), "the connection lives on");
+}
+
+#[test]
+fn drain_sends_goaway_finishes_in_flight_requests_then_closes() {
+    let (mut pipe, dispatched) = pipe();
+    let mut in_flight = send(&pipe, "GET", "/slow", true);
+    pipe.run();
+    let (_, sink) = take_dispatched(&dispatched).pop().expect("request dispatched");
+
+    pipe.server.driver.on_drain(&mut pipe.server.conn).expect("on_drain");
+    pipe.run();
+    assert!(pipe.client.driver.going_away_flag().load(std::sync::atomic::Ordering::Relaxed), "GOAWAY arrived");
+    let mut refused = send(&pipe, "GET", "/late", true);
+    pipe.run();
+    let refused = refused.response.try_recv().expect("answered at once");
+    assert!(matches!(refused, Err(ref err) if err.is_retryable()), "{refused:?}");
+    assert!(!pipe.server.conn.is_closed() && pipe.server.conn.local_error().is_none(), "waits for in-flight");
+
+    respond(&sink, StatusCode::OK, true);
+    pipe.run();
+    assert_eq!(in_flight.response.try_recv().expect("head").expect("response").status(), StatusCode::OK);
+    let close = pipe.client.conn.peer_error().expect("server closed once its last answer was acknowledged");
+    assert!(close.is_app && close.error_code == H3_NO_ERROR, "{close:?}");
+}
+
+#[test]
+fn a_drained_server_with_nothing_in_flight_closes_at_once() {
+    let (mut pipe, _) = pipe();
+    pipe.server.driver.on_drain(&mut pipe.server.conn).expect("on_drain");
+    pipe.run();
+    let close = pipe.client.conn.peer_error().expect("closed");
+    assert!(close.is_app && close.error_code == H3_NO_ERROR, "{close:?}");
+}
+
+#[test]
+fn a_caller_that_stops_waiting_cancels_its_request_on_the_wire() {
+    let (mut pipe, dispatched) = pipe();
+    let sent = send(&pipe, "POST", "/upload", false);
+    pipe.run();
+    let (request, _sink) = take_dispatched(&dispatched).pop().expect("request dispatched");
+    // What `H3Connection::send_request` does when its future is dropped.
+    drop(sent.response);
+    assert!(pipe.client.driver.waker().send(Wake::ResponseAbandoned).is_ok());
+    pipe.run();
+
+    let mut body = request.into_body();
+    let mut received = Read::default();
+    read_available(&mut body, &mut received);
+    assert_eq!(received.end, Some(Err(BodyError::Reset(H3_REQUEST_CANCELLED))));
+    // STOP_SENDING reached the server too: its side of the stream refuses to send.
+    let stream = 0;
+    assert_eq!(
+        pipe.server.conn.stream_send(stream, b"late", false),
+        Err(quiche::Error::StreamStopped(H3_REQUEST_CANCELLED))
+    );
+    assert!(pipe.client.driver.streams.is_empty());
+}
+
+#[test]
+fn dropping_a_response_body_stops_the_server_sending_it() {
+    let (mut pipe, dispatched) = pipe();
+    let mut sent = send(&pipe, "GET", "/large", true);
+    pipe.run();
+    let (_, sink) = take_dispatched(&dispatched).pop().expect("request dispatched");
+    respond(&sink, StatusCode::OK, false);
+    queue_data(&sink, &[7; 1000]);
+    pipe.run();
+    let response = sent.response.try_recv().expect("head").expect("response");
+    drop(RecvBody::new(response.into_body()));
+    pipe.run();
+
+    assert_eq!(
+        pipe.server.conn.stream_send(0, b"more", false),
+        Err(quiche::Error::StreamStopped(H3_REQUEST_CANCELLED))
+    );
+    // The handler learns at its next write that nobody wants the rest.
+    queue_data(&sink, b"more");
+    pipe.run();
+    assert!(sink.frame(OutFrame::End).is_err(), "the stream is gone for the handler");
+    assert!(pipe.client.driver.streams.is_empty());
+}
+
+#[test]
+fn a_reader_that_does_not_read_stops_the_peer_through_flow_control() {
+    const WINDOW: u64 = 32 * 1024;
+    let windows = Windows { stream_bytes: WINDOW, connection_bytes: 16 * WINDOW };
+    let (mut pipe, dispatched) = pipe_with(windows);
+    let mut sent = send(&pipe, "POST", "/upload", false);
+    pipe.run();
+    let upload = sent.opened.try_recv().expect("request stream opened");
+    let chunk: &'static [u8] = &[1; 16 * 1024];
+    // Queue the whole send budget: more than the server's window and body channel hold together.
+    let mut queued = 0;
+    while upload.data(Bytes::from_static(chunk)).now_or_never().is_some_and(|sent| sent.is_ok()) {
+        queued += chunk.len();
+    }
+    pipe.run();
+    let (request, _sink) = take_dispatched(&dispatched).pop().expect("request dispatched");
+    let waiting = pending_bytes(&pipe, 0);
+    assert!(waiting > 0, "the client still holds data: the server gave no more credit");
+    pipe.run();
+    assert_eq!(pending_bytes(&pipe, 0), waiting, "no progress while nobody reads");
+
+    // Reading gives credit back, and the rest flows.
+    let mut body = request.into_body();
+    let mut received = Read::default();
+    for _ in 0..100 {
+        read_available(&mut body, &mut received);
+        pipe.run();
+        if received.data.len() == queued {
+            break;
+        }
+    }
+    assert_eq!(received.data.len(), queued);
+    assert_eq!(pending_bytes(&pipe, 0), 0);
+}
+
+/// Body bytes the client driver still holds for `stream`, not yet taken by quiche.
+fn pending_bytes(pipe: &Pipe, stream: u64) -> usize {
+    let Some(state) = pipe.client.driver.streams.get(&stream) else { return 0 };
+    state
+        .outbound
+        .iter()
+        .map(|frame| match frame {
+            OutFrame::Data { bytes, .. } => bytes.len(),
+            _ => 0,
+        })
+        .sum()
+}
