@@ -41,6 +41,7 @@ mod error;
 mod framing;
 pub mod metrics;
 mod server;
+mod stats;
 #[cfg(feature = "test-util")]
 pub mod test_util;
 mod upstream;
@@ -51,8 +52,9 @@ pub use crate::error::{DoqConfigError, DoqError};
 pub use crate::framing::MAX_MESSAGE_BYTES;
 pub use crate::server::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
-    DEFAULT_QUERY_READ_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT, DoqServer, DoqServerBuilder, ServerStats,
+    DEFAULT_QUERY_READ_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT, DoqServer, DoqServerBuilder,
 };
+pub use crate::stats::ServerStats;
 /// The DNS message library this crate speaks (`hickory-proto`), for building queries and reading
 /// answers in full.
 pub use hickory_proto as proto;

@@ -15,7 +15,7 @@
 
 use metrics::{Counter, Unit, counter, describe_counter};
 
-use crate::ServerStats;
+use crate::stats::ServerStats;
 
 /// Counter, label `rcode` (`NOERROR`, `NXDOMAIN`, `SERVFAIL`, ...): answers sent.
 pub const QUERIES: &str = "quiver_doq_queries_total";

@@ -51,13 +51,14 @@ async fn a_query_in_flight_is_answered_before_the_server_closes() {
 
     let first = client(addr);
     let query = tokio::spawn(async move { first.query("late.test.", RecordType::A).await });
-    let release = guarded(arrived.recv()).await.expect("the query reached the upstream");
+    let release =
+        guarded("the query reaching the upstream", arrived.recv()).await.expect("the query reached the upstream");
     stop.send(()).unwrap();
 
     // While the query is held, a new client gets nothing: its connection is refused, or (had it
     // slipped in before the drain began) its query stream is reset with DOQ_NO_ERROR.
     let latecomer = client(addr);
-    let refused = guarded(latecomer.query("other.test.", RecordType::A)).await.unwrap_err();
+    let refused = guarded("the latecomer's query", latecomer.query("other.test.", RecordType::A)).await.unwrap_err();
     assert!(
         matches!(refused, DoqError::Connect { .. } | DoqError::StreamReset { code: quiver_doq::DOQ_NO_ERROR }),
         "{refused}"
@@ -65,8 +66,8 @@ async fn a_query_in_flight_is_answered_before_the_server_closes() {
 
     // The upstream answers now; the query in flight gets that answer, then the server ends.
     release.send(()).unwrap();
-    let answer = guarded(query).await.unwrap().expect("answered despite the shutdown");
+    let answer = guarded("the query in flight", query).await.unwrap().expect("answered despite the shutdown");
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
-    assert_eq!(guarded(serving).await.unwrap(), quiver::ServeEnd::Drained);
+    assert_eq!(guarded("the drain", serving).await.unwrap(), quiver::ServeEnd::Drained);
     assert_eq!(endpoint.stats().active_connections, 0);
 }

@@ -49,8 +49,6 @@ pub(crate) enum Wake {
     Request(NewRequest),
     /// A caller stopped waiting for its response head (client): cancel those requests on the wire.
     ResponseAbandoned,
-    /// Send GOAWAY and stop taking requests (server).
-    GoAway,
     /// Send an HTTP datagram (quarter stream ID already prefixed); the permit bounds the queue.
     Datagram { frame: Bytes, _permit: OwnedSemaphorePermit },
 }

@@ -12,7 +12,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use quiver::Endpoint;
 use quiver_h3::{BodyError, Client, Error, RecvBody, Server};
-use quiver_test_support::guarded;
+use quiver_test_support::{GUARD, guarded};
 use support::{BULK_WINDOWS, server_endpoint, trusting};
 use tokio::sync::mpsc;
 

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use quiver_masque::{ForwardEvent, UdpForwarder};
-use support::{GUARD, loopback_config, start_proxy, udp_echo};
+use support::{guarded, loopback_config, start_proxy, udp_echo};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -41,7 +41,7 @@ async fn each_local_peer_gets_its_own_tunnel_and_answers() {
         echoed(&first, local, b"the first again").await;
         assert_eq!(proxy.proxy.stats().tunnels_opened, 2, "one tunnel per local peer");
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the forwarded exchange", run).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,5 +69,5 @@ async fn a_refused_tunnel_is_reported() {
             other => panic!("unexpected event {other:?}"),
         }
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the idle flow", run).await;
 }

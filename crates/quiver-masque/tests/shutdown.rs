@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use quiver_masque::TunnelError;
-use support::{GUARD, echo_exchange, loopback_config, start_proxy_until, udp_echo};
+use support::{echo_exchange, guarded, loopback_config, start_proxy_until, udp_echo};
 
 /// How long open tunnels may run after the shutdown signal. Long enough for the exchanges below on a
 /// loaded machine; the test waits for it to pass once.
@@ -45,5 +45,5 @@ async fn open_tunnels_relay_until_the_deadline_and_new_connections_are_refused()
         assert_eq!(serving.await.unwrap(), quiver::ServeEnd::DeadlinePassed);
         assert_eq!(proxy.endpoint.stats().active_connections, 0);
     };
-    tokio::time::timeout(GUARD, run).await.expect("timed out");
+    guarded("the tunnel through the drain", run).await;
 }

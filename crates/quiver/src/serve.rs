@@ -11,7 +11,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::endpoint::{Endpoint, IncomingConnection};
+use crate::connection::IncomingConnection;
+use crate::endpoint::Endpoint;
 
 /// How a [`serve`] lifecycle ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -152,7 +152,6 @@ impl H3Driver {
             Wake::Request(request) => self.queue_request(request),
             Wake::ResponseAbandoned => self.cancel_abandoned_requests(conn),
             Wake::Datagram { frame, _permit: permit } => self.queue_datagram(h3, conn, frame, permit),
-            Wake::GoAway => self.send_goaway(h3, conn),
         }
     }
 
