@@ -1,5 +1,6 @@
 //! The address-validation and admission options of the server commands: `--retry`, `--secret-file`
-//! (all of them) and `--max-connections-per-source` (those without a protocol-level cap).
+//! (all of them) and `--max-connections-per-source` (`serve` and `masque proxy`; `doq serve` has its
+//! own flag with a default).
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -21,11 +22,12 @@ pub struct AdmissionArgs {
     pub secret_file: Option<PathBuf>,
 }
 
-/// `--max-connections-per-source` at the QUIC level, for the commands that have no protocol-level cap
-/// of their own (`quiver doq serve` has one, answered with DOQ_EXCESSIVE_LOAD).
+/// `--max-connections-per-source` at the QUIC level, unlimited unless given (`quiver doq serve` sets
+/// the same limit through its own flag, which has a default).
 #[derive(Debug, Clone, clap::Args)]
 pub struct SourceLimitArgs {
-    /// Connections one client address may hold at once; more are refused with CONNECTION_REFUSED.
+    /// Connections one client address (IPv6: one /64) may hold at once; more are refused with
+    /// CONNECTION_REFUSED.
     #[arg(long, value_name = "N")]
     pub max_connections_per_source: Option<NonZeroUsize>,
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -65,6 +65,17 @@ impl RateLimiter {
     }
 }
 
+/// The key a source is counted by: its address, with IPv6 addresses grouped by /64 (and IPv4-mapped
+/// IPv6 addresses as the IPv4 address they are). One IPv6 host usually holds a whole /64 (SLAAC,
+/// privacy addresses), so counting single addresses would let it multiply every per-source budget
+/// by 2^64.
+pub(crate) fn source_key(source: IpAddr) -> IpAddr {
+    match source.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64))),
+        v4 => v4,
+    }
+}
+
 /// Per-source handshake rate buckets: a fixed table, so memory does not depend on how many addresses
 /// (real or spoofed) send Initials.
 const SOURCE_BUCKETS: usize = 4096;
@@ -88,13 +99,15 @@ impl SourceRates {
 
     /// Whether `source` may start one more handshake now.
     pub(crate) fn allow(&self, source: IpAddr, now: Instant) -> bool {
-        let slot = (self.hasher.hash_one(source) as usize) % SOURCE_BUCKETS;
+        let slot = (self.hasher.hash_one(source_key(source)) as usize) % SOURCE_BUCKETS;
         let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         buckets[slot].take(self.limit, now)
     }
 }
 
-/// Live connections per source address, for sources that have any.
+/// Live connections per source ([`source_key`]: IPv6 per /64), for sources that have any. Bounded
+/// without a limit of its own: every entry is a live connection, and those are capped by
+/// `max_connections`.
 #[derive(Debug)]
 pub(crate) struct SourceConnections {
     max_per_source: usize,
@@ -109,7 +122,7 @@ impl SourceConnections {
     /// Counts one more connection from `source`, unless it already has its maximum.
     pub(crate) fn try_add(&self, source: IpAddr) -> bool {
         let mut live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = live.entry(source).or_insert(0);
+        let count = live.entry(source_key(source)).or_insert(0);
         if *count >= self.max_per_source {
             return false;
         }
@@ -120,6 +133,7 @@ impl SourceConnections {
     /// A connection from `source` ended.
     pub(crate) fn remove(&self, source: IpAddr) {
         let mut live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let source = source_key(source);
         if let Some(count) = live.get_mut(&source) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -176,5 +190,17 @@ mod tests {
         sources.remove(source);
         assert_eq!(sources.tracked(), 0, "a source with no connection takes no memory");
         sources.remove(source);
+    }
+
+    #[test]
+    fn ipv6_sources_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let sources = SourceConnections::new(1);
+        assert!(sources.try_add("2001:db8:1:2::1".parse().unwrap()));
+        assert!(!sources.try_add("2001:db8:1:2:ffff::9".parse().unwrap()), "same /64, other address");
+        assert!(sources.try_add("2001:db8:1:3::1".parse().unwrap()), "another /64");
+        assert!(sources.try_add("192.0.2.1".parse().unwrap()));
+        assert!(!sources.try_add("::ffff:192.0.2.1".parse().unwrap()), "the same IPv4 host, mapped");
+        sources.remove("2001:db8:1:2:ffff::9".parse().unwrap());
+        assert!(sources.try_add("2001:db8:1:2::5".parse().unwrap()), "the /64's slot came back");
     }
 }

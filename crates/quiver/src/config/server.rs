@@ -214,9 +214,9 @@ crate::builder_setters!(ServerConfigBuilder {
     /// Handshakes that may be in flight at once; new clients past it are refused with
     /// CONNECTION_REFUSED (default [`DEFAULT_MAX_HANDSHAKES_IN_FLIGHT`]). At least 1.
     max_handshakes_in_flight: usize,
-    /// Connections one source IP address may hold at once; past it its new connections are refused
-    /// with CONNECTION_REFUSED. Unlimited by default (many clients can share one NAT address). At
-    /// least 1.
+    /// Connections one source IP address (IPv6: one /64, which one host usually holds) may hold at
+    /// once; past it its new connections are refused with CONNECTION_REFUSED. Unlimited by default
+    /// (many clients can share one NAT address). At least 1.
     max_connections_per_source: usize => Some,
     /// New handshakes per second one source IP address may start. Past it, a client without a Retry
     /// token gets a Retry (if address validation is not [`AddressValidation::Never`]) and one with a
