@@ -58,6 +58,43 @@ pub enum DoqError {
 }
 
 impl DoqError {
+    /// Whether no answer came in time: the query timeout, or a connection that timed out while
+    /// connecting or waiting.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Self::Timeout(_) => true,
+            Self::Connect { source, .. } => source.is_timeout(),
+            Self::ConnectionClosed { reason } => reason.is_timeout(),
+            _ => false,
+        }
+    }
+
+    /// Whether the query ended because a side closed: the connection (either side, see
+    /// [`peer_error_code`](Self::peer_error_code)), or this client.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Self::Closed => true,
+            Self::Connect { source, .. } => source.is_closed(),
+            Self::ConnectionClosed { reason } => reason.is_closed(),
+            _ => false,
+        }
+    }
+
+    /// Whether asking again may well succeed: a timeout, a server that was busy
+    /// (CONNECTION_REFUSED, DOQ_EXCESSIVE_LOAD), or a connection closed under the query by the
+    /// server's shutdown (DOQ_NO_ERROR) or a restart. Malformed queries, names and answers are not.
+    pub fn is_retryable(&self) -> bool {
+        if matches!(self.peer_error_code(), Some(crate::DOQ_EXCESSIVE_LOAD | crate::DOQ_NO_ERROR)) {
+            return true;
+        }
+        match self {
+            Self::Timeout(_) => true,
+            Self::Connect { source, .. } => source.is_retryable(),
+            Self::ConnectionClosed { reason } => reason.is_retryable(),
+            _ => false,
+        }
+    }
+
     /// The DoQ error code the peer closed the connection or reset the stream with, if that is what
     /// happened.
     pub fn peer_error_code(&self) -> Option<u64> {
@@ -84,4 +121,35 @@ pub enum DoqConfigError {
     /// A limit or timeout is zero; the field names the builder method.
     #[error("DoQ server setting `{0}` must be greater than zero")]
     Zero(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer_closed(is_application: bool, code: u64) -> quiver::ConnectionError {
+        quiver::ConnectionError::PeerClosed(quiver::CloseReason { is_application, code, reason: String::new() })
+    }
+
+    #[test]
+    fn queries_tell_timeouts_closes_and_retries_apart() {
+        let timeout = DoqError::Timeout(Duration::from_secs(1));
+        assert!(timeout.is_timeout() && timeout.is_retryable() && !timeout.is_closed());
+
+        let draining = DoqError::ConnectionClosed { reason: peer_closed(true, crate::DOQ_NO_ERROR) };
+        assert!(draining.is_closed() && draining.is_retryable() && !draining.is_timeout());
+
+        let protocol = DoqError::ConnectionClosed { reason: peer_closed(true, crate::DOQ_PROTOCOL_ERROR) };
+        assert!(protocol.is_closed() && !protocol.is_retryable());
+
+        let idle = DoqError::ConnectionClosed { reason: quiver::ConnectionError::IdleTimeout };
+        assert!(idle.is_timeout());
+
+        let busy = DoqError::StreamReset { code: crate::DOQ_EXCESSIVE_LOAD };
+        assert!(busy.is_retryable() && !busy.is_closed());
+
+        let bad = DoqError::InvalidQuery("too large".into());
+        assert!(!bad.is_timeout() && !bad.is_closed() && !bad.is_retryable());
+        assert!(DoqError::Closed.is_closed());
+    }
 }
