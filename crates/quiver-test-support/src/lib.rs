@@ -13,6 +13,8 @@
 //! - [`netns`]: running one test again inside a network namespace of its own;
 //! - [`tool`]: what a test needs from outside the repository (Chromium, tshark, aioquic, ...), and
 //!   the one decision of what a missing one means: a failure under `CI=true`, a skip notice otherwise;
+//! - [`handshake_staller`]: a quiche client that starts handshakes and never finishes them (it
+//!   discards every packet of the server), the attack on a server's handshake slots;
 //! - [`udp`]: a UDP responder or echo server on loopback, on a thread of its own;
 //! - `quinn_client` (feature `quinn`): a quinn endpoint that trusts one certificate, the
 //!   independent peer of the interop tests.
@@ -20,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod guard;
+pub mod handshake_staller;
 pub mod netns;
 pub mod process;
 #[cfg(feature = "quinn")]

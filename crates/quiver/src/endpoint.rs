@@ -13,7 +13,7 @@ use crate::cid::CidGenerator;
 use crate::config::{ClientConfig, ServerConfig};
 use crate::connection::{ConnectionCore, ConnectionHandle, CoreParts, IncomingConnection, SessionSlot};
 use crate::error::{ConnectError, ConnectionError, EndpointError, MigrateError};
-use crate::limits::{SourceConnections, SourceRates};
+use crate::limits::{SourceCounts, SourceRates};
 use crate::route::{ROUTER_COMMAND_QUEUE, Route, RouterCommand, RouterHandle};
 use crate::router::{FORWARD_QUEUE, Router, RouterParts, ServerRole, Siblings};
 use crate::shared::{EndpointShared, SessionCache, SessionKey};
@@ -147,7 +147,8 @@ impl EndpointBuilder {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| EndpointError::NoRuntime)?;
         let shared = Arc::new(EndpointShared::new(
             self.server.as_ref().and_then(|config| config.handshake_rate_per_source).map(SourceRates::new),
-            self.server.as_ref().and_then(|config| config.max_connections_per_source).map(SourceConnections::new),
+            self.server.as_ref().and_then(|config| config.max_connections_per_source).map(SourceCounts::new),
+            self.server.as_ref().map(|config| SourceCounts::new(config.max_handshakes_per_source)),
         ));
         let backlog = self.server.as_ref().map_or(1, |config| config.accept_backlog);
         let (accept_tx, accept_rx) = mpsc::channel(backlog);

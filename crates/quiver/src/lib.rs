@@ -71,9 +71,9 @@ pub use crate::cid::LOCAL_CID_LEN;
 pub use crate::config::toml_file;
 pub use crate::config::{
     AddressValidation, ClientConfig, ClientConfigBuilder, CongestionControl, DEFAULT_ACCEPT_BACKLOG,
-    DEFAULT_ADDRESS_VALIDATION, DEFAULT_CONNECTION_QUEUE_DATAGRAMS, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HANDSHAKES_IN_FLIGHT, RateLimit, STATELESS_RESET_RATE, ServerConfig, ServerConfigBuilder, ServerSecret,
-    TlsIdentity, TransportConfig,
+    DEFAULT_ADDRESS_VALIDATION, DEFAULT_CONNECTION_QUEUE_DATAGRAMS, DEFAULT_HANDSHAKE_SHARE_DIVISOR,
+    DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES_IN_FLIGHT, RateLimit,
+    STATELESS_RESET_RATE, ServerConfig, ServerConfigBuilder, ServerSecret, TlsIdentity, TransportConfig,
 };
 pub use crate::connection::{ConnectionHandle, IncomingConnection};
 pub use crate::endpoint::{Endpoint, EndpointBuilder};

@@ -1,10 +1,10 @@
 //! Admission limits for new server connections: how many handshakes may run, how many connections
-//! and how many new handshakes per second one source address may have, and how often the endpoint
-//! may answer unknown packets with a stateless reset.
+//! and handshakes one source address may have at once, how many new handshakes per second it may
+//! start, and how often the endpoint may answer unknown packets with a stateless reset.
 //!
 //! Everything here is bounded whatever the peers do: per-source state lives in a fixed table of rate
 //! buckets indexed by a keyed hash of the address (a collision only makes two sources share a budget),
-//! and connection counts per source only exist for sources that have a live connection.
+//! and connection (or handshake) counts per source only exist for sources that have one.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -105,21 +105,27 @@ impl SourceRates {
     }
 }
 
-/// Live connections per source ([`source_key`]: IPv6 per /64), for sources that have any. Bounded
-/// without a limit of its own: every entry is a live connection, and those are capped by
-/// `max_connections`.
+/// Live connections, or handshakes in flight, per source ([`source_key`]: IPv6 per /64), for sources
+/// that have any. Bounded without a limit of its own: every entry is a live connection, and those are
+/// capped by `max_connections`.
 #[derive(Debug)]
-pub(crate) struct SourceConnections {
+pub(crate) struct SourceCounts {
     max_per_source: usize,
     live: Mutex<HashMap<IpAddr, usize>>,
 }
 
-impl SourceConnections {
+impl SourceCounts {
     pub(crate) fn new(max_per_source: usize) -> Self {
         Self { max_per_source, live: Mutex::new(HashMap::new()) }
     }
 
-    /// Counts one more connection from `source`, unless it already has its maximum.
+    /// Whether `source` already holds its maximum (a check without reserving: see [`try_add`](Self::try_add)).
+    pub(crate) fn is_full(&self, source: IpAddr) -> bool {
+        let live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        live.get(&source_key(source)).is_some_and(|count| *count >= self.max_per_source)
+    }
+
+    /// Counts one more from `source`, unless it already has its maximum.
     pub(crate) fn try_add(&self, source: IpAddr) -> bool {
         let mut live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = live.entry(source_key(source)).or_insert(0);
@@ -130,7 +136,7 @@ impl SourceConnections {
         true
     }
 
-    /// A connection from `source` ended.
+    /// One of `source`'s ended.
     pub(crate) fn remove(&self, source: IpAddr) {
         let mut live = self.live.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let source = source_key(source);
@@ -180,10 +186,10 @@ mod tests {
 
     #[test]
     fn connection_counts_cap_per_source_and_forget_idle_sources() {
-        let sources = SourceConnections::new(2);
+        let sources = SourceCounts::new(2);
         let source: IpAddr = "2001:db8::7".parse().unwrap();
-        assert!(sources.try_add(source) && sources.try_add(source));
-        assert!(!sources.try_add(source));
+        assert!(sources.try_add(source) && !sources.is_full(source) && sources.try_add(source));
+        assert!(sources.is_full(source) && !sources.try_add(source));
         sources.remove(source);
         assert!(sources.try_add(source));
         sources.remove(source);
@@ -194,7 +200,7 @@ mod tests {
 
     #[test]
     fn ipv6_sources_count_per_64_and_mapped_ipv4_as_ipv4() {
-        let sources = SourceConnections::new(1);
+        let sources = SourceCounts::new(1);
         assert!(sources.try_add("2001:db8:1:2::1".parse().unwrap()));
         assert!(!sources.try_add("2001:db8:1:2:ffff::9".parse().unwrap()), "same /64, other address");
         assert!(sources.try_add("2001:db8:1:3::1".parse().unwrap()), "another /64");

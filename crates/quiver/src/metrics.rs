@@ -58,6 +58,9 @@ pub const CONNECTIONS_OPENED: &str = "quiver_connections_opened_total";
 pub const CONNECTIONS_CLOSED: &str = "quiver_connections_closed_total";
 /// Gauge: connections (either role) whose task is running.
 pub const CONNECTIONS_ACTIVE: &str = "quiver_connections_active";
+/// Counter: handshakes abandoned at their deadline (a server's slow or stalling clients, a client's
+/// unanswered attempts).
+pub const HANDSHAKE_TIMEOUTS: &str = "quiver_handshake_timeouts_total";
 /// Histogram: time from a connection's creation to the handshake's completion.
 pub const HANDSHAKE_DURATION: &str = "quiver_handshake_duration_seconds";
 /// Summary: smoothed RTT of each connection when it closed.
@@ -98,6 +101,7 @@ pub fn describe() {
     describe_counter!(CONNECTIONS_OPENED, Unit::Count, "Client connections started");
     describe_counter!(CONNECTIONS_CLOSED, Unit::Count, "Connections whose task has ended");
     describe_gauge!(CONNECTIONS_ACTIVE, Unit::Count, "Connections whose task is running");
+    describe_counter!(HANDSHAKE_TIMEOUTS, Unit::Count, "Handshakes abandoned at their deadline");
     describe_histogram!(HANDSHAKE_DURATION, Unit::Seconds, "Time from connection creation to handshake completion");
     describe_histogram!(CONNECTION_RTT, Unit::Seconds, "Smoothed RTT of each connection when it closed");
     describe_histogram!(CONNECTION_CWND, Unit::Bytes, "Congestion window of each connection when it closed");
@@ -149,6 +153,7 @@ impl EndpointMetrics {
         counter!(CONNECTIONS_ACCEPTED, labels.iter()).absolute(stats.connections_accepted);
         counter!(CONNECTIONS_OPENED, labels.iter()).absolute(stats.connections_opened);
         counter!(CONNECTIONS_CLOSED, labels.iter()).absolute(stats.connections_closed);
+        counter!(HANDSHAKE_TIMEOUTS, labels.iter()).absolute(stats.handshake_timeouts);
         gauge!(CONNECTIONS_ACTIVE, labels.iter()).set(stats.active_connections as f64);
         // Every reason, zeros included: a series that appears only after the first drop is hard to alert on.
         for reason in DropReason::ALL {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use tokio::sync::{Notify, watch};
 
 use crate::buffer::{BufferPool, LARGE_BUFFER_BYTES};
-use crate::limits::{SourceConnections, SourceRates};
+use crate::limits::{SourceCounts, SourceRates};
 use crate::stats::EndpointCounters;
 
 /// State every router and connection task of one endpoint shares.
@@ -30,11 +30,17 @@ pub(crate) struct EndpointShared {
     /// Handshake rate per client address, if the server limits it.
     pub(crate) source_rates: Option<SourceRates>,
     /// Live connections per client address, if the server limits them.
-    pub(crate) source_connections: Option<SourceConnections>,
+    pub(crate) source_connections: Option<SourceCounts>,
+    /// Handshakes in flight per client address (servers).
+    pub(crate) source_handshakes: Option<SourceCounts>,
 }
 
 impl EndpointShared {
-    pub(crate) fn new(source_rates: Option<SourceRates>, source_connections: Option<SourceConnections>) -> Self {
+    pub(crate) fn new(
+        source_rates: Option<SourceRates>,
+        source_connections: Option<SourceCounts>,
+        source_handshakes: Option<SourceCounts>,
+    ) -> Self {
         Self {
             counters: EndpointCounters::default(),
             large_buffers: BufferPool::large(),
@@ -44,6 +50,7 @@ impl EndpointShared {
             drain: watch::channel(false).0,
             source_rates,
             source_connections,
+            source_handshakes,
         }
     }
 
@@ -68,6 +75,20 @@ impl EndpointShared {
     /// Begins a graceful shutdown: no new connections, applications are asked to finish.
     pub(crate) fn start_drain(&self) {
         self.drain.send_replace(true);
+    }
+
+    /// A connection from `source` ended (or never started): gives back its per-source connection slot.
+    pub(crate) fn forget_connection(&self, source: std::net::IpAddr) {
+        if let Some(sources) = &self.source_connections {
+            sources.remove(source);
+        }
+    }
+
+    /// A handshake from `source` ended (established, failed or never started): gives back its slot.
+    pub(crate) fn forget_handshake(&self, source: std::net::IpAddr) {
+        if let Some(sources) = &self.source_handshakes {
+            sources.remove(source);
+        }
     }
 
     /// Whether a graceful shutdown has begun.

@@ -44,11 +44,13 @@ pub enum DropReason {
     SourceRateLimit,
     /// The endpoint is shutting down gracefully: refused.
     ShuttingDown,
+    /// The client's address already has its maximum of handshakes in flight: refused.
+    SourceHandshakeLimit,
 }
 
 impl DropReason {
     /// Every reason, in a stable order (for exporting).
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::Unparseable,
         DropReason::UnsupportedVersion,
         DropReason::InitialTooShort,
@@ -67,6 +69,7 @@ impl DropReason {
         DropReason::SourceConnectionLimit,
         DropReason::SourceRateLimit,
         DropReason::ShuttingDown,
+        DropReason::SourceHandshakeLimit,
     ];
 
     /// A snake_case name for logs and metrics labels.
@@ -90,6 +93,7 @@ impl DropReason {
             DropReason::SourceConnectionLimit => "source_connection_limit",
             DropReason::SourceRateLimit => "source_rate_limit",
             DropReason::ShuttingDown => "shutting_down",
+            DropReason::SourceHandshakeLimit => "source_handshake_limit",
         }
     }
 
@@ -114,6 +118,7 @@ pub(crate) struct EndpointCounters {
     pub(crate) connections_closed: AtomicU64,
     pub(crate) active_connections: AtomicU64,
     pub(crate) handshakes_in_flight: AtomicU64,
+    pub(crate) handshake_timeouts: AtomicU64,
     pub(crate) routed_connection_ids: AtomicU64,
     pub(crate) retries_sent: AtomicU64,
     pub(crate) stateless_resets_sent: AtomicU64,
@@ -151,6 +156,7 @@ impl EndpointCounters {
             connections_closed: load(&self.connections_closed),
             active_connections: load(&self.active_connections),
             handshakes_in_flight: load(&self.handshakes_in_flight),
+            handshake_timeouts: load(&self.handshake_timeouts),
             routed_connection_ids: load(&self.routed_connection_ids),
             retries_sent: load(&self.retries_sent),
             stateless_resets_sent: load(&self.stateless_resets_sent),
@@ -191,6 +197,10 @@ pub struct EndpointStats {
     pub active_connections: u64,
     /// Server connections whose handshake is still running.
     pub handshakes_in_flight: u64,
+    /// Handshakes (either role) abandoned at their deadline: a server's
+    /// [`handshake_timeout`](crate::ServerConfigBuilder::handshake_timeout) (a slow or stalling client),
+    /// a client's own.
+    pub handshake_timeouts: u64,
     /// Connection IDs the routers currently map to connections (several per connection).
     pub routed_connection_ids: u64,
     /// Retry packets sent (address validation).

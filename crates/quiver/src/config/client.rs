@@ -14,7 +14,8 @@ use super::toml_file::{self, millis};
 use super::transport::TransportConfig;
 use crate::error::ConfigError;
 
-/// Default time a client waits for the handshake to complete.
+/// Default handshake deadline, for both roles: how long a client waits for its handshake to complete,
+/// and how long a server gives a client to complete one before it drops the connection.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A validated client configuration. Build it with [`ClientConfig::builder`].

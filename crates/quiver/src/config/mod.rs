@@ -40,8 +40,8 @@ mod transport;
 
 pub use self::client::{ClientConfig, ClientConfigBuilder, DEFAULT_HANDSHAKE_TIMEOUT};
 pub use self::server::{
-    AddressValidation, DEFAULT_ACCEPT_BACKLOG, DEFAULT_ADDRESS_VALIDATION, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HANDSHAKES_IN_FLIGHT, STATELESS_RESET_RATE, ServerConfig, ServerConfigBuilder,
+    AddressValidation, DEFAULT_ACCEPT_BACKLOG, DEFAULT_ADDRESS_VALIDATION, DEFAULT_HANDSHAKE_SHARE_DIVISOR,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES_IN_FLIGHT, STATELESS_RESET_RATE, ServerConfig, ServerConfigBuilder,
 };
 pub use self::tls::TlsIdentity;
 pub(crate) use self::transport::MAX_RECV_UDP_PAYLOAD_BYTES;

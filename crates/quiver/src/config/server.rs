@@ -8,11 +8,12 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use super::invalid;
 use super::quic::{KeyLog, new_quiche_config, open_keylog, validate_alpn};
 use super::tls::{TlsIdentity, read_file};
-use super::toml_file;
+use super::toml_file::{self, millis};
 use super::transport::TransportConfig;
 use crate::error::ConfigError;
 use crate::limits::RateLimit;
@@ -74,6 +75,12 @@ pub const DEFAULT_ADDRESS_VALIDATION: AddressValidation = AddressValidation::Und
 /// with a valid Retry token. 4096 handshakes hold about 200 MB.
 pub const DEFAULT_MAX_HANDSHAKES_IN_FLIGHT: usize = 4096;
 
+/// By default one source (an IPv4 address, an IPv6 /64) may hold this fraction of
+/// [`max_handshakes_in_flight`](ServerConfigBuilder::max_handshakes_in_flight), and at least one
+/// handshake: it takes 16 hosts to fill every slot, while a NAT with many clients handshaking at the
+/// same instant still fits (256 at once with the default 4096).
+pub const DEFAULT_HANDSHAKE_SHARE_DIVISOR: usize = 16;
+
 /// The ceiling for stateless resets this endpoint sends: each answers a packet for a connection it does
 /// not know (a restarted server's old clients). Resets are always smaller than what triggered them, so
 /// they cannot amplify; the rate keeps them from becoming a reflector.
@@ -94,6 +101,9 @@ pub struct ServerConfig {
     pub(crate) secret: ServerSecret,
     pub(crate) address_validation: AddressValidation,
     pub(crate) max_handshakes_in_flight: usize,
+    /// Resolved: the configured value or the default share of `max_handshakes_in_flight`.
+    pub(crate) max_handshakes_per_source: usize,
+    pub(crate) handshake_timeout: Duration,
     pub(crate) max_connections_per_source: Option<usize>,
     pub(crate) handshake_rate_per_source: Option<RateLimit>,
     pub(crate) stateless_reset: bool,
@@ -170,6 +180,9 @@ pub struct ServerConfigBuilder {
     secret: Option<ServerSecret>,
     address_validation: AddressValidation,
     max_handshakes_in_flight: usize,
+    max_handshakes_per_source: Option<usize>,
+    #[serde(rename = "handshake_timeout_ms", with = "millis")]
+    handshake_timeout: Duration,
     max_connections_per_source: Option<usize>,
     handshake_rate_per_source: Option<RateLimit>,
     stateless_reset: bool,
@@ -190,6 +203,8 @@ impl Default for ServerConfigBuilder {
             secret: None,
             address_validation: DEFAULT_ADDRESS_VALIDATION,
             max_handshakes_in_flight: DEFAULT_MAX_HANDSHAKES_IN_FLIGHT,
+            max_handshakes_per_source: None,
+            handshake_timeout: super::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections_per_source: None,
             handshake_rate_per_source: None,
             stateless_reset: true,
@@ -214,6 +229,18 @@ crate::builder_setters!(ServerConfigBuilder {
     /// Handshakes that may be in flight at once; new clients past it are refused with
     /// CONNECTION_REFUSED (default [`DEFAULT_MAX_HANDSHAKES_IN_FLIGHT`]). At least 1.
     max_handshakes_in_flight: usize,
+    /// Handshakes one source IP address (IPv6: one /64) may have in flight at once; past it its new
+    /// clients get a Retry (if address validation is not [`AddressValidation::Never`] and they have
+    /// no token) or are refused with CONNECTION_REFUSED. Defaults to
+    /// `max_handshakes_in_flight / DEFAULT_HANDSHAKE_SHARE_DIVISOR` (at least 1), so that one host
+    /// cannot take every handshake slot. At least 1.
+    max_handshakes_per_source: usize => Some,
+    /// How long a client has to complete its handshake (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT)). Past it the connection is
+    /// dropped and its handshake slot freed, whatever the client keeps sending (each of its packets
+    /// would otherwise restart quiche's idle timer). Counted in
+    /// [`EndpointStats::handshake_timeouts`](crate::EndpointStats::handshake_timeouts). > 0.
+    handshake_timeout: Duration,
     /// Connections one source IP address (IPv6: one /64, which one host usually holds) may hold at
     /// once; past it its new connections are refused with CONNECTION_REFUSED. Unlimited by default
     /// (many clients can share one NAT address). At least 1.
@@ -318,6 +345,10 @@ impl ServerConfigBuilder {
             secret,
             address_validation: self.address_validation,
             max_handshakes_in_flight: self.max_handshakes_in_flight,
+            max_handshakes_per_source: self
+                .max_handshakes_per_source
+                .unwrap_or((self.max_handshakes_in_flight / DEFAULT_HANDSHAKE_SHARE_DIVISOR).max(1)),
+            handshake_timeout: self.handshake_timeout,
             max_connections_per_source: self.max_connections_per_source,
             handshake_rate_per_source: self.handshake_rate_per_source,
             stateless_reset: self.stateless_reset,
@@ -333,9 +364,13 @@ impl ServerConfigBuilder {
             ("max_connections", self.max_connections),
             ("max_handshakes_in_flight", self.max_handshakes_in_flight),
             ("max_connections_per_source", self.max_connections_per_source.unwrap_or(1)),
+            ("max_handshakes_per_source", self.max_handshakes_per_source.unwrap_or(1)),
         ];
         if let Some(&(option, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             return Err(invalid(option, "must be at least 1 (0 would refuse every connection)"));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(invalid("handshake_timeout_ms", "must be > 0, or every handshake is dropped at once"));
         }
         if let Some(limit) = self.handshake_rate_per_source {
             let positive = |value: f64| value.is_finite() && value > 0.0;
@@ -429,12 +464,29 @@ mod tests {
             (base().max_connections(0), "max_connections"),
             (base().max_handshakes_in_flight(0), "max_handshakes_in_flight"),
             (base().max_connections_per_source(0), "max_connections_per_source"),
+            (base().max_handshakes_per_source(0), "max_handshakes_per_source"),
         ] {
             let err = builder.build().unwrap_err();
             assert!(err.to_string().starts_with(&format!("{option} must be at least 1")), "{err}");
         }
         let err = base().handshake_rate_per_source(RateLimit { per_second: 0.0, burst: 5.0 }).build().unwrap_err();
         assert!(err.to_string().starts_with("handshake_rate_per_source needs"), "{err}");
+        let err = base().handshake_timeout(Duration::ZERO).build().unwrap_err();
+        assert!(err.to_string().starts_with("handshake_timeout_ms must be > 0"), "{err}");
+    }
+
+    #[test]
+    fn handshakes_have_a_deadline_and_a_per_source_share_by_default() {
+        let config = base().build().unwrap();
+        assert_eq!(config.handshake_timeout, crate::DEFAULT_HANDSHAKE_TIMEOUT);
+        let share = DEFAULT_MAX_HANDSHAKES_IN_FLIGHT / DEFAULT_HANDSHAKE_SHARE_DIVISOR;
+        assert_eq!(config.max_handshakes_per_source, share);
+        let small = base().max_handshakes_in_flight(4).address_validation(AddressValidation::Always).build().unwrap();
+        assert_eq!(small.max_handshakes_per_source, 1, "never below one");
+        let text = "alpn = [\"echo\"]\nself_signed = [\"localhost\"]\nhandshake_timeout_ms = 2500\n\
+                    max_handshakes_per_source = 9\n";
+        let config = toml_file::parse::<ServerConfigBuilder>("server.toml", text).unwrap().build().unwrap();
+        assert_eq!((config.handshake_timeout, config.max_handshakes_per_source), (Duration::from_millis(2500), 9));
     }
 
     #[test]

@@ -72,9 +72,10 @@ pub(crate) struct CoreParts<'a> {
     pub(crate) shared: Arc<EndpointShared>,
     /// The client's original DCID, mapped to this connection until it closes (servers only).
     pub(crate) odcid: Option<Vec<u8>>,
-    /// Give up if the handshake has not completed by then (clients).
+    /// Give up if the handshake has not completed by then.
     pub(crate) handshake_timeout: Option<Duration>,
-    /// The client address counted against the per-source connection limit (servers that have one).
+    /// The client's address (servers): its per-source handshake slot (and connection slot, with a
+    /// per-source connection limit) is reserved, and given back when the handshake (the connection) ends.
     pub(crate) source: Option<std::net::IpAddr>,
     /// Clients: where to keep the session ticket for resumption.
     pub(crate) session_store: Option<SessionSlot>,
@@ -137,8 +138,8 @@ pub(crate) struct SessionSlot {
 impl Drop for ConnectionCore {
     fn drop(&mut self) {
         self.handshake_over();
-        if let (Some(sources), Some(source)) = (&self.shared.source_connections, self.source) {
-            sources.remove(source);
+        if let Some(source) = self.source {
+            self.shared.forget_connection(source);
         }
         if let Some(token) = self.peer_reset_token.take() {
             self.try_tell_routers(RouterCommand::UnregisterResetToken(token));
@@ -269,7 +270,12 @@ impl ConnectionCore {
                 && !self.conn.is_established()
                 && Instant::now() >= deadline
             {
-                // The peer never answered: there is nobody to send CONNECTION_CLOSE to.
+                // A client: the server never answered, there is nobody to send CONNECTION_CLOSE to. A
+                // server: the client is too slow or stalls on purpose (each of its packets restarts
+                // quiche's idle timer); it is dropped without a word so that stalling costs it as much
+                // as us, and its handshake slot is freed when the core is dropped.
+                tracing::debug!(?timeout, "handshake deadline passed");
+                self.shared.counters.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
                 self.forced_reason = Some(ConnectionError::HandshakeTimeout(timeout));
                 return DriveExit::Closed;
             }
@@ -415,6 +421,9 @@ impl ConnectionCore {
     fn handshake_over(&mut self) {
         if std::mem::take(&mut self.handshaking) {
             self.shared.counters.handshakes_in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Some(source) = self.source {
+                self.shared.forget_handshake(source);
+            }
         }
     }
 

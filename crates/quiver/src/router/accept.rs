@@ -80,6 +80,7 @@ impl Router {
             handshakes_in_flight: counters.handshakes_in_flight.load(Ordering::Relaxed) as usize,
             active_connections: counters.active_connections.load(Ordering::Relaxed),
             source_rate_ok: shared.source_rates.as_ref().is_none_or(|rates| rates.allow(from.ip(), Instant::now())),
+            source_handshakes_full: shared.source_handshakes.as_ref().is_some_and(|sources| sources.is_full(from.ip())),
         };
         let policy = self.server.as_ref().map(|server| server.policy);
         match admission::admit(Unknown::Initial(facts), data.len(), policy.as_ref(), load) {
@@ -94,12 +95,21 @@ impl Router {
             Admission::Drop(reason) => return counters.drop(reason),
             Admission::VersionNegotiation | Admission::StatelessReset => return,
         }
-        // The one admission check that reserves: a slot for this source, given back when the
-        // connection ends (or below, if it never starts).
+        // The admission checks that reserve: a connection slot and a handshake slot for this source,
+        // given back when the connection (the handshake) ends, or below if it never starts. Admission
+        // saw room for the handshake, but another router of the endpoint may have taken it since.
         if shared.source_connections.as_ref().is_some_and(|sources| !sources.try_add(from.ip())) {
             return self.refuse(data, from, to, DropReason::SourceConnectionLimit);
         }
-        let Some(header) = header else { return };
+        if shared.source_handshakes.as_ref().is_some_and(|sources| !sources.try_add(from.ip())) {
+            shared.forget_connection(from.ip());
+            return self.refuse(data, from, to, DropReason::SourceHandshakeLimit);
+        }
+        let Some(header) = header else {
+            shared.forget_connection(from.ip());
+            shared.forget_handshake(from.ip());
+            return;
+        };
         let dcid = header.dcid.clone().into_owned();
         self.start_connection(data, from, to, dcid, validated);
     }
@@ -115,11 +125,10 @@ impl Router {
     ) {
         let shared = self.shared.clone();
         let counters = &shared.counters;
-        let counted_source = shared.source_connections.as_ref().map(|_| from.ip());
+        // The connection gives the source's slots back when it ends; until it exists, this does.
         let forget_source = || {
-            if let (Some(sources), Some(source)) = (&shared.source_connections, counted_source) {
-                sources.remove(source);
-            }
+            shared.forget_connection(from.ip());
+            shared.forget_handshake(from.ip());
         };
         // After a Retry the client addresses us by the ID our Retry gave it; keep it as our ID.
         let (scid, client_dcid, odcid) = match validated {
@@ -155,6 +164,7 @@ impl Router {
         }
 
         let accept_queue = server.accept_queue.clone();
+        let handshake_timeout = server.config.handshake_timeout;
         let (route, inbound_rx) = Route::new(server.config.transport.connection_queue_datagrams);
         self.map(&scid, route.clone());
         if let Some(client_dcid) = &client_dcid {
@@ -167,8 +177,8 @@ impl Router {
             router: self.handle.clone(),
             shared: self.shared.clone(),
             odcid: client_dcid,
-            handshake_timeout: None,
-            source: counted_source,
+            handshake_timeout: Some(handshake_timeout),
+            source: Some(from.ip()),
             session_store: None,
         });
         let span = tracing::info_span!("conn", scid = %core.trace_id(), peer = %from, alpn = tracing::field::Empty);

@@ -79,6 +79,8 @@ pub(crate) struct Load {
     pub(crate) active_connections: u64,
     /// The client's address is within its handshake rate (always true without a per-source rate).
     pub(crate) source_rate_ok: bool,
+    /// The client's address already has its maximum of handshakes in flight.
+    pub(crate) source_handshakes_full: bool,
 }
 
 /// What to do with a datagram for no known connection.
@@ -155,7 +157,7 @@ fn admit_initial(
             AddressValidation::UnderLoad { handshakes_in_flight } => load.handshakes_in_flight >= handshakes_in_flight,
         };
         // Past a hard limit a client must prove its address before we spend anything on refusing it.
-        if loaded || !load.source_rate_ok || connections_full || handshakes_full {
+        if loaded || !load.source_rate_ok || load.source_handshakes_full || connections_full || handshakes_full {
             return Admission::Retry;
         }
     }
@@ -163,6 +165,8 @@ fn admit_initial(
         Admission::Refuse(DropReason::ShuttingDown)
     } else if !load.source_rate_ok {
         Admission::Refuse(DropReason::SourceRateLimit)
+    } else if load.source_handshakes_full {
+        Admission::Refuse(DropReason::SourceHandshakeLimit)
     } else if connections_full {
         Admission::Refuse(DropReason::ConnectionLimit)
     } else if handshakes_full {
@@ -182,7 +186,13 @@ mod tests {
         max_connections: 100,
         stateless_reset: true,
     };
-    const IDLE: Load = Load { draining: false, handshakes_in_flight: 0, active_connections: 0, source_rate_ok: true };
+    const IDLE: Load = Load {
+        draining: false,
+        handshakes_in_flight: 0,
+        active_connections: 0,
+        source_rate_ok: true,
+        source_handshakes_full: false,
+    };
     const FACTS: InitialFacts = InitialFacts { header: Some(InitialHeader { dcid_bytes: 8, token: Token::Absent }) };
 
     fn initial(facts: InitialFacts, policy: &Policy, load: Load) -> Admission {
@@ -237,6 +247,12 @@ mod tests {
             Policy { address_validation: AddressValidation::UnderLoad { handshakes_in_flight: 1000 }, ..POLICY };
         let full = Load { active_connections: 100, ..IDLE };
         assert_eq!(initial(FACTS, &validating, full), Admission::Retry);
+        let busy_source = Load { source_handshakes_full: true, ..IDLE };
+        assert_eq!(initial(FACTS, &validating, busy_source), Admission::Retry);
+        assert_eq!(
+            initial(with_token(Token::Valid), &validating, busy_source),
+            Admission::Refuse(DropReason::SourceHandshakeLimit)
+        );
         assert_eq!(
             initial(with_token(Token::Valid), &validating, full),
             Admission::Refuse(DropReason::ConnectionLimit)
@@ -250,6 +266,7 @@ mod tests {
             (Load { source_rate_ok: false, ..IDLE }, DropReason::SourceRateLimit),
             (Load { active_connections: 100, ..IDLE }, DropReason::ConnectionLimit),
             (Load { handshakes_in_flight: 10, ..IDLE }, DropReason::HandshakeLimit),
+            (Load { source_handshakes_full: true, ..IDLE }, DropReason::SourceHandshakeLimit),
         ];
         for (load, reason) in cases {
             assert_eq!(initial(FACTS, &POLICY, load), Admission::Refuse(reason), "{load:?}");

@@ -249,7 +249,13 @@ impl Router {
         };
         let policy = self.server.as_ref().map(|server| server.policy);
         // Initials went to `on_initial`: the load is never needed here.
-        let no_load = || Load { draining: false, handshakes_in_flight: 0, active_connections: 0, source_rate_ok: true };
+        let no_load = || Load {
+            draining: false,
+            handshakes_in_flight: 0,
+            active_connections: 0,
+            source_rate_ok: true,
+            source_handshakes_full: false,
+        };
         match admission::admit(unknown, data.len(), policy.as_ref(), no_load) {
             Admission::VersionNegotiation => {
                 self.negotiate_version(data, from);
