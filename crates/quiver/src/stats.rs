@@ -34,7 +34,9 @@ pub enum DropReason {
     ForwardQueueFull,
     /// An Initial without a token while address validation was required: answered with a Retry.
     RetryRequired,
-    /// An Initial whose Retry token was forged, altered, expired, or presented from another address.
+    /// An Initial whose Retry token was forged, altered, expired, or presented from another address:
+    /// closed with INVALID_TOKEN (counted in `connections_refused`). A token that is not of our Retry
+    /// tokens' layout is handled as no token and never counted here.
     InvalidToken,
     /// Too many handshakes in flight: refused (CONNECTION_REFUSED).
     HandshakeLimit,
@@ -207,7 +209,8 @@ pub struct EndpointStats {
     pub retries_sent: u64,
     /// Stateless resets sent for packets of unknown connections.
     pub stateless_resets_sent: u64,
-    /// New connections closed at once with CONNECTION_REFUSED (limits).
+    /// New connections closed at once: with CONNECTION_REFUSED (limits), or with INVALID_TOKEN (a bad
+    /// Retry token).
     pub connections_refused: u64,
     dropped: [u64; DropReason::ALL.len()],
 }

@@ -10,6 +10,15 @@
 //! (the original DCID) and the connection ID we told it to use next (the Retry's SCID), with the time it
 //! was issued. Forging one needs the secret; replaying one from another address or after its lifetime
 //! fails.
+//!
+//! Which tokens are ours (RFC 9000 §8.1.3): a token is recognisably one of our Retry tokens when it
+//! has their layout: the kind byte, a connection-ID length of at most 20 and exactly the length that
+//! implies. Anything else (a NEW_TOKEN token of another server or deployment, garbage) is
+//! [`TokenError::Foreign`], and the server goes on as if the Initial carried no token. A token of our
+//! layout that fails its checks (expired, forged, made with another secret, presented from another
+//! address or for another connection ID) is an invalid Retry token: the client will not accept a
+//! second Retry (RFC 9000 §17.2.5.2), so the server closes with INVALID_TOKEN rather than leave it
+//! waiting for a timeout.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -123,8 +132,9 @@ impl std::fmt::Debug for RetryTokens {
 /// Why a Retry token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TokenError {
-    /// Not a token we mint, or truncated.
-    Malformed,
+    /// Not of our Retry tokens' layout (another server's NEW_TOKEN token, garbage, a truncated token):
+    /// handled as no token at all.
+    Foreign,
     /// Issued longer ago than [`RETRY_TOKEN_LIFETIME`] (or in the future).
     Expired,
     /// The tag does not match: forged, altered, or presented from another address or connection ID.
@@ -171,20 +181,19 @@ impl RetryTokens {
         dcid: &[u8],
         now: SystemTime,
     ) -> Result<ValidatedToken, TokenError> {
-        let (&kind, rest) = token.split_first().ok_or(TokenError::Malformed)?;
+        let (&kind, rest) = token.split_first().ok_or(TokenError::Foreign)?;
         if kind != RETRY_TOKEN_KIND {
-            return Err(TokenError::Malformed);
+            return Err(TokenError::Foreign);
         }
-        let issued_at = u64::from_be_bytes(
-            rest.get(..8).ok_or(TokenError::Malformed)?.try_into().map_err(|_| TokenError::Malformed)?,
-        );
-        let odcid_len = usize::from(*rest.get(8).ok_or(TokenError::Malformed)?);
+        let issued_at =
+            u64::from_be_bytes(rest.get(..8).ok_or(TokenError::Foreign)?.try_into().map_err(|_| TokenError::Foreign)?);
+        let odcid_len = usize::from(*rest.get(8).ok_or(TokenError::Foreign)?);
         if odcid_len > MAX_CID_BYTES {
-            return Err(TokenError::Malformed);
+            return Err(TokenError::Foreign);
         }
         let body_len = 1 + 8 + 1 + odcid_len;
         if token.len() != body_len + TAG_BYTES {
-            return Err(TokenError::Malformed);
+            return Err(TokenError::Foreign);
         }
         let now_secs = unix_secs(now);
         let lifetime = RETRY_TOKEN_LIFETIME.as_secs();
@@ -265,7 +274,29 @@ mod tests {
         for len in 0..token.len() {
             assert!(tokens.validate(&token[..len], client, b"scid", now).is_err(), "truncation to {len} accepted");
         }
-        assert_eq!(tokens.validate(b"\x00garbage", client, b"scid", now), Err(TokenError::Malformed));
+        assert_eq!(tokens.validate(b"\x00garbage", client, b"scid", now), Err(TokenError::Foreign));
+    }
+
+    #[test]
+    fn only_tokens_of_our_layout_count_as_retry_tokens() {
+        let tokens = RetryTokens::new(ServerSecret::from_bytes(&[7; 32]));
+        let client = addr("192.0.2.1:4433");
+        let now = SystemTime::now();
+        let token = tokens.mint(client, b"original", b"retry-scid", now);
+        // Ours in form, failing a check: an invalid Retry token (INVALID_TOKEN).
+        let mut forged = token.clone();
+        *forged.last_mut().unwrap() ^= 1;
+        assert_eq!(tokens.validate(&forged, client, b"retry-scid", now), Err(TokenError::Invalid));
+        let later = now + RETRY_TOKEN_LIFETIME + Duration::from_secs(5);
+        assert_eq!(tokens.validate(&token, client, b"retry-scid", later), Err(TokenError::Expired));
+        // Not ours in form: as if there were no token.
+        let mut other_kind = token.clone();
+        other_kind[0] = b'N';
+        assert_eq!(tokens.validate(&other_kind, client, b"retry-scid", now), Err(TokenError::Foreign));
+        let mut longer = token.clone();
+        longer.push(0);
+        assert_eq!(tokens.validate(&longer, client, b"retry-scid", now), Err(TokenError::Foreign));
+        assert_eq!(tokens.validate(&token[..token.len() - 1], client, b"retry-scid", now), Err(TokenError::Foreign));
     }
 
     #[test]

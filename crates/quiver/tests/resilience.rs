@@ -1,6 +1,7 @@
-//! A server under the conditions of the open Internet: address validation with Retry, forged tokens,
-//! a restart that its clients must notice (stateless reset), a client whose address changes, limits
-//! that refuse, a flood of Initials from spoofed sources, and churn that must leave nothing behind.
+//! A server under the conditions of the open Internet: address validation with Retry, foreign and
+//! forged tokens, a restart that its clients must notice (stateless reset), a client whose address
+//! changes, limits that refuse, a flood of Initials from spoofed sources, and churn that must leave
+//! nothing behind.
 
 mod support;
 
@@ -53,40 +54,110 @@ fn initial_with_token(rng: &mut impl RngCore, token: &[u8]) -> Vec<u8> {
     packet.push(token.len() as u8);
     packet.extend_from_slice(token);
     packet.extend_from_slice(&[0x44, 0xd0]);
+    let payload_start = packet.len();
     packet.resize(1200, 0);
-    rng.fill_bytes(&mut packet[40..]);
+    rng.fill_bytes(&mut packet[payload_start..]);
     packet
 }
 
 #[tokio::test]
-async fn forged_and_foreign_tokens_are_dropped_and_counted() {
+async fn foreign_tokens_count_as_none_and_forged_retry_tokens_are_refused_and_counted() {
     let identity = identity();
     let server = server(server_builder(&identity).address_validation(AddressValidation::Always));
     let attacker = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let mut tokens: Vec<Vec<u8>> = (0..40)
+    // Tokens not of our layout: another deployment's NEW_TOKEN tokens, garbage (RFC 9000 §8.1.3).
+    let foreign: Vec<Vec<u8>> = (0..40)
         .map(|len| {
             let mut token = vec![0u8; len + 1];
             rng.fill_bytes(&mut token);
+            token[0] = b'N';
             token
         })
         .collect();
-    // Well-formed tokens of our layout but with a made-up tag (and one far in the past).
+    // A token of our layout but with a made-up tag (and issued far in the past).
     let mut shaped = vec![b'R'];
     shaped.extend_from_slice(&1u64.to_be_bytes());
     shaped.push(8);
     shaped.extend_from_slice(&[1; 8]);
     shaped.extend_from_slice(&[2; 16]);
-    tokens.push(shaped);
-    for token in &tokens {
+    for token in foreign.iter().chain([&shaped]) {
         attacker.send_to(&initial_with_token(&mut rng, token), server.local_addr()).await.unwrap();
     }
-    let total = tokens.len() as u64;
-    wait_until("every forged token to be judged", || server.stats().dropped(DropReason::InvalidToken) >= total).await;
+    let total = foreign.len() as u64 + 1;
+    wait_until("every token to be judged", || {
+        let stats = server.stats();
+        stats.dropped(DropReason::RetryRequired) + stats.dropped(DropReason::InvalidToken) >= total
+    })
+    .await;
     let stats = server.stats();
-    assert_eq!(stats.dropped(DropReason::InvalidToken), total, "{stats:?}");
+    // A foreign token is no token: address validation is required, so each gets a Retry.
+    assert_eq!(stats.dropped(DropReason::RetryRequired), foreign.len() as u64, "{stats:?}");
+    assert_eq!(stats.retries_sent, foreign.len() as u64, "{stats:?}");
+    // Ours in form, failing its tag: refused (its garbage payload leaves nothing to close here; see
+    // the next test for the INVALID_TOKEN a real client gets).
+    assert_eq!(stats.dropped(DropReason::InvalidToken), 1, "{stats:?}");
     assert_eq!(stats.active_connections, 0);
-    assert_eq!(stats.retries_sent, 0, "a client with a bad token gets no second chance");
+}
+
+/// A quiche client connection to `server` that believes it is at `local`.
+fn quiche_client(server: SocketAddr, local: SocketAddr) -> quiver::quiche::Connection {
+    let mut config = quiver::quiche::Config::new(quiver::quiche::PROTOCOL_VERSION).unwrap();
+    config.set_application_protos(&[echo::ALPN]).unwrap();
+    config.verify_peer(false);
+    let mut scid = [0u8; 16];
+    rand::rng().fill_bytes(&mut scid);
+    let scid = quiver::quiche::ConnectionId::from_ref(&scid);
+    quiver::quiche::connect(Some("localhost"), &scid, local, server, &mut config).unwrap()
+}
+
+/// Sends everything `conn` has to send from `socket`.
+async fn flush(conn: &mut quiver::quiche::Connection, socket: &tokio::net::UdpSocket) {
+    let mut out = vec![0u8; 1500];
+    while let Ok((len, info)) = conn.send(&mut out) {
+        socket.send_to(&out[..len], info.to).await.unwrap();
+    }
+}
+
+/// Reads datagrams on `socket` into `conn` (as if they reached `local`) until `done` holds.
+async fn recv_until(
+    conn: &mut quiver::quiche::Connection,
+    socket: &tokio::net::UdpSocket,
+    local: SocketAddr,
+    done: impl Fn(&quiver::quiche::Connection) -> bool,
+) {
+    let mut buf = vec![0u8; 65_535];
+    while !done(conn) {
+        let (len, from) = guarded("a datagram from the server", socket.recv_from(&mut buf)).await.unwrap();
+        let _ = conn.recv(&mut buf[..len], quiver::quiche::RecvInfo { from, to: local });
+    }
+}
+
+/// RFC 9000 §8.1.2: a client that got a Retry will not take another, so a Retry token that fails
+/// (here: presented from another port than the one it was issued to, as after a NAT rebinding at the
+/// wrong moment) must close the connection with INVALID_TOKEN, not leave the client to time out.
+#[tokio::test]
+async fn a_retry_token_from_another_address_is_closed_with_invalid_token() {
+    let identity = identity();
+    let server = server(server_builder(&identity).address_validation(AddressValidation::Always));
+    let first_port = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    let second_port = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    let local = first_port.local_addr().unwrap();
+    let mut client = quiche_client(server.local_addr(), local);
+    flush(&mut client, &first_port).await;
+    // The Retry (it gives the client a new destination ID): after it the client's Initials carry the
+    // token.
+    let first_dcid = client.destination_id().into_owned();
+    recv_until(&mut client, &first_port, local, |conn| conn.destination_id() != first_dcid).await;
+    assert_eq!(server.stats().retries_sent, server.stats().dropped(DropReason::RetryRequired));
+    flush(&mut client, &second_port).await;
+    recv_until(&mut client, &second_port, local, |conn| conn.peer_error().is_some()).await;
+    let error = client.peer_error().unwrap();
+    assert_eq!((error.is_app, error.error_code), (false, 0xb), "INVALID_TOKEN: {error:?}");
+    let stats = server.stats();
+    assert!(stats.dropped(DropReason::InvalidToken) >= 1, "{stats:?}");
+    assert!(stats.connections_refused >= 1, "{stats:?}");
+    assert_eq!(stats.active_connections, 0, "{stats:?}");
 }
 
 /// Client datagrams after which a relay switches servers: well past the handshake (see below).
@@ -182,13 +253,7 @@ async fn connections_past_a_limit_are_refused() {
 
 /// The first Initial a real client would send, from a fresh quiche client connection.
 fn real_initial(server: SocketAddr, from: SocketAddr) -> Vec<u8> {
-    let mut config = quiver::quiche::Config::new(quiver::quiche::PROTOCOL_VERSION).unwrap();
-    config.set_application_protos(&[echo::ALPN]).unwrap();
-    config.verify_peer(false);
-    let mut scid = [0u8; 16];
-    rand::rng().fill_bytes(&mut scid);
-    let scid = quiver::quiche::ConnectionId::from_ref(&scid);
-    let mut conn = quiver::quiche::connect(Some("localhost"), &scid, from, server, &mut config).unwrap();
+    let mut conn = quiche_client(server, from);
     let mut out = vec![0u8; 1500];
     let (len, _) = conn.send(&mut out).unwrap();
     out.truncate(len);

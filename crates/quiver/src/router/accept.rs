@@ -19,7 +19,7 @@ use crate::config::ServerConfig;
 use crate::connection::{self, ConnectionCore, CoreParts, IncomingConnection};
 use crate::route::Route;
 use crate::stats::DropReason;
-use crate::token::{RetryTokens, ValidatedToken};
+use crate::token::{RetryTokens, TokenError, ValidatedToken};
 
 /// The server half of a router: how to accept.
 pub(crate) struct ServerRole {
@@ -57,7 +57,8 @@ impl Router {
         let facts = InitialFacts {
             header: header.as_ref().map(|header| InitialHeader {
                 dcid_bytes: header.dcid.len(),
-                // A token in an Initial is one of our Retry tokens or worthless (we never send NEW_TOKEN).
+                // We only ever issue Retry tokens (quiche sends no NEW_TOKEN). See `token` for which
+                // tokens count as ours; any other is handled as no token (RFC 9000 §8.1.3).
                 token: match (header.token.as_deref().filter(|token| !token.is_empty()), self.server.as_ref()) {
                     (None, _) | (_, None) => Token::Absent,
                     (Some(token), Some(server)) => {
@@ -65,6 +66,10 @@ impl Router {
                             Ok(token) => {
                                 validated = Some(token);
                                 Token::Valid
+                            }
+                            Err(TokenError::Foreign) => {
+                                tracing::trace!(%from, "Initial with a token not of ours; handled as none");
+                                Token::Absent
                             }
                             Err(err) => {
                                 tracing::debug!(%from, ?err, "Initial with an invalid Retry token");

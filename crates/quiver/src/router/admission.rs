@@ -44,9 +44,12 @@ pub(crate) struct InitialHeader {
 /// The token an Initial carried (we only ever issue Retry tokens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Token {
+    /// No token, or one that is not of our Retry tokens' layout (RFC 9000 §8.1.3: handled as none).
     Absent,
     /// One of our Retry tokens, for this address and connection ID: the address is validated.
     Valid,
+    /// Of our layout but expired, forged or presented from elsewhere: the client will not take a second
+    /// Retry, so it is closed with INVALID_TOKEN.
     Invalid,
 }
 
@@ -91,7 +94,8 @@ pub(crate) enum Admission {
     Accept,
     /// Answer with a Retry: the client must prove its address first.
     Retry,
-    /// Close at once with CONNECTION_REFUSED, and count why.
+    /// Close at once, and count why: with INVALID_TOKEN for [`DropReason::InvalidToken`], with
+    /// CONNECTION_REFUSED otherwise.
     Refuse(DropReason),
     /// Ignore, and count why.
     Drop(DropReason),
@@ -145,7 +149,7 @@ fn admit_initial(
         return Admission::Drop(DropReason::InvalidInitialCid);
     }
     if header.token == Token::Invalid {
-        return Admission::Drop(DropReason::InvalidToken);
+        return Admission::Refuse(DropReason::InvalidToken);
     }
     let load = load();
     let connections_full = load.active_connections >= policy.max_connections;
@@ -221,7 +225,7 @@ mod tests {
             Admission::Drop(DropReason::InvalidInitialCid)
         );
         let forged = admit(Unknown::Initial(with_token(Token::Invalid)), 1200, Some(&POLICY), unread);
-        assert_eq!(forged, Admission::Drop(DropReason::InvalidToken));
+        assert_eq!(forged, Admission::Refuse(DropReason::InvalidToken), "closed with INVALID_TOKEN");
     }
 
     #[test]

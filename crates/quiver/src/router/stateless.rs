@@ -1,5 +1,5 @@
 //! Packets the router answers without a connection: Version Negotiation, Retry, stateless reset, and
-//! the CONNECTION_REFUSED close of a refused Initial.
+//! the close of a refused Initial (CONNECTION_REFUSED, or INVALID_TOKEN for a bad Retry token).
 //!
 //! The builders are plain functions of their inputs (tested below); the `Router` methods send what
 //! they build with `try_send`, because a stateless answer is never worth waiting for.
@@ -23,6 +23,8 @@ const MAX_VERSION_NEGOTIATION_BYTES: usize = 256;
 pub(crate) const MAX_STATELESS_RESET_BYTES: usize = 64;
 /// Transport error code CONNECTION_REFUSED (RFC 9000 §20.1).
 const CONNECTION_REFUSED: u64 = 0x2;
+/// Transport error code INVALID_TOKEN (RFC 9000 §20.1).
+const INVALID_TOKEN: u64 = 0xb;
 
 /// Builds the Version Negotiation answer to a long-header packet `data` into `out`.
 pub(crate) fn version_negotiation(data: &[u8], out: &mut [u8]) -> Option<usize> {
@@ -89,9 +91,11 @@ impl Router {
         self.shared.counters.drop(DropReason::RetryRequired);
     }
 
-    /// Closes a would-be connection at once with CONNECTION_REFUSED. The client has proven its address
-    /// (or address validation is off), so the answer goes where it asked; a global budget bounds how
-    /// much work refusing may cost.
+    /// Closes a would-be connection at once: with INVALID_TOKEN if its Retry token failed (the client
+    /// would not take a second Retry, RFC 9000 §8.1.2), with CONNECTION_REFUSED otherwise. quiche can
+    /// only send a CONNECTION_CLOSE from a connection, so one is made for the Initial and closed before
+    /// it does anything else. The answer goes where the Initial came from: it is smaller than the
+    /// Initial (no amplification), and a global budget bounds how much work refusing may cost.
     pub(super) fn refuse(&mut self, data: &mut [u8], from: SocketAddr, to: SocketAddr, reason: DropReason) {
         self.shared.counters.drop(reason);
         let Some(server) = self.server.as_mut() else { return };
@@ -106,7 +110,11 @@ impl Router {
         if conn.recv(data, quiche::RecvInfo { from, to }).is_err() {
             return;
         }
-        let _ = conn.close(false, CONNECTION_REFUSED, b"server busy");
+        let (code, reason) = match reason {
+            DropReason::InvalidToken => (INVALID_TOKEN, &b"invalid Retry token"[..]),
+            _ => (CONNECTION_REFUSED, &b"server busy"[..]),
+        };
+        let _ = conn.close(false, code, reason);
         let mut out = [0u8; crate::config::MAX_RECV_UDP_PAYLOAD_BYTES];
         while let Ok((len, info)) = conn.send(&mut out) {
             if !self.send_now(&out[..len], info.to) {
