@@ -1,11 +1,14 @@
 //! What a connection's handshake settled on ([`HandshakeInfo`]), and how the TLS half of it is learnt.
 //!
 //! quiche does not expose the negotiated cipher or key-exchange group. BoringSSL tells an info callback
-//! when a handshake completes, with the `SSL` in hand but nothing that names our connection. quiche
-//! drives TLS synchronously inside `Connection::recv`, on the thread that calls it, and the connection
-//! task checks `is_established()` right after feeding quiche, with no await in between. So the callback
-//! leaves the details in a thread-local slot and the task takes them at once: whatever is in the slot
-//! then was put there by this connection's own `recv`.
+//! when a handshake completes, with the `SSL` in hand but nothing that names our connection (quiche
+//! does not expose its `SSL` either). quiche drives TLS synchronously inside `Connection::recv`, on the
+//! thread that calls it. So the callback leaves the details in a thread-local slot, and the connection
+//! task empties the slot right before each of its own `recv` calls and takes what is there right after,
+//! with no await in between, into the connection's own state: what it keeps was put there by its own
+//! `recv`. A handshake whose details nobody took (another connection that closed in the same `recv`)
+//! can therefore never be attributed to a later connection, such as one that became usable in 0-RTT
+//! before its own handshake completed.
 
 use std::cell::Cell;
 use std::time::Duration;
@@ -36,7 +39,8 @@ pub struct HandshakeInfo {
     pub duration: Duration,
     /// The QUIC version in use. quiche 0.30 speaks QUIC version 1 only (0x00000001).
     pub quic_version: u32,
-    /// The TLS version, as BoringSSL names it (`TLSv1.3`).
+    /// The TLS version, as BoringSSL names it (`TLSv1.3`). The TLS details are `None` for a connection
+    /// that became usable in 0-RTT, before its handshake completed.
     pub tls_version: Option<&'static str>,
     /// The TLS cipher suite by its IANA name (`TLS_AES_128_GCM_SHA256`).
     pub cipher: Option<&'static str>,
@@ -74,10 +78,17 @@ pub(crate) fn install(ssl: &mut SslContextBuilder) {
     });
 }
 
-/// Takes what the last handshake completed on this thread left (see the module docs for why that is
-/// the caller's own).
-pub(crate) fn take_completed() -> TlsDetails {
-    COMPLETED.try_with(Cell::take).ok().flatten().unwrap_or_default()
+/// Takes what the last handshake completed on this thread left, if anything (see the module docs for
+/// when that is the caller's own).
+pub(crate) fn take_completed() -> Option<TlsDetails> {
+    COMPLETED.try_with(Cell::take).ok().flatten()
+}
+
+/// Leaves details in this thread's slot, as a handshake whose connection never took them would.
+#[cfg(test)]
+pub(crate) fn leave_behind(cipher: &'static str) {
+    let details = TlsDetails { tls_version: Some("TLSv1.3"), cipher: Some(cipher), key_exchange_group: None };
+    COMPLETED.with(|slot| slot.set(Some(details)));
 }
 
 impl HandshakeInfo {

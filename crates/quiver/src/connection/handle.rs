@@ -134,8 +134,8 @@ impl ConnectionCore {
         if self.handle.is_some() {
             return;
         }
-        // First, before anything else can run on this thread: see `handshake` for why.
-        let tls = crate::handshake::take_completed();
+        // Only what this connection's own `recv` completed: see `handshake` for why.
+        let tls = self.tls.unwrap_or_default();
         let handshake = HandshakeInfo::new(self.created.elapsed(), tls, &self.conn);
         crate::metrics::handshake_completed(handshake.duration);
         let path = self.conn.path_stats().next();

@@ -126,6 +126,8 @@ pub(crate) struct ConnectionCore {
     other_routers: Vec<RouterHandle>,
     /// A migration waiting for its path to validate.
     pending_migration: Option<PendingMigration>,
+    /// The TLS details of this connection's handshake, once its own `recv` completed it.
+    tls: Option<crate::handshake::TlsDetails>,
 }
 
 /// A client connection's place in its endpoint's session cache.
@@ -217,6 +219,7 @@ impl ConnectionCore {
             session_store: parts.session_store,
             other_routers: Vec::new(),
             pending_migration: None,
+            tls: None,
         }
     }
 
@@ -379,12 +382,17 @@ impl ConnectionCore {
         let info = quiche::RecvInfo { from: inbound.from, to: self.router.socket.local_addr() };
         let (len, stride) = (inbound.len(), inbound.stride());
         let was_open = !self.conn.is_closed();
+        // Whatever another connection's handshake left on this thread is not ours.
+        let _ = crate::handshake::take_completed();
         for datagram in inbound.buffer[..len].chunks_mut(stride) {
             if let Err(err) = self.conn.recv(datagram, info)
                 && err != quiche::Error::Done
             {
                 tracing::trace!(error = %err, "packet rejected by quiche");
             }
+        }
+        if let Some(tls) = crate::handshake::take_completed() {
+            self.tls = Some(tls);
         }
         // quiche closes a connection silently when a packet is the peer's stateless reset: no error on
         // either side and no timeout is how it looks from here.

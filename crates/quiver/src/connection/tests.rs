@@ -123,6 +123,32 @@ async fn the_idle_timeout_fires_under_a_flood_of_datagrams() {
     assert!(client.stats().datagrams_received > 0, "the flood reached the client");
 }
 
+/// A handshake's TLS details left on a thread by a connection that never took them (it closed in the
+/// same `recv`) must not be reported by the next connection there, e.g. one usable in 0-RTT before its
+/// own handshake completed. Single-threaded runtime: every task runs on this thread.
+#[tokio::test]
+async fn a_0rtt_connection_never_reports_another_connections_tls_details() {
+    let (network, pki) = (MemoryNetwork::default(), Pki::new());
+    let server = server_on(&network, pki.server().early_data(true));
+    let client = client_on(&network, pki.client().early_data(true));
+    let acceptor = server.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = acceptor.accept().await {
+            incoming.start(Probe::new().0);
+        }
+    });
+    let first = guarded("first", client.connect(server.local_addr(), "localhost", Probe::new().0)).await.unwrap();
+    assert!(first.handshake().cipher.is_some(), "a full handshake reports its own details");
+    first.close(0, "done");
+    guarded("first closed", first.closed()).await;
+
+    crate::handshake::leave_behind("LEFT_BEHIND_BY_ANOTHER_CONNECTION");
+    let second = guarded("second", client.connect(server.local_addr(), "localhost", Probe::new().0)).await.unwrap();
+    assert!(second.started_in_early_data(), "resumed with 0-RTT");
+    assert_ne!(second.handshake().cipher, Some("LEFT_BEHIND_BY_ANOTHER_CONNECTION"));
+    assert!(second.handshake().resumed);
+}
+
 fn assert_refused(reason: &ConnectionError) {
     match reason {
         ConnectionError::PeerClosed(close) => assert_eq!((close.kind(), close.code), (CloseKind::Transport, 0x2)),
