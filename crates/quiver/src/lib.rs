@@ -64,6 +64,7 @@ mod socket;
 mod stats;
 #[cfg(test)]
 mod test_support;
+mod ticket;
 mod token;
 
 pub use crate::app::{ApplicationOverQuic, QuicConnection};
@@ -84,6 +85,7 @@ pub use crate::error::{
 pub use crate::handshake::HandshakeInfo;
 pub use crate::serve::{ServeEnd, serve};
 pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};
+pub use crate::ticket::TICKET_KEY_ROTATION;
 pub use quiche;
 
 /// Internals exposed for the crate's micro-benchmarks (`benches/`) and fuzz targets (`fuzz/`). Not a

@@ -42,7 +42,8 @@ const MAX_CID_BYTES: usize = 20;
 /// A token issued this far in the future (clock steps between fleet members) is still accepted.
 const CLOCK_SKEW: Duration = Duration::from_secs(2);
 
-/// The secret a server derives its Retry-token keys and stateless-reset tokens from.
+/// The secret a server derives its Retry-token keys, stateless-reset tokens and session-ticket keys
+/// from.
 ///
 /// Generate one per deployment and give it to every server that shares an address; without one, each
 /// endpoint picks a random secret (then a restarted server can neither validate the old one's tokens
@@ -69,18 +70,9 @@ impl ServerSecret {
         Self::from_bytes(&material)
     }
 
-    /// The 48-byte TLS session-ticket key (BoringSSL's name, HMAC and AES keys) for this secret.
-    pub(crate) fn ticket_key(&self) -> [u8; 48] {
-        let mut key = [0u8; 48];
-        let first = hmac::sign(&self.derive(b"quiver session ticket key", b"1"), b"");
-        let second = hmac::sign(&self.derive(b"quiver session ticket key", b"2"), b"");
-        key[..32].copy_from_slice(first.as_ref());
-        key[32..].copy_from_slice(&second.as_ref()[..16]);
-        key
-    }
-
-    /// A key for one purpose, so that no token of one kind is ever valid as another.
-    fn derive(&self, label: &[u8], context: &[u8]) -> hmac::Key {
+    /// A key for one purpose, so that no token of one kind is ever valid as another (the session-ticket
+    /// keys of `crate::ticket` derive from it too).
+    pub(crate) fn derive(&self, label: &[u8], context: &[u8]) -> hmac::Key {
         let mut signer = hmac::Context::with_key(&self.0);
         signer.update(label);
         signer.update(context);
@@ -225,7 +217,7 @@ impl RetryTokens {
     }
 }
 
-fn unix_secs(at: SystemTime) -> u64 {
+pub(crate) fn unix_secs(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())
 }
 

@@ -17,6 +17,7 @@ use super::toml_file::{self, millis};
 use super::transport::TransportConfig;
 use crate::error::ConfigError;
 use crate::limits::RateLimit;
+use crate::ticket::TicketClock;
 use crate::token::ServerSecret;
 
 /// Default number of established connections waiting in [`Endpoint::accept`](crate::Endpoint::accept)'s
@@ -136,13 +137,18 @@ impl ServerConfig {
     }
 
     pub(crate) fn quiche_config(&self) -> Result<quiche::Config, ConfigError> {
-        let mut config = new_quiche_config(&self.transport, &self.alpn, |ssl| self.identity.install(ssl))?;
-        // Every router of the endpoint (and every server sharing the secret) encrypts session tickets
-        // with the same key, so a client resumes wherever its next connection lands.
-        config
-            .set_ticket_key(&self.secret.ticket_key())
-            .map_err(|err| ConfigError::Tls(format!("cannot set the session ticket key: {err}")))?;
-        Ok(config)
+        self.quiche_config_with(TicketClock::System)
+    }
+
+    /// The quiche configuration, with session-ticket key periods from `clock`.
+    pub(crate) fn quiche_config_with(&self, clock: TicketClock) -> Result<quiche::Config, ConfigError> {
+        new_quiche_config(&self.transport, &self.alpn, |ssl| {
+            self.identity.install(ssl)?;
+            // Every router of the endpoint (and every server sharing the secret) derives the same
+            // rotating ticket keys, so a client resumes wherever its next connection lands.
+            crate::ticket::install(ssl, &self.secret, clock);
+            Ok(())
+        })
     }
 }
 
