@@ -229,12 +229,18 @@ mod tests {
         text.parse().unwrap()
     }
 
-    #[test]
-    fn a_token_validates_only_for_its_client_connection_ids_and_lifetime() {
+    /// A token minted now for 192.0.2.1:4433, original DCID `original`, Retry SCID `retry-scid`.
+    fn minted() -> (RetryTokens, SocketAddr, SystemTime, Vec<u8>) {
         let tokens = RetryTokens::new(ServerSecret::from_bytes(&[7; 32]));
         let client = addr("192.0.2.1:4433");
         let now = SystemTime::now();
         let token = tokens.mint(client, b"original", b"retry-scid", now);
+        (tokens, client, now, token)
+    }
+
+    #[test]
+    fn a_token_validates_only_for_its_client_connection_ids_and_lifetime() {
+        let (tokens, client, now, token) = minted();
         assert_eq!(
             tokens.validate(&token, client, b"retry-scid", now),
             Ok(ValidatedToken { original_dcid: b"original".to_vec() })
@@ -271,10 +277,7 @@ mod tests {
 
     #[test]
     fn only_tokens_of_our_layout_count_as_retry_tokens() {
-        let tokens = RetryTokens::new(ServerSecret::from_bytes(&[7; 32]));
-        let client = addr("192.0.2.1:4433");
-        let now = SystemTime::now();
-        let token = tokens.mint(client, b"original", b"retry-scid", now);
+        let (tokens, client, now, token) = minted();
         // Ours in form, failing a check: an invalid Retry token (INVALID_TOKEN).
         let mut forged = token.clone();
         *forged.last_mut().unwrap() ^= 1;
