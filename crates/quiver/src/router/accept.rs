@@ -100,6 +100,8 @@ impl Router {
             Admission::Drop(reason) => return counters.drop(reason),
             Admission::VersionNegotiation | Admission::StatelessReset => return,
         }
+        // Admission dropped every Initial whose header did not parse.
+        let Some(header) = header else { return };
         // The admission checks that reserve: a connection slot and a handshake slot for this source,
         // given back when the connection (the handshake) ends, or below if it never starts. Admission
         // saw room for the handshake, but another router of the endpoint may have taken it since.
@@ -110,11 +112,6 @@ impl Router {
             shared.forget_connection(from.ip());
             return self.refuse(data, from, to, DropReason::SourceHandshakeLimit);
         }
-        let Some(header) = header else {
-            shared.forget_connection(from.ip());
-            shared.forget_handshake(from.ip());
-            return;
-        };
         let dcid = header.dcid.clone().into_owned();
         self.start_connection(data, from, to, dcid, validated);
     }
