@@ -289,7 +289,10 @@ mod tests {
     #[test]
     fn requests_name_their_authority() {
         let no_authority = [(":method", "GET"), (":scheme", "https"), (":path", "/")];
-        assert_eq!(parse_request(&fields(&no_authority)).unwrap_err(), malformed("http(s) request without :authority or Host"));
+        assert_eq!(
+            parse_request(&fields(&no_authority)).unwrap_err(),
+            malformed("http(s) request without :authority or Host")
+        );
         let plain_http = [(":method", "GET"), (":scheme", "http"), (":path", "/")];
         assert!(parse_request(&fields(&plain_http)).is_err());
         let extended_with_host = [
@@ -316,7 +319,8 @@ mod tests {
         let folded = request(&["5", "5", "5, 5"]).expect("identical values are one value");
         assert_eq!(folded.headers().get_all("content-length").iter().collect::<Vec<_>>(), ["5"]);
         assert_eq!(request(&["18446744073709551615"]).unwrap().headers()["content-length"], "18446744073709551615");
-        for bad in [&["5", "6"][..], &["5, 6"], &["-1"], &["+5"], &["0x10"], &[""], &["5,"], &["18446744073709551616"]] {
+        for bad in [&["5", "6"][..], &["5, 6"], &["-1"], &["+5"], &["0x10"], &[""], &["5,"], &["18446744073709551616"]]
+        {
             assert!(request(bad).is_err(), "accepted Content-Length {bad:?}");
         }
         let response = |lengths: &[&'static str]| {

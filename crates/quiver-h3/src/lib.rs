@@ -64,8 +64,8 @@ pub use crate::client::{Client, H3Connection};
 pub use crate::datagram::{DatagramError, DatagramFlow};
 pub use crate::driver::{EarlyData, H3Driver, H3Settings, PeerAddr};
 pub use crate::error::{
-    BodyError, Error, H3_DATAGRAM_ERROR, H3_EXCESSIVE_LOAD, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED,
-    H3_REQUEST_INCOMPLETE, H3_REQUEST_REJECTED, Malformed,
+    BodyError, Error, H3_DATAGRAM_ERROR, H3_EXCESSIVE_LOAD, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR,
+    H3_REQUEST_CANCELLED, H3_REQUEST_INCOMPLETE, H3_REQUEST_REJECTED, Malformed,
 };
 pub use crate::headers::Protocol;
 pub use crate::server::Server;

@@ -203,11 +203,9 @@ impl H3Driver {
             }
             // Early data can be replayed: only safe requests go before the handshake completes; the
             // rest wait for it.
-            if conn.is_in_early_data() {
-                if !request_method(&request.fields).is_some_and(is_safe_method) {
-                    client.deferred.push_front(request);
-                    return;
-                }
+            if conn.is_in_early_data() && !request_method(&request.fields).is_some_and(is_safe_method) {
+                client.deferred.push_front(request);
+                return;
             }
             // RFC 9114 §4.2.2: do not send more than the server said it accepts.
             let size = field_section_size(&request.fields);

@@ -350,39 +350,39 @@ fn read_all(body: RecvBody) -> Read {
     read
 }
 
-#[test]
-fn a_request_body_longer_than_its_content_length_is_malformed() {
+/// A raw client uploads `body` under these `Content-Length` values; the head is well-formed, so a
+/// handler gets it. Returns what the handler read, its sink, and the resets the raw client saw.
+fn upload(lengths: &[&str], body: &[u8]) -> (Read, StreamSink, Vec<(u64, u64)>) {
     let (mut pipe, dispatched) = pipe();
     let mut peer = raw_peer(&mut pipe.client);
-    let stream = raw_request(&mut pipe, &mut peer, &["5"], Some(b"12345GET /admin"));
+    raw_request(&mut pipe, &mut peer, lengths, Some(body));
     let (request, sink) = take_dispatched(&dispatched).pop().expect("the head alone is well-formed");
     let read = read_all(request.into_body());
+    (read, sink, peer_resets(&mut peer, &mut pipe.client.conn))
+}
+
+#[test]
+fn a_request_body_longer_than_its_content_length_is_malformed() {
+    let (read, sink, resets) = upload(&["5"], b"12345GET /admin");
     assert!(read.data.len() <= 5, "the handler never sees bytes past the declared length: {:?}", read.data);
     assert!(matches!(read.end, Some(Err(BodyError::Malformed(_)))), "{:?}", read.end);
     assert!(sink.frame(OutFrame::End).is_err(), "the stream is gone for the handler");
-    assert_eq!(peer_resets(&mut peer, &mut pipe.client.conn), [(stream, H3_MESSAGE_ERROR)]);
+    assert_eq!(resets, [(0, H3_MESSAGE_ERROR)]);
 }
 
 #[test]
 fn a_request_body_shorter_than_its_content_length_is_malformed() {
-    let (mut pipe, dispatched) = pipe();
-    let mut peer = raw_peer(&mut pipe.client);
-    let stream = raw_request(&mut pipe, &mut peer, &["10"], Some(b"12345"));
-    let (request, _sink) = take_dispatched(&dispatched).pop().expect("dispatched");
-    let read = read_all(request.into_body());
+    let (read, _sink, resets) = upload(&["10"], b"12345");
     assert_eq!(read.data, b"12345");
     assert!(matches!(read.end, Some(Err(BodyError::Malformed(_)))), "not a clean end: {:?}", read.end);
-    assert_eq!(peer_resets(&mut peer, &mut pipe.client.conn), [(stream, H3_MESSAGE_ERROR)]);
+    assert_eq!(resets, [(0, H3_MESSAGE_ERROR)]);
 }
 
 #[test]
 fn a_request_whose_head_is_malformed_by_content_length_never_reaches_the_handler() {
-    for (lengths, body) in [
-        (&["5", "6"][..], Some(&b"12345"[..])),
-        (&["5, 6"], Some(b"12345")),
-        (&["-5"], Some(b"12345")),
-        (&["5"], None),
-    ] {
+    for (lengths, body) in
+        [(&["5", "6"][..], Some(&b"12345"[..])), (&["5, 6"], Some(b"12345")), (&["-5"], Some(b"12345")), (&["5"], None)]
+    {
         let (mut pipe, dispatched) = pipe();
         let mut peer = raw_peer(&mut pipe.client);
         let stream = raw_request(&mut pipe, &mut peer, lengths, body);
@@ -406,7 +406,12 @@ fn identical_content_length_values_are_one() {
 /// unless the method is HEAD); the raw server answers with `status`, these `Content-Length` values
 /// and `body` (none: the head ends the stream). Returns the caller's result and the resets the raw
 /// server saw.
-fn raw_response(method: &str, status: &str, lengths: &[&str], body: Option<&[u8]>) -> (ResponseResult, Vec<(u64, u64)>) {
+fn raw_response(
+    method: &str,
+    status: &str,
+    lengths: &[&str],
+    body: Option<&[u8]>,
+) -> (ResponseResult, Vec<(u64, u64)>) {
     let (mut pipe, _) = pipe();
     let mut peer = raw_peer(&mut pipe.server);
     let mut sent = send(&pipe, method, "/", method == "HEAD");
