@@ -507,14 +507,49 @@ mod tests {
         assert!(matches!(opened, Err(TunnelError::MalformedResponse(_))), "CONNECT-IP too: {opened:?}");
     }
 
+    /// One DATAGRAM capsule with its type in 8 bytes and its length in 4 (RFC 9000 §16 allows it; our
+    /// encoder and quiche's never do it), carrying context ID 0 and `ping`.
+    const NON_MINIMAL_CAPSULE: &[u8] = &[0xc0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 5, 0, b'p', b'i', b'n', b'g'];
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_proxy_ends_a_tunnel_of_non_minimal_varint_capsules_with_fin() {
+        let config = crate::ProxyConfig::builder()
+            .policy(crate::TargetPolicy::parse(&["127.0.0.1/32:1-65535"]).unwrap())
+            .build()
+            .unwrap();
+        let quic = crate::proxy_server_config(&config).self_signed(["localhost"]).build().unwrap();
+        let endpoint = quiver::Endpoint::server("127.0.0.1:0".parse().unwrap(), quic).unwrap();
+        let port = endpoint.local_addr().port();
+        let proxy = crate::Proxy::new(config);
+        let serving = proxy.clone();
+        tokio::spawn(async move { serving.serve(endpoint).await });
+        let target = quiver_test_support::udp::spawn_responder(|_| None);
+        let h3 = quiver_h3::Client::new(client_config().insecure_skip_verification().build().unwrap());
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("https://localhost:{port}/.well-known/masque/udp/127.0.0.1/{}/", target.port()))
+            .header("capsule-protocol", "?1")
+            .extension(Protocol(CONNECT_UDP.into()))
+            .body(Full::new(Bytes::from_static(NON_MINIMAL_CAPSULE)))
+            .unwrap();
+        let response = guarded("the proxy's answer", h3.send_request(request)).await.expect("answered");
+        assert_eq!(response.status(), StatusCode::OK);
+        // Our FIN after a whole capsule: the proxy closes the tunnel with its own FIN, no reset.
+        let end = guarded("the tunnel's end", response.into_body().collect()).await;
+        assert!(end.is_ok(), "{end:?}");
+        // The capsule was read whole and its payload relayed (or, if it found the target's fresh
+        // socket not yet writable, dropped as UDP may).
+        let stats = proxy.stats();
+        assert_eq!(stats.datagrams_to_target + stats.dropped_queue_full, 1, "{stats:?}");
+        assert_eq!(stats.dropped_malformed, 0);
+    }
+
     #[tokio::test]
     async fn capsules_with_non_minimal_varints_then_fin_end_the_tunnel_cleanly() {
-        // One DATAGRAM capsule, type in 8 bytes and length in 4 (RFC 9000 §16 allows it; our encoder
-        // never does it), carrying context ID 0 and "pong"; then the proxy finishes the stream.
-        const CAPSULE: &[u8] = &[0xc0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 5, 0, b'p', b'o', b'n', b'g'];
-        let client = fake_proxy(&[("capsule-protocol", "?1")], CAPSULE);
+        // The proxy sends the capsule, then finishes the stream.
+        let client = fake_proxy(&[("capsule-protocol", "?1")], NON_MINIMAL_CAPSULE);
         let mut tunnel = guarded("open", client.open(&target())).await.expect("tunnel");
-        assert_eq!(guarded("payload", tunnel.recv()).await.expect("payload"), "pong");
+        assert_eq!(guarded("payload", tunnel.recv()).await.expect("payload"), "ping");
         let end = guarded("end", tunnel.recv()).await;
         assert!(matches!(end, Err(TunnelError::Closed)), "a clean end, not a malformed stream: {end:?}");
     }
