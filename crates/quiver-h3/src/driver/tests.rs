@@ -22,18 +22,18 @@ use crate::test_pipe::{Pipe, Side, Windows};
 /// Requests the server driver handed to "user code", in arrival order.
 type Dispatched = Arc<Mutex<Vec<(Request<RecvBody>, StreamSink)>>>;
 
-fn pipe_with(windows: Windows) -> (Pipe, Dispatched) {
+fn pipe_with(windows: Windows, server_settings: H3Settings) -> (Pipe, Dispatched) {
     let dispatched = Dispatched::default();
     let sink = dispatched.clone();
     let dispatch: super::Dispatch =
         Arc::new(move |request: Request<RecvBody>, stream: StreamSink| sink.lock().unwrap().push((request, stream)));
-    let server = H3Driver::server(H3Settings::default(), dispatch);
+    let server = H3Driver::server(server_settings, dispatch);
     let client = H3Driver::client(H3Settings::default());
     (Pipe::with_windows(client, server, windows), dispatched)
 }
 
 fn pipe() -> (Pipe, Dispatched) {
-    pipe_with(Windows::default())
+    pipe_with(Windows::default(), H3Settings::default())
 }
 
 /// A request as the client's caller queues it, and its two answers.
@@ -256,7 +256,7 @@ fn dropping_a_response_body_stops_the_server_sending_it() {
 fn a_reader_that_does_not_read_stops_the_peer_through_flow_control() {
     const WINDOW: u64 = 32 * 1024;
     let windows = Windows { stream_bytes: WINDOW, connection_bytes: 16 * WINDOW };
-    let (mut pipe, dispatched) = pipe_with(windows);
+    let (mut pipe, dispatched) = pipe_with(windows, H3Settings::default());
     let mut sent = send(&pipe, "POST", "/upload", false);
     pipe.run();
     let upload = sent.opened.try_recv().expect("request stream opened");
@@ -348,6 +348,29 @@ fn read_all(body: RecvBody) -> Read {
     let mut read = Read::default();
     read_available(&mut body, &mut read);
     read
+}
+
+#[test]
+fn requests_without_an_authority_never_reach_the_handler() {
+    // Host does not stand in for :authority in an extended CONNECT (RFC 9220 §3, RFC 9298 §3.4), and
+    // an https request needs one of the two (RFC 9114 §4.3.1). Our own client always sends :authority.
+    let extended_connect = [
+        (":method", "CONNECT"),
+        (":protocol", "connect-udp"),
+        (":scheme", "https"),
+        (":path", "/.well-known/masque/udp/192.0.2.1/53/"),
+        ("host", "localhost"),
+    ];
+    let no_host = [(":method", "GET"), (":scheme", "https"), (":path", "/")];
+    for head in [&extended_connect[..], &no_host] {
+        let settings = H3Settings { extended_connect: true, ..H3Settings::default() };
+        let (mut pipe, dispatched) = pipe_with(Windows::default(), settings);
+        let mut peer = raw_peer(&mut pipe.client);
+        let stream = peer.send_request(&mut pipe.client.conn, &fields_with(head, &[]), true).expect("request");
+        pipe.run();
+        assert!(take_dispatched(&dispatched).is_empty(), "{head:?} reached the handler");
+        assert_eq!(peer_resets(&mut peer, &mut pipe.client.conn), [(stream, H3_MESSAGE_ERROR)], "{head:?}");
+    }
 }
 
 /// A raw client uploads `body` under these `Content-Length` values; the head is well-formed, so a
