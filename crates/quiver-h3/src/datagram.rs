@@ -3,6 +3,8 @@
 //! A datagram belongs to a request stream: on the wire it is a QUIC DATAGRAM frame whose payload starts
 //! with the stream's quarter ID (stream ID / 4) as a variable-length integer. Datagrams are unreliable:
 //! when a queue is full or a payload does not fit the path, it is dropped and counted, never truncated.
+//! A received quarter stream ID above 2^60 - 1, which no stream can have, closes the connection with
+//! [`H3_DATAGRAM_ERROR`](crate::H3_DATAGRAM_ERROR) (RFC 9297 §2.1).
 //!
 //! Requests with the CONNECT method (plain or extended, RFC 9220) carry a [`DatagramFlow`] in their
 //! extensions on the server side, and their responses carry one on the client side, when the peer has

@@ -88,8 +88,9 @@ pub enum Error {
     /// The server reset the request stream with this HTTP/3 error code.
     #[error("request reset by the server with error code 0x{0:x}")]
     StreamReset(u64),
-    /// The server's response was not valid HTTP/3 (missing or invalid `:status`, bad header, no head
-    /// before the stream ended). The stream was reset with H3_MESSAGE_ERROR.
+    /// The server's response was not valid HTTP/3 (missing or invalid `:status`, bad header, several
+    /// different or invalid `Content-Length` values, a `Content-Length` above zero with no DATA, no
+    /// head before the stream ended). The stream was reset with H3_MESSAGE_ERROR.
     #[error("malformed response: {0}")]
     MalformedResponse(#[source] Malformed),
     /// The request has neither an authority in its URI nor a `Host` header.
