@@ -14,8 +14,10 @@ use crate::error::BodyError;
 
 /// A body received from the peer. Read it with `http_body_util::BodyExt` (`collect`, `frame`).
 ///
-/// Ends with `None` after the last frame; a peer reset or a dropped connection ends with
-/// [`BodyError`] instead, so a truncated body is never mistaken for a complete one.
+/// Ends with `None` after the last frame; a peer reset, a dropped connection, or a message whose DATA
+/// disagrees with its `Content-Length` (more than it declared, or a stream that ends short of it) ends
+/// with [`BodyError`] instead, so a truncated or overlong body is never mistaken for a complete one.
+/// The bytes handed out before such an error never exceed the declared length.
 ///
 /// Dropping a response body (client side) before its end cancels the rest on the wire: the stream's
 /// receiving side is stopped with STOP_SENDING (H3_REQUEST_CANCELLED). Dropping a request body (server
@@ -56,6 +58,10 @@ impl http_body::Body for RecvBody {
             Some(BodyFrame::Reset(code)) => {
                 self.inbound = None;
                 Poll::Ready(Some(Err(BodyError::Reset(code))))
+            }
+            Some(BodyFrame::Malformed(reason)) => {
+                self.inbound = None;
+                Poll::Ready(Some(Err(BodyError::Malformed(reason))))
             }
             None => {
                 self.inbound = None;

@@ -166,6 +166,8 @@ pub(crate) enum BodyFrame {
     Trailers(HeaderMap),
     End,
     Reset(u64),
+    /// We found the message malformed and reset the stream with H3_MESSAGE_ERROR.
+    Malformed(headers::Malformed),
 }
 
 /// What a reader that stops before the end of a body asks of the driver.
@@ -210,7 +212,9 @@ impl InboundBody {
                 // Room freed in the channel: ask the connection task to read more of the stream.
                 let _ = self.wake.send(Wake::ReadMore { stream: self.stream });
             }
-            std::task::Poll::Ready(Some(BodyFrame::End | BodyFrame::Reset(_)) | None) => self.ended = true,
+            std::task::Poll::Ready(Some(BodyFrame::End | BodyFrame::Reset(_) | BodyFrame::Malformed(_)) | None) => {
+                self.ended = true;
+            }
             _ => {}
         }
         polled

@@ -3,6 +3,8 @@
 //! A datagram belongs to a request stream: on the wire it is a QUIC DATAGRAM frame whose payload starts
 //! with the stream's quarter ID (stream ID / 4) as a variable-length integer. Datagrams are unreliable:
 //! when a queue is full or a payload does not fit the path, it is dropped and counted, never truncated.
+//! A received quarter stream ID above 2^60 - 1, which no stream can have, closes the connection with
+//! [`H3_DATAGRAM_ERROR`](crate::H3_DATAGRAM_ERROR) (RFC 9297 §2.1).
 //!
 //! Requests with the CONNECT method (plain or extended, RFC 9220) carry a [`DatagramFlow`] in their
 //! extensions on the server side, and their responses carry one on the client side, when the peer has
@@ -236,7 +238,18 @@ pub struct CapsuleTooLarge {
     pub max: usize,
 }
 
+/// The stream ended inside a capsule, which RFC 9297 §3.3 makes a malformed stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the stream ended inside a capsule ({buffered} bytes of it received)")]
+pub struct CapsuleTruncated {
+    /// Bytes of the unfinished capsule that arrived.
+    pub buffered: usize,
+}
+
 /// Splits stream body bytes into capsules, holding at most one capsule's worth of bytes.
+///
+/// Type and length may use any varint encoding, minimal or not (RFC 9000 §16 allows both): what a
+/// capsule occupied is what was read, never re-derived from its values.
 #[derive(Debug)]
 pub struct CapsuleDecoder {
     buffer: BytesMut,
@@ -272,6 +285,17 @@ impl CapsuleDecoder {
         self.buffer.advance(header);
         let value = self.buffer.split_to(length as usize).freeze();
         Ok(Some(Capsule { capsule_type, value }))
+    }
+
+    /// Checks the end of the stream, once every complete capsule was taken.
+    ///
+    /// # Errors
+    /// [`CapsuleTruncated`] when bytes of an unfinished capsule are left: the stream is malformed.
+    pub fn finish(&self) -> Result<(), CapsuleTruncated> {
+        match self.buffer.len() {
+            0 => Ok(()),
+            buffered => Err(CapsuleTruncated { buffered }),
+        }
     }
 }
 
@@ -314,6 +338,24 @@ mod tests {
             assert_eq!(capsules[1].value.len(), 300);
             assert!(capsules[2].value.is_empty());
         }
+    }
+
+    #[test]
+    fn non_minimal_varints_are_read_as_what_they_occupy() {
+        // Type 0 in eight bytes and length 3 in two: legal (RFC 9000 §16), and what quiche's own
+        // encoder never sends, so the bytes are written by hand.
+        let mut wire = vec![0xc0, 0, 0, 0, 0, 0, 0, 0, 0x40, 0x03];
+        wire.extend_from_slice(b"abc");
+        // Type 0x1234 in four bytes, empty value with its length in eight.
+        wire.extend_from_slice(&[0x80, 0x00, 0x12, 0x34, 0xc0, 0, 0, 0, 0, 0, 0, 0]);
+        let mut decoder = CapsuleDecoder::new(100);
+        decoder.push(&wire);
+        assert_eq!(decoder.next_capsule(), Ok(Some(Capsule { capsule_type: 0, value: Bytes::from_static(b"abc") })));
+        assert_eq!(decoder.next_capsule(), Ok(Some(Capsule { capsule_type: 0x1234, value: Bytes::new() })));
+        assert_eq!(decoder.next_capsule(), Ok(None));
+        assert_eq!(decoder.finish(), Ok(()), "nothing left over: the stream may end here");
+        decoder.push(&[0x40]);
+        assert_eq!(decoder.finish(), Err(CapsuleTruncated { buffered: 1 }));
     }
 
     #[test]

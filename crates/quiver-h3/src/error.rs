@@ -14,6 +14,8 @@ pub const H3_REQUEST_INCOMPLETE: u64 = 0x10d;
 pub const H3_MESSAGE_ERROR: u64 = 0x10e;
 /// H3_EXCESSIVE_LOAD.
 pub const H3_EXCESSIVE_LOAD: u64 = 0x107;
+/// H3_DATAGRAM_ERROR (RFC 9297 §2.1): an HTTP Datagram that cannot be parsed.
+pub const H3_DATAGRAM_ERROR: u64 = 0x33;
 
 /// Reading a [`RecvBody`](crate::RecvBody) failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,10 +27,17 @@ pub enum BodyError {
     /// The connection ended before the body was complete.
     #[error("connection closed before the body was complete")]
     Incomplete,
+    /// The peer's message is malformed (RFC 9114 §4.1.2): its DATA disagrees with its
+    /// `Content-Length`, or its trailers are invalid. We reset the stream with H3_MESSAGE_ERROR; the
+    /// body is not to be used.
+    #[error("malformed message: {0}")]
+    Malformed(#[source] Malformed),
 }
 
-/// Why a header section is malformed (RFC 9114 §4.1.2): a pseudo-header missing, repeated, out of
-/// place or invalid, an uppercase or connection-specific field, an invalid name or value.
+/// Why a message is malformed (RFC 9114 §4.1.2): a pseudo-header missing, repeated, out of place or
+/// invalid, a missing authority, an uppercase or connection-specific field, an invalid name or value,
+/// several different or invalid `Content-Length` values, or DATA whose length disagrees with
+/// `Content-Length`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{reason}")]
 pub struct Malformed {
@@ -79,8 +88,9 @@ pub enum Error {
     /// The server reset the request stream with this HTTP/3 error code.
     #[error("request reset by the server with error code 0x{0:x}")]
     StreamReset(u64),
-    /// The server's response was not valid HTTP/3 (missing or invalid `:status`, bad header, no head
-    /// before the stream ended). The stream was reset with H3_MESSAGE_ERROR.
+    /// The server's response was not valid HTTP/3 (missing or invalid `:status`, bad header, several
+    /// different or invalid `Content-Length` values, a `Content-Length` above zero with no DATA, no
+    /// head before the stream ended). The stream was reset with H3_MESSAGE_ERROR.
     #[error("malformed response: {0}")]
     MalformedResponse(#[source] Malformed),
     /// The request has neither an authority in its URI nor a `Host` header.

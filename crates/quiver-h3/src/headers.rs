@@ -1,6 +1,7 @@
 //! Mapping between HTTP/3 field sections and `http` types, with the message checks of RFC 9114 §4.3:
 //! pseudo-headers first, once each, only the ones defined for the direction; lowercase names; no
-//! connection-specific fields. A violation is a malformed message (H3_MESSAGE_ERROR).
+//! connection-specific fields; an authority wherever the request needs one (§4.3.1, RFC 9220 §3);
+//! at most one `Content-Length` value (§4.1.2). A violation is a malformed message (H3_MESSAGE_ERROR).
 
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
@@ -32,6 +33,38 @@ fn regular_field(name: &[u8], value: &[u8], into: &mut HeaderMap) -> Result<(), 
     }
     let value = HeaderValue::from_bytes(value).map_err(|_| malformed(format!("invalid value for {name}")))?;
     into.append(name, value);
+    Ok(())
+}
+
+/// The message's declared content length (RFC 9110 §8.6): `Ok(None)` without `Content-Length`.
+///
+/// Several values that differ, or a value that is not a non-negative decimal integer, make the message
+/// malformed (RFC 9114 §4.1.2): a front end that took one value while a back end took another is
+/// how requests get smuggled. Identical values count as one.
+pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Malformed> {
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        // A recipient may see "42, 42" (RFC 9110 §8.6): every item counts as a value.
+        for item in value.as_bytes().split(|byte| *byte == b',') {
+            let item = item.trim_ascii();
+            // Digits only: `u64::from_str` would also take a leading '+'.
+            let digits = !item.is_empty() && item.iter().all(u8::is_ascii_digit);
+            let parsed = std::str::from_utf8(item).ok().filter(|_| digits).and_then(|item| item.parse::<u64>().ok());
+            let parsed = parsed.ok_or_else(|| malformed("invalid Content-Length"))?;
+            if length.replace(parsed).is_some_and(|earlier| earlier != parsed) {
+                return Err(malformed("several different Content-Length values"));
+            }
+        }
+    }
+    Ok(length)
+}
+
+/// Checks `Content-Length` and folds repeated identical values into one field, so whoever reads the
+/// head later sees one plain number.
+fn fold_content_length(headers: &mut HeaderMap) -> Result<(), Malformed> {
+    if let Some(length) = content_length(headers)? {
+        headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     Ok(())
 }
 
@@ -76,6 +109,7 @@ pub fn parse_request(fields: &[Header]) -> Result<Request<()>, Malformed> {
     {
         return Err(malformed(":authority and Host differ"));
     }
+    let authority_or_host = authority.or_else(|| headers.get(http::header::HOST).map(HeaderValue::as_bytes));
     let uri = if is_connect && protocol.is_none() {
         // Plain CONNECT: only :authority (RFC 9114 §4.4).
         if scheme.is_some() || path.is_some() {
@@ -92,8 +126,17 @@ pub fn parse_request(fields: &[Header]) -> Result<Request<()>, Malformed> {
         if path.is_empty() {
             return Err(malformed("empty :path"));
         }
+        // RFC 9220 §3 (and RFC 9298 §3.4): an extended CONNECT names its authority in :authority.
+        if protocol.is_some() && authority.is_none() {
+            return Err(malformed("extended CONNECT without :authority"));
+        }
+        // RFC 9114 §4.3.1: http and https requests carry :authority or Host; without either, which
+        // host the request is for is up to each hop's guess.
+        if matches!(scheme, b"http" | b"https") && authority_or_host.is_none() {
+            return Err(malformed("http(s) request without :authority or Host"));
+        }
         let mut uri = Uri::builder().scheme(scheme).path_and_query(path);
-        if let Some(authority) = authority.or_else(|| headers.get(http::header::HOST).map(HeaderValue::as_bytes)) {
+        if let Some(authority) = authority_or_host {
             uri = uri.authority(authority);
         }
         uri.build().map_err(|_| malformed("invalid :scheme, :authority or :path"))?
@@ -104,6 +147,7 @@ pub fn parse_request(fields: &[Header]) -> Result<Request<()>, Malformed> {
         request = request.extension(Protocol(protocol));
     }
     let mut request = request.body(()).map_err(|err| malformed(err.to_string()))?;
+    fold_content_length(&mut headers)?;
     *request.headers_mut() = headers;
     Ok(request)
 }
@@ -126,6 +170,7 @@ pub fn parse_response(fields: &[Header]) -> Result<Response<()>, Malformed> {
     }
     let status = StatusCode::from_bytes(status.ok_or_else(|| malformed("missing :status"))?)
         .map_err(|_| malformed("invalid :status"))?;
+    fold_content_length(&mut headers)?;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = http::Version::HTTP_3;
@@ -239,6 +284,53 @@ mod tests {
         for case in cases {
             assert!(parse_request(&fields(case)).is_err(), "accepted {case:?}");
         }
+    }
+
+    #[test]
+    fn requests_name_their_authority() {
+        let no_authority = [(":method", "GET"), (":scheme", "https"), (":path", "/")];
+        assert_eq!(
+            parse_request(&fields(&no_authority)).unwrap_err(),
+            malformed("http(s) request without :authority or Host")
+        );
+        let plain_http = [(":method", "GET"), (":scheme", "http"), (":path", "/")];
+        assert!(parse_request(&fields(&plain_http)).is_err());
+        let extended_with_host = [
+            (":method", "CONNECT"),
+            (":protocol", "connect-udp"),
+            (":scheme", "https"),
+            (":path", "/.well-known/masque/udp/a/53/"),
+            ("host", "proxy:443"),
+        ];
+        assert_eq!(
+            parse_request(&fields(&extended_with_host)).unwrap_err(),
+            malformed("extended CONNECT without :authority"),
+            "Host does not stand in for :authority in extended CONNECT"
+        );
+    }
+
+    #[test]
+    fn content_length_has_one_valid_value() {
+        let request = |lengths: &[&'static str]| {
+            let mut pairs = vec![(":method", "POST"), (":scheme", "https"), (":authority", "h"), (":path", "/")];
+            pairs.extend(lengths.iter().map(|length| ("content-length", *length)));
+            parse_request(&fields(&pairs))
+        };
+        let folded = request(&["5", "5", "5, 5"]).expect("identical values are one value");
+        assert_eq!(folded.headers().get_all("content-length").iter().collect::<Vec<_>>(), ["5"]);
+        assert_eq!(request(&["18446744073709551615"]).unwrap().headers()["content-length"], "18446744073709551615");
+        for bad in [&["5", "6"][..], &["5, 6"], &["-1"], &["+5"], &["0x10"], &[""], &["5,"], &["18446744073709551616"]]
+        {
+            assert!(request(bad).is_err(), "accepted Content-Length {bad:?}");
+        }
+        let response = |lengths: &[&'static str]| {
+            let mut pairs = vec![(":status", "200")];
+            pairs.extend(lengths.iter().map(|length| ("content-length", *length)));
+            parse_response(&fields(&pairs))
+        };
+        assert_eq!(response(&["3", "4"]).unwrap_err(), malformed("several different Content-Length values"));
+        assert!(response(&["abc"]).is_err());
+        assert!(response(&["7", "7"]).is_ok());
     }
 
     #[test]

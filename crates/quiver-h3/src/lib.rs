@@ -7,6 +7,16 @@
 //! own tasks and exchange body chunks with the driver through bounded channels, so a slow handler or a
 //! slow reader slows the peer down through QUIC flow control instead of growing buffers.
 //!
+//! ## Malformed messages
+//! Both roles hold the peer to RFC 9114 §4: a request or response whose head breaks the rules
+//! (pseudo-headers, connection-specific fields, an `http`/`https` request without `:authority` or
+//! `Host`, an extended CONNECT without `:authority`, several different or invalid `Content-Length`
+//! values) is reset with [`H3_MESSAGE_ERROR`] before a handler runs, or fails the request with
+//! [`Error::MalformedResponse`]. A body whose DATA exceeds or falls short of its `Content-Length`
+//! is reset the same way once that shows, and its [`RecvBody`] ends with [`BodyError::Malformed`]
+//! instead of a clean end, never having handed out a byte past the declared length: a front end
+//! built on this crate cannot be made to relay a body of another length than its head says.
+//!
 //! ## Server
 //! ```no_run
 //! use http::{Request, Response};
@@ -54,8 +64,8 @@ pub use crate::client::{Client, H3Connection};
 pub use crate::datagram::{DatagramError, DatagramFlow};
 pub use crate::driver::{EarlyData, H3Driver, H3Settings, PeerAddr};
 pub use crate::error::{
-    BodyError, Error, H3_EXCESSIVE_LOAD, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR, H3_REQUEST_CANCELLED,
-    H3_REQUEST_INCOMPLETE, H3_REQUEST_REJECTED, Malformed,
+    BodyError, Error, H3_DATAGRAM_ERROR, H3_EXCESSIVE_LOAD, H3_INTERNAL_ERROR, H3_MESSAGE_ERROR, H3_NO_ERROR,
+    H3_REQUEST_CANCELLED, H3_REQUEST_INCOMPLETE, H3_REQUEST_REJECTED, Malformed,
 };
 pub use crate::headers::Protocol;
 pub use crate::server::Server;

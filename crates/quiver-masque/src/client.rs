@@ -73,9 +73,14 @@ pub enum TunnelError {
     /// The send queue is full: the datagram was dropped.
     #[error("tunnel send queue full; datagram dropped")]
     QueueFull,
-    /// The proxy sent a capsule larger than any UDP payload.
+    /// The proxy sent a capsule larger than any UDP payload, or ended the stream inside a capsule.
     #[error("the proxy sent a malformed capsule stream: {0}")]
     Malformed(String),
+    /// The proxy's 2xx answer to the tunnel request is malformed: it carries `Content-Length` or
+    /// `Transfer-Encoding`, which RFC 9298 §3.5 forbids there (the stream is a tunnel, not a body of
+    /// some length). The tunnel was not opened.
+    #[error("the proxy's answer to the tunnel request is malformed: {0}")]
+    MalformedResponse(String),
 }
 
 /// A handle on a CONNECT-UDP proxy; cheap to clone. Tunnels share one HTTP/3 connection, which is
@@ -164,7 +169,8 @@ impl MasqueClient {
     ///
     /// # Errors
     /// [`TunnelError::Proxy`] (connection or request failure), [`TunnelError::TimedOut`],
-    /// [`TunnelError::Refused`] with the proxy's status and `Proxy-Status`.
+    /// [`TunnelError::Refused`] with the proxy's status and `Proxy-Status`,
+    /// [`TunnelError::MalformedResponse`] for a 2xx answer with `Content-Length`.
     ///
     /// # Cancel safety
     /// Cancel safe: a tunnel whose opening is cancelled is closed.
@@ -216,6 +222,16 @@ impl MasqueClient {
                 .get("proxy-status")
                 .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
             return Err(TunnelError::Refused { target: what.to_owned(), status: response.status(), proxy_status });
+        }
+        // RFC 9298 §3.5 (RFC 9484 §4.4 likewise): a 2xx answer with a body length is malformed.
+        // quiver-h3 ignores those fields on CONNECT answers (RFC 9110 §9.3.6), so the check is ours.
+        // Returning drops the request and the answer, which ends the stream.
+        let length_fields = [http::header::CONTENT_LENGTH, http::header::TRANSFER_ENCODING];
+        if let Some(field) = length_fields.iter().find(|field| response.headers().contains_key(*field)) {
+            return Err(TunnelError::MalformedResponse(format!(
+                "its {} answer for {what} carries {field}",
+                response.status()
+            )));
         }
         let flow = DatagramFlow::take_from(response.extensions()).filter(|_| self.datagrams);
         Ok(TunnelStream {
@@ -445,5 +461,96 @@ impl UdpTunnel {
     /// Datagrams this tunnel dropped on receive because their context ID was not 0.
     pub fn dropped_on_receive(&self) -> u64 {
         self.stream.dropped_on_receive
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http::HeaderValue;
+    use http_body_util::Full;
+    use quiver_test_support::guarded;
+
+    use super::*;
+
+    /// A stand-in proxy that answers every request 200 with `fields` and `body`, then ends the stream:
+    /// what a broken or hostile proxy may send, and the real one never does. Serves until the test ends.
+    fn fake_proxy(fields: &'static [(&'static str, &'static str)], body: &'static [u8]) -> MasqueClient {
+        let config = quiver_h3::server_config().datagrams(true).self_signed(["localhost"]).build().unwrap();
+        let endpoint = quiver::Endpoint::server("127.0.0.1:0".parse().unwrap(), config).unwrap();
+        let port = endpoint.local_addr().port();
+        let service = tower::service_fn(move |_request: Request<RecvBody>| async move {
+            let mut response = http::Response::new(Full::new(Bytes::from_static(body)));
+            for (name, value) in fields {
+                response.headers_mut().append(*name, HeaderValue::from_static(value));
+            }
+            Ok::<_, Infallible>(response)
+        });
+        let settings = quiver_h3::H3Settings { extended_connect: true, ..quiver_h3::H3Settings::default() };
+        tokio::spawn(quiver_h3::Server::new(service).settings(settings).serve(endpoint));
+        let config = client_config().insecure_skip_verification().build().unwrap();
+        MasqueClient::new(&format!("https://localhost:{port}"), config).unwrap()
+    }
+
+    fn target() -> Target {
+        "192.0.2.1:53".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_2xx_answer_with_content_length_is_malformed() {
+        let client = fake_proxy(&[("capsule-protocol", "?1"), ("content-length", "0")], b"");
+        let opened = guarded("open", client.open(&target())).await;
+        assert!(matches!(opened, Err(TunnelError::MalformedResponse(_))), "{opened:?}");
+        let client = fake_proxy(&[("capsule-protocol", "?1"), ("content-length", "100")], b"");
+        let opened = guarded("open_ip", client.open_ip()).await;
+        assert!(matches!(opened, Err(TunnelError::MalformedResponse(_))), "CONNECT-IP too: {opened:?}");
+    }
+
+    /// One DATAGRAM capsule with its type in 8 bytes and its length in 4 (RFC 9000 §16 allows it; our
+    /// encoder and quiche's never do it), carrying context ID 0 and `ping`.
+    const NON_MINIMAL_CAPSULE: &[u8] = &[0xc0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 5, 0, b'p', b'i', b'n', b'g'];
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_proxy_ends_a_tunnel_of_non_minimal_varint_capsules_with_fin() {
+        let config = crate::ProxyConfig::builder()
+            .policy(crate::TargetPolicy::parse(&["127.0.0.1/32:1-65535"]).unwrap())
+            .build()
+            .unwrap();
+        let quic = crate::proxy_server_config(&config).self_signed(["localhost"]).build().unwrap();
+        let endpoint = quiver::Endpoint::server("127.0.0.1:0".parse().unwrap(), quic).unwrap();
+        let port = endpoint.local_addr().port();
+        let proxy = crate::Proxy::new(config);
+        let serving = proxy.clone();
+        tokio::spawn(async move { serving.serve(endpoint).await });
+        let target = quiver_test_support::udp::spawn_responder(|_| None);
+        let h3 = quiver_h3::Client::new(client_config().insecure_skip_verification().build().unwrap());
+        let request = Request::builder()
+            .method(Method::CONNECT)
+            .uri(format!("https://localhost:{port}/.well-known/masque/udp/127.0.0.1/{}/", target.port()))
+            .header("capsule-protocol", "?1")
+            .extension(Protocol(CONNECT_UDP.into()))
+            .body(Full::new(Bytes::from_static(NON_MINIMAL_CAPSULE)))
+            .unwrap();
+        let response = guarded("the proxy's answer", h3.send_request(request)).await.expect("answered");
+        assert_eq!(response.status(), StatusCode::OK);
+        // Our FIN after a whole capsule: the proxy closes the tunnel with its own FIN, no reset.
+        let end = guarded("the tunnel's end", response.into_body().collect()).await;
+        assert!(end.is_ok(), "{end:?}");
+        // The capsule was read whole and its payload relayed (or, if it found the target's fresh
+        // socket not yet writable, dropped as UDP may).
+        let stats = proxy.stats();
+        assert_eq!(stats.datagrams_to_target + stats.dropped_queue_full, 1, "{stats:?}");
+        assert_eq!(stats.dropped_malformed, 0);
+    }
+
+    #[tokio::test]
+    async fn capsules_with_non_minimal_varints_then_fin_end_the_tunnel_cleanly() {
+        // The proxy sends the capsule, then finishes the stream.
+        let client = fake_proxy(&[("capsule-protocol", "?1")], NON_MINIMAL_CAPSULE);
+        let mut tunnel = guarded("open", client.open(&target())).await.expect("tunnel");
+        assert_eq!(guarded("payload", tunnel.recv()).await.expect("payload"), "ping");
+        let end = guarded("end", tunnel.recv()).await;
+        assert!(matches!(end, Err(TunnelError::Closed)), "a clean end, not a malformed stream: {end:?}");
     }
 }

@@ -12,7 +12,7 @@ use quiver::{ConnectionError, QuicConnection};
 use tokio::sync::Semaphore;
 
 use super::datagrams::datagram_flow;
-use super::streams::{StreamState, reset_stream};
+use super::streams::{DeclaredLength, StreamState, reset_stream};
 use super::{H3Driver, H3Settings, Role, is_safe_method};
 use crate::command::{NewRequest, OnEarlyDrop, STREAM_SEND_BUDGET, StreamSink};
 use crate::error::{Error, H3_MESSAGE_ERROR, H3_REQUEST_CANCELLED};
@@ -107,9 +107,25 @@ impl H3Driver {
     pub(super) fn on_response(&mut self, conn: &mut QuicConnection, stream: u64, list: Vec<Header>, more_frames: bool) {
         let Some(state) = self.streams.get_mut(&stream) else { return };
         let Some(response) = state.response.take() else { return };
-        match headers::parse_response(&list) {
-            Ok(head) if head.status().is_informational() => state.response = Some(response),
-            Ok(head) => {
+        let parsed = headers::parse_response(&list).and_then(|head| {
+            if head.status().is_informational() {
+                return Ok((head, None));
+            }
+            let declared = if state.is_connect && head.status().is_success() {
+                // A tunnel, not content: RFC 9110 §9.3.6 has the client ignore Content-Length here.
+                None
+            } else if state.is_head || matches!(head.status().as_u16(), 204 | 304) {
+                // No content, whatever Content-Length says (RFC 9114 §4.1.2, RFC 9110 §6.4.1).
+                Some(0)
+            } else {
+                headers::content_length(head.headers())?
+            };
+            Ok((head, DeclaredLength::expect(declared, more_frames)?))
+        });
+        match parsed {
+            Ok((head, _)) if head.status().is_informational() => state.response = Some(response),
+            Ok((head, declared_length)) => {
+                state.declared_length = declared_length;
                 let body = state.open_body(stream, more_frames, &self.wake_tx, OnEarlyDrop::StopSending);
                 let mut head = head.map(|()| body);
                 if state.is_connect
@@ -187,12 +203,9 @@ impl H3Driver {
             }
             // Early data can be replayed: only safe requests go before the handshake completes; the
             // rest wait for it.
-            if conn.is_in_early_data() {
-                let method = request.fields.iter().find(|field| field.name() == b":method").map(|field| field.value());
-                if !method.is_some_and(is_safe_method) {
-                    client.deferred.push_front(request);
-                    return;
-                }
+            if conn.is_in_early_data() && !request_method(&request.fields).is_some_and(is_safe_method) {
+                client.deferred.push_front(request);
+                return;
             }
             // RFC 9114 §4.2.2: do not send more than the server said it accepts.
             let size = field_section_size(&request.fields);
@@ -208,6 +221,7 @@ impl H3Driver {
                         outbound_done: request.end,
                         response: Some(request.response),
                         is_connect: request.is_connect,
+                        is_head: request_method(&request.fields) == Some(b"HEAD"),
                         ..StreamState::default()
                     };
                     self.streams.insert(stream, state);
@@ -236,6 +250,11 @@ impl H3Driver {
             }
         }
     }
+}
+
+/// The `:method` of a request's field section.
+fn request_method(fields: &[Header]) -> Option<&[u8]> {
+    fields.iter().find(|field| field.name() == b":method").map(|field| field.value())
 }
 
 /// A field section's size as RFC 9114 §4.2.2 counts it: each field's name and value plus 32 bytes.

@@ -1,6 +1,6 @@
 //! HTTP datagrams in the driver: QUIC DATAGRAM frames in, routed to their stream's flow by quarter
-//! stream ID; flows' datagrams out, held until the peer's SETTINGS say whether it takes them
-//! (RFC 9297 §2.1.1).
+//! stream ID (one above 2^60 - 1 closes the connection with H3_DATAGRAM_ERROR, RFC 9297 §2.1);
+//! flows' datagrams out, held until the peer's SETTINGS say whether it takes them (RFC 9297 §2.1.1).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,14 +14,28 @@ use super::H3Driver;
 use super::streams::with_scratch;
 use crate::command::WakeSender;
 use crate::datagram::{DatagramFlow, DatagramShared, PEER_SETTINGS_DISABLED, PEER_SETTINGS_ENABLED, get_varint};
+use crate::error::H3_DATAGRAM_ERROR;
+
+/// The largest quarter stream ID (RFC 9297 §2.1): a client-initiated bidirectional stream ID is below
+/// 2^62, so its quarter is below 2^60.
+const MAX_QUARTER_STREAM_ID: u64 = (1 << 60) - 1;
 
 impl H3Driver {
-    /// Routes received QUIC datagrams to their streams' flows; drops (and counts) the rest.
+    /// Routes received QUIC datagrams to their streams' flows; drops (and counts) the rest. A quarter
+    /// stream ID no stream can have is a connection error (RFC 9297 §2.1).
     pub(super) fn recv_datagrams(&mut self, conn: &mut QuicConnection) {
         with_scratch(|scratch| {
             while let Ok(len) = conn.dgram_recv(scratch) {
-                let routed = get_varint(&scratch[..len]).and_then(|(quarter, prefix)| {
-                    let tx = self.streams.get(&quarter.checked_mul(4)?)?.datagram_tx.as_ref()?;
+                let quarter = get_varint(&scratch[..len]);
+                if let Some((quarter, _)) = quarter
+                    && quarter > MAX_QUARTER_STREAM_ID
+                {
+                    tracing::debug!(quarter, "HTTP datagram with an impossible quarter stream ID");
+                    let _ = conn.close(true, H3_DATAGRAM_ERROR, b"quarter stream ID above 2^60-1");
+                    return;
+                }
+                let routed = quarter.and_then(|(quarter, prefix)| {
+                    let tx = self.streams.get(&(quarter * 4))?.datagram_tx.as_ref()?;
                     tx.try_send(Bytes::copy_from_slice(&scratch[prefix..len])).ok()
                 });
                 if routed.is_none() {

@@ -170,7 +170,7 @@ impl H3Driver {
                     }
                 }
                 Ok((stream, h3::Event::Data)) => self.read_body(h3, conn, stream),
-                Ok((stream, h3::Event::Finished)) => self.on_finished(stream),
+                Ok((stream, h3::Event::Finished)) => self.on_finished(conn, stream),
                 Ok((stream, h3::Event::Reset(code))) => self.on_reset(stream, code),
                 Ok((_, h3::Event::PriorityUpdate)) => {}
                 Ok((_, h3::Event::GoAway)) => self.on_goaway_received(),

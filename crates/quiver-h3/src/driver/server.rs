@@ -9,7 +9,7 @@ use quiver::quiche::h3::{self, Header};
 use tokio::sync::Semaphore;
 
 use super::datagrams::datagram_flow;
-use super::streams::{StreamState, reset_stream};
+use super::streams::{DeclaredLength, StreamState, reset_stream};
 use super::{EarlyData, H3Driver, H3Settings, PeerAddr, Role, is_safe_method};
 use crate::body::RecvBody;
 use crate::command::{OnEarlyDrop, OutFrame, STREAM_SEND_BUDGET, StreamSink};
@@ -54,8 +54,17 @@ impl H3Driver {
             reset_stream(conn, stream, H3_REQUEST_REJECTED);
             return;
         }
-        let mut request = match headers::parse_request(&list) {
-            Ok(request) => request,
+        // A CONNECT's DATA is tunnel bytes, not content (RFC 9110 §9.3.6): no length to hold it to.
+        let parsed = headers::parse_request(&list).and_then(|request| {
+            let declared = if request.method() == http::Method::CONNECT {
+                None
+            } else {
+                headers::content_length(request.headers())?
+            };
+            Ok((request, DeclaredLength::expect(declared, more_frames)?))
+        });
+        let (mut request, declared_length) = match parsed {
+            Ok(parsed) => parsed,
             Err(malformed) => {
                 tracing::debug!(stream, reason = %malformed, "malformed request");
                 reset_stream(conn, stream, H3_MESSAGE_ERROR);
@@ -78,7 +87,7 @@ impl H3Driver {
             return;
         }
         let budget = Arc::new(Semaphore::new(STREAM_SEND_BUDGET));
-        let mut state = StreamState { budget: Some(budget.clone()), ..StreamState::default() };
+        let mut state = StreamState { budget: Some(budget.clone()), declared_length, ..StreamState::default() };
         let body = RecvBody::new(state.open_body(stream, more_frames, &self.wake_tx, OnEarlyDrop::Discard));
         if request.method() == http::Method::CONNECT
             && let Some((flow, tx)) =

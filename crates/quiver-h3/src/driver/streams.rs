@@ -1,6 +1,7 @@
 //! The stream machinery both roles share: a stream's state, its body in (read while the reader has
-//! room, discard when nobody reads) and out (frames queued by the handler or caller, flushed while
-//! quiche takes them), trailers, resets, and finished streams kept until the peer acknowledged them.
+//! room, discard when nobody reads, counted against the declared `Content-Length`) and out (frames
+//! queued by the handler or caller, flushed while quiche takes them), trailers, resets, and finished
+//! streams kept until the peer acknowledged them.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use super::H3Driver;
 use crate::command::{BodyFrame, InboundBody, OnEarlyDrop, OutFrame, ResponseResult, WakeSender};
 use crate::error::{Error, H3_MESSAGE_ERROR, H3_REQUEST_CANCELLED};
-use crate::headers;
+use crate::headers::{self, Malformed};
 
 /// Finished streams remembered before checking which quiche has collected.
 const UNACKNOWLEDGED_PRUNE_AT: usize = 256;
@@ -37,6 +38,53 @@ pub(super) fn with_scratch<R>(read: impl FnOnce(&mut [u8]) -> R) -> R {
     })
 }
 
+/// RFC 9114 §4.1.2: the content length a message declared, and the DATA received so far. A message
+/// whose DATA exceeds it, or ends short of it, is malformed; the reader gets an error, never a body
+/// of another length than the head said (a front end relaying it to an HTTP/1.1 back end would
+/// otherwise let the surplus be read there as a second request).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DeclaredLength {
+    declared: u64,
+    received: u64,
+}
+
+impl DeclaredLength {
+    /// The length to hold a message's body to: `Ok(None)` when nothing is declared or no body follows
+    /// the head; a declared length above zero with no body after the head is malformed.
+    pub(super) fn expect(declared: Option<u64>, more_frames: bool) -> Result<Option<Self>, Malformed> {
+        match declared {
+            Some(declared) if !more_frames && declared > 0 => {
+                Err(Malformed::new(format!("Content-Length {declared} but the message has no DATA")))
+            }
+            Some(declared) if more_frames => Ok(Some(Self { declared, received: 0 })),
+            _ => Ok(None),
+        }
+    }
+
+    /// Counts `bytes` more of DATA: an error once they exceed the declared length.
+    fn receive(&mut self, bytes: usize) -> Result<(), Malformed> {
+        self.received = self.received.saturating_add(bytes as u64);
+        if self.received > self.declared {
+            return Err(Malformed::new(format!(
+                "more DATA than its Content-Length {} (at least {} bytes)",
+                self.declared, self.received
+            )));
+        }
+        Ok(())
+    }
+
+    /// The DATA ended (trailers or the end of the stream): an error if it fell short.
+    fn check_complete(&self) -> Result<(), Malformed> {
+        if self.received < self.declared {
+            return Err(Malformed::new(format!(
+                "{} bytes of DATA, Content-Length said {}",
+                self.received, self.declared
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Resets both directions of a stream with `code`.
 pub(super) fn reset_stream(conn: &mut QuicConnection, stream: u64, code: u64) {
     let _ = conn.stream_shutdown(stream, quiche::Shutdown::Read, code);
@@ -57,6 +105,10 @@ pub(super) struct StreamState {
     pub(super) response: Option<oneshot::Sender<ResponseResult>>,
     /// Client: whether the request was a CONNECT (its response gets a datagram flow).
     pub(super) is_connect: bool,
+    /// Client: whether the request was a HEAD (its response has no content, RFC 9110 §9.3.2).
+    pub(super) is_head: bool,
+    /// The body length the message's head declared, checked as DATA arrives.
+    pub(super) declared_length: Option<DeclaredLength>,
     /// HTTP datagrams towards the user.
     pub(super) datagram_tx: Option<mpsc::Sender<Bytes>>,
 }
@@ -109,6 +161,27 @@ impl StreamState {
         }
     }
 
+    /// Ends the body early with `frame` (a reset or a malformation), dropping what waits for room;
+    /// with no room for `frame` either, the reader sees the sender go, an incomplete body.
+    fn end_inbound(&mut self, frame: BodyFrame) {
+        self.inbound_pending.clear();
+        self.deliver(frame);
+        if !self.inbound_pending.is_empty() {
+            self.inbound_pending.clear();
+            self.body_tx = None;
+        }
+        self.inbound_done = true;
+    }
+
+    /// The message turned out malformed after its head (RFC 9114 §4.1.2): both directions are reset
+    /// with H3_MESSAGE_ERROR and the reader gets the reason instead of an end.
+    pub(super) fn reject_malformed(&mut self, conn: &mut QuicConnection, stream: u64, reason: Malformed) {
+        tracing::debug!(stream, %reason, "malformed message");
+        reset_stream(conn, stream, H3_MESSAGE_ERROR);
+        self.close_outbound();
+        self.end_inbound(BodyFrame::Malformed(reason));
+    }
+
     /// Nothing more will come in (the message ended, or was cut off).
     pub(super) fn close_inbound(&mut self) {
         self.inbound_pending.clear();
@@ -136,14 +209,11 @@ impl H3Driver {
             self.on_response(conn, stream, list, more_frames);
             return;
         }
-        match headers::parse_trailers(&list) {
+        // Trailers end the DATA, so a body that fell short of its declared length shows here.
+        let complete = state.declared_length.as_ref().map_or(Ok(()), DeclaredLength::check_complete);
+        match complete.and_then(|()| headers::parse_trailers(&list)) {
             Ok(trailers) => state.deliver(BodyFrame::Trailers(trailers)),
-            Err(_) => {
-                state.deliver(BodyFrame::Reset(H3_MESSAGE_ERROR));
-                reset_stream(conn, stream, H3_MESSAGE_ERROR);
-                state.close_outbound();
-                state.inbound_done = true;
-            }
+            Err(malformed) => state.reject_malformed(conn, stream, malformed),
         }
         self.remove_if_finished(stream);
     }
@@ -174,10 +244,17 @@ impl H3Driver {
             let read = with_scratch(|scratch| {
                 let read = h3.recv_body(conn, stream, scratch)?;
                 // With nobody reading, the bytes are discarded: no copy.
-                Ok(reader.map(|_| Bytes::copy_from_slice(&scratch[..read])))
+                Ok((read, reader.map(|_| Bytes::copy_from_slice(&scratch[..read]))))
             });
             match read {
-                Ok(data) => {
+                Ok((read, data)) => {
+                    // Checked before delivery: the reader never sees a byte past the declared length.
+                    if let Some(length) = &mut state.declared_length
+                        && let Err(malformed) = length.receive(read)
+                    {
+                        state.reject_malformed(conn, stream, malformed);
+                        return;
+                    }
                     if let (Some(tx), Some(data)) = (&state.body_tx, data) {
                         let _ = tx.try_send(BodyFrame::Data(data));
                     }
@@ -208,14 +285,17 @@ impl H3Driver {
         self.remove_if_finished(stream);
     }
 
-    pub(super) fn on_finished(&mut self, stream: u64) {
+    pub(super) fn on_finished(&mut self, conn: &mut QuicConnection, stream: u64) {
         if let Some(state) = self.streams.get_mut(&stream) {
             if let Some(response) = state.response.take() {
-                let reason = headers::Malformed::new("stream ended before the response head");
+                let reason = Malformed::new("stream ended before the response head");
                 let _ = response.send(Err(Error::MalformedResponse(reason)));
                 state.close_outbound();
             } else if !state.inbound_done {
-                state.deliver(BodyFrame::End);
+                match state.declared_length.as_ref().map_or(Ok(()), DeclaredLength::check_complete) {
+                    Ok(()) => state.deliver(BodyFrame::End),
+                    Err(malformed) => state.reject_malformed(conn, stream, malformed),
+                }
             }
             state.inbound_done = true;
         }
@@ -228,14 +308,7 @@ impl H3Driver {
                 let _ = response.send(Err(Error::StreamReset(code)));
                 state.close_outbound();
             }
-            state.inbound_pending.clear();
-            state.deliver(BodyFrame::Reset(code));
-            if !state.inbound_pending.is_empty() {
-                // No room to say so: dropping the sender makes the reader see an incomplete body.
-                state.inbound_pending.clear();
-                state.body_tx = None;
-            }
-            state.inbound_done = true;
+            state.end_inbound(BodyFrame::Reset(code));
         }
         self.remove_if_finished(stream);
     }
@@ -349,16 +422,26 @@ fn hand_over_received_body(h3: &mut h3::Connection, conn: &mut QuicConnection, s
     // Markers (end, trailers) still waiting for room go first.
     let mut frames: Vec<BodyFrame> = state.inbound_pending.drain(..).collect();
     if !state.inbound_done {
-        with_scratch(|scratch| {
+        let mut length = state.declared_length;
+        let overlong = with_scratch(|scratch| {
             while let Ok(read) = h3.recv_body(conn, stream, scratch) {
                 if read == 0 {
                     break;
                 }
+                if let Some(Err(malformed)) = length.as_mut().map(|length| length.receive(read)) {
+                    return Some(malformed);
+                }
                 frames.push(BodyFrame::Data(Bytes::copy_from_slice(&scratch[..read])));
             }
+            None
         });
-        if conn.stream_finished(stream) {
-            frames.push(BodyFrame::End);
+        if let Some(malformed) = overlong {
+            frames.push(BodyFrame::Malformed(malformed));
+        } else if conn.stream_finished(stream) {
+            frames.push(match length.as_ref().map_or(Ok(()), DeclaredLength::check_complete) {
+                Ok(()) => BodyFrame::End,
+                Err(malformed) => BodyFrame::Malformed(malformed),
+            });
         }
     }
     if !frames.is_empty() {
