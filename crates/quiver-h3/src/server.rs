@@ -189,7 +189,13 @@ where
     };
     let (parts, body) = response.into_parts();
     guard.status = Some(parts.status);
-    let end = body.is_end_stream();
+    // RFC 9114 §4.1.2 / RFC 9110 §6.4.1: a response to HEAD, and a 204 or 304, has no content whatever
+    // the handler returned (a HEAD handler usually returns the GET body so its length is right); sending
+    // it would make the message malformed for every client that checks, ours included.
+    let without_content = method == http::Method::HEAD
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let end = without_content || body.is_end_stream();
     let fields = headers::response_fields(parts.status, &parts.headers);
     if guard.sink.frame(OutFrame::Head { fields, end }).is_err() {
         guard.complete = true;

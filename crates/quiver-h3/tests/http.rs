@@ -38,8 +38,8 @@ async fn route(request: Request<RecvBody>, watch: Option<mpsc::Sender<Result<usi
     let path = request.uri().path().to_owned();
     if let Some(len) = path.strip_prefix("/bytes/") {
         let len: usize = len.parse().unwrap_or(0);
-        let body = if request.method() == Method::HEAD { Bytes::new() } else { Bytes::from(pattern(len)) };
-        return Response::builder().header("content-length", len).body(full(body)).unwrap();
+        // The same body for HEAD, as a naive handler would: the server must drop it (RFC 9114 §4.1.2).
+        return Response::builder().header("content-length", len).body(full(Bytes::from(pattern(len)))).unwrap();
     }
     match path.as_str() {
         "/echo" => Response::new(request.into_body().boxed()),
