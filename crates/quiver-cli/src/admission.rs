@@ -1,9 +1,10 @@
-//! The address-validation and admission options of the server commands: `--retry`, `--secret-file`
-//! (all of them) and `--max-connections-per-source` (`serve` and `masque proxy`; `doq serve` has its
+//! The address-validation and admission options of the server commands: `--retry`, `--secret-file`,
+//! `--handshake-timeout-ms`, `--max-handshakes-per-source` (all of them) and `--max-connections-per-source` (`serve` and `masque proxy`; `doq serve` has its
 //! own flag with a default).
 
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use quiver::{AddressValidation, ServerConfigBuilder};
 
@@ -20,6 +21,14 @@ pub struct AdmissionArgs {
     /// Create one with `head -c 32 /dev/urandom > secret.key`.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// How long a client may take to complete its handshake before the server drops it and frees its
+    /// slot. Default: 10000 (10 s).
+    #[arg(long, value_name = "MS")]
+    pub handshake_timeout_ms: Option<NonZeroU64>,
+    /// Handshakes one client address (IPv6: one /64) may have in flight at once; more get a Retry or
+    /// are refused. Default: 1/16 of the handshakes the server allows in flight (256).
+    #[arg(long, value_name = "N")]
+    pub max_handshakes_per_source: Option<NonZeroUsize>,
 }
 
 /// `--max-connections-per-source` at the QUIC level, unlimited unless given (`quiver doq serve` sets
@@ -46,7 +55,13 @@ impl AdmissionArgs {
     /// Applies the options to a server configuration; the library reads and checks the secret file
     /// when the configuration is built.
     pub fn apply(&self, config: ServerConfigBuilder) -> ServerConfigBuilder {
-        let config = config.address_validation(self.retry);
+        let mut config = config.address_validation(self.retry);
+        if let Some(ms) = self.handshake_timeout_ms {
+            config = config.handshake_timeout(Duration::from_millis(ms.get()));
+        }
+        if let Some(max) = self.max_handshakes_per_source {
+            config = config.max_handshakes_per_source(max.get());
+        }
         match &self.secret_file {
             Some(path) => config.secret_file(path),
             None => config,
