@@ -14,11 +14,16 @@
 //! - [`tool`]: what a test needs from outside the repository (Chromium, tshark, aioquic, ...), and
 //!   the one decision of what a missing one means: a failure under `CI=true`, a skip notice otherwise;
 //! - [`udp`]: a UDP responder or echo server on loopback, on a thread of its own;
+//! - `attacker` (feature `attacker`): a hostile HTTP/3 client on quiche for the adversarial tests
+//!   and `bench/attack.sh` (partial and slow handshakes, stream exhaustion, header bombs, tiny DATA
+//!   frames, unread responses, idle connections);
 //! - `quinn_client` (feature `quinn`): a quinn endpoint that trusts one certificate, the
 //!   independent peer of the interop tests.
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "attacker")]
+pub mod attacker;
 pub mod guard;
 pub mod netns;
 pub mod process;
