@@ -124,7 +124,10 @@ async fn route(request: Request<RecvBody>, observed: Arc<Observed>) -> Reply {
                 match frame {
                     Ok(frame) => total += frame.data_ref().map_or(0, |data| data.len() as u64),
                     Err(err) => {
-                        return Response::builder().status(StatusCode::BAD_REQUEST).body(full(err.to_string())).unwrap();
+                        return Response::builder()
+                            .status(StatusCode::BAD_REQUEST)
+                            .body(full(err.to_string()))
+                            .unwrap();
                     }
                 }
             }

@@ -198,7 +198,7 @@ pub async fn tiny_data_flood(
 /// Cancel-safe: the requests sent so far stay open.
 pub async fn open_unread(peer: &mut QuicPeer, authority: &str, path: &str, count: usize) -> io::Result<Vec<u64>> {
     let headers = request_headers("GET", authority, path);
-    let mut streams = Vec::with_capacity(count);
+    let mut streams = Vec::new();
     while streams.len() < count && peer.conn().peer_streams_left_bidi() > 0 {
         streams.push(peer.send_request_when_ready(&headers, true).await?);
     }

@@ -210,12 +210,10 @@ async fn run(args: &Args) -> io::Result<String> {
         "idle" => {
             let mut idle = open_idle(&settings, args.bind, args.server, args.count.unwrap_or(500)).await?;
             tokio::time::sleep(left()).await;
+            let alive = idle.alive();
             format!(
-                "attack=idle open={} refused={} failed={} alive_at_end={}",
-                idle.open,
-                idle.refused,
-                idle.failed,
-                idle.alive()
+                "attack=idle open={} refused={} failed={} alive_at_end={alive}",
+                idle.open, idle.refused, idle.failed
             )
         }
         other => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown attack {other:?}\n{USAGE}"))),
