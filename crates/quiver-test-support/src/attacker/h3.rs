@@ -167,7 +167,7 @@ pub async fn tiny_data_flood(
             Ok(1) => {
                 sent += 1;
                 // Let the packets out as they fill: a flood, not one burst at the end.
-                if sent % 512 == 0 {
+                if sent.is_multiple_of(512) {
                     peer.turn(Duration::ZERO).await?;
                 }
             }
