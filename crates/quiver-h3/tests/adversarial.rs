@@ -185,6 +185,12 @@ impl Target {
         Ok(started.elapsed())
     }
 
+    /// An attacker connection from 127.0.0.3, HTTP/3 started.
+    async fn attacker(&self, settings: &PeerSettings, config: &mut quiver::quiche::Config) -> QuicPeer {
+        let connecting = QuicPeer::connect_h3(config, settings, attacker_bind(), self.addr());
+        guarded("attacker connects", connecting).await.unwrap()
+    }
+
     /// A new honest connection from 127.0.0.1 (its endpoint must outlive it).
     async fn honest_connect(&self) -> Result<(Endpoint, H3Connection), quiver_h3::Error> {
         let client = Endpoint::client("127.0.0.1:0".parse().unwrap(), trusting(&self.identity).build().unwrap())
@@ -287,10 +293,7 @@ async fn stream_exhaustion_is_capped_by_the_stream_limit() {
     let target = Target::start(|config| config.max_streams(50, 100));
     let settings = PeerSettings::default();
     let mut config = settings.quiche_config().unwrap();
-    let mut bodies =
-        guarded("attacker connects", QuicPeer::connect_h3(&mut config, &settings, attacker_bind(), target.addr()))
-            .await
-            .unwrap();
+    let mut bodies = target.attacker(&settings, &mut config).await;
     let opened =
         guarded("open streams", exhaust_streams(&mut bodies, &target.authority(), "/hold", HoldStyle::OpenBodies))
             .await
@@ -299,10 +302,7 @@ async fn stream_exhaustion_is_capped_by_the_stream_limit() {
     let keep_bodies = tokio::spawn(async move { bodies.keep_alive(false).await.map(|()| bodies) });
     wait_until("50 handlers waiting for bodies", || target.observed.running.load(Ordering::SeqCst) == 50).await;
 
-    let mut headers =
-        guarded("attacker connects", QuicPeer::connect_h3(&mut config, &settings, attacker_bind(), target.addr()))
-            .await
-            .unwrap();
+    let mut headers = target.attacker(&settings, &mut config).await;
     let opened =
         guarded("open streams", exhaust_streams(&mut headers, &target.authority(), "/hold", HoldStyle::PartialHeaders))
             .await
@@ -331,10 +331,7 @@ async fn header_bombs_are_refused_before_any_handler() {
         HeaderBomb::ManyFields { fields: 10_000 },
         HeaderBomb::IndexedFields { fields: 20_000 },
     ] {
-        let mut peer =
-            guarded("attacker connects", QuicPeer::connect_h3(&mut config, &settings, attacker_bind(), target.addr()))
-                .await
-                .unwrap();
+        let mut peer = target.attacker(&settings, &mut config).await;
         let outcome = guarded("the server's verdict", header_bomb(&mut peer, &target.authority(), bomb)).await.unwrap();
         let excessive_load = outcome.connection_closed == Some((true, H3_EXCESSIVE_LOAD))
             || outcome.stream.as_ref().and_then(|stream| stream.reset) == Some(H3_EXCESSIVE_LOAD);
@@ -384,10 +381,7 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
     let settings =
         PeerSettings { max_data: ATTACKER_WINDOW_BYTES, max_stream_data: 64 * 1024, ..PeerSettings::default() };
     let mut config = settings.quiche_config().unwrap();
-    let mut peer =
-        guarded("attacker connects", QuicPeer::connect_h3(&mut config, &settings, attacker_bind(), target.addr()))
-            .await
-            .unwrap();
+    let mut peer = target.attacker(&settings, &mut config).await;
     let streams =
         guarded("requests", open_unread(&mut peer, &target.authority(), "/stream/1073741824", STREAMS as usize))
             .await
@@ -456,10 +450,7 @@ async fn the_attacker_is_a_working_http3_client() {
     let target = Target::start(|config| config);
     let settings = PeerSettings::default();
     let mut config = settings.quiche_config().unwrap();
-    let mut peer =
-        guarded("attacker connects", QuicPeer::connect_h3(&mut config, &settings, attacker_bind(), target.addr()))
-            .await
-            .unwrap();
+    let mut peer = target.attacker(&settings, &mut config).await;
     let response = guarded("GET", peer.get(&target.authority(), "/bytes/5000")).await.unwrap();
     assert_eq!((response.status, response.body_bytes, response.finished), (Some(200), 5000, true));
     assert_eq!(attacker::ALPN, quiver_h3::ALPN);

@@ -127,18 +127,13 @@ async fn run(args: &Args) -> io::Result<String> {
             format!("attack=slow-handshakes established={established} failed={failed}")
         }
         "streams" => {
-            let mut config = settings.quiche_config()?;
-            let mut held = tokio::task::JoinSet::new();
-            let mut opened = 0;
-            for _ in 0..args.count.unwrap_or(20) {
-                let mut peer = QuicPeer::connect_h3(&mut config, &settings, bind, args.server).await?;
-                // Partial header sections: the demo site answers complete requests at once, so only
-                // streams whose headers never complete stay open whatever the handler does.
-                opened += exhaust_streams(&mut peer, &authority, "/bytes/1", HoldStyle::PartialHeaders).await?;
-                held.spawn(async move { peer.keep_alive(false).await });
-            }
-            tokio::time::sleep(left()).await;
-            format!("attack=streams connections={} streams_held={opened}", held.len())
+            // Partial header sections: the demo site answers complete requests at once, so only
+            // streams whose headers never complete stay open whatever the handler does.
+            let hold = async |peer: &mut QuicPeer| {
+                exhaust_streams(peer, &authority, "/bytes/1", HoldStyle::PartialHeaders).await
+            };
+            let (alive, opened) = hold_connections(args, args.count.unwrap_or(20), deadline, hold).await?;
+            format!("attack=streams connections={alive} streams_held={opened}")
         }
         "header-bomb" => {
             // A header section is written in one piece, so it has to fit the initial window.
@@ -196,16 +191,10 @@ async fn run(args: &Args) -> io::Result<String> {
         }
         "unread" => {
             // Windows as an ordinary client offers them: the server may fill them once.
-            let mut config = settings.quiche_config()?;
-            let mut held = tokio::task::JoinSet::new();
-            let mut streams = 0;
-            for _ in 0..args.count.unwrap_or(10) {
-                let mut peer = QuicPeer::connect_h3(&mut config, &settings, bind, args.server).await?;
-                streams += open_unread(&mut peer, &authority, UNREAD_PATH, usize::MAX).await?.len();
-                held.spawn(async move { peer.keep_alive(false).await });
-            }
-            tokio::time::sleep(left()).await;
-            format!("attack=unread connections={} streams_unread={streams}", held.len())
+            let hold =
+                async |peer: &mut QuicPeer| Ok(open_unread(peer, &authority, UNREAD_PATH, usize::MAX).await?.len());
+            let (alive, unread) = hold_connections(args, args.count.unwrap_or(10), deadline, hold).await?;
+            format!("attack=unread connections={alive} streams_unread={unread}")
         }
         "idle" => {
             let mut idle = open_idle(&settings, args.bind, args.server, args.count.unwrap_or(500)).await?;
@@ -218,6 +207,29 @@ async fn run(args: &Args) -> io::Result<String> {
         }
         other => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown attack {other:?}\n{USAGE}"))),
     })
+}
+
+/// Opens `count` connections, lets `hold` misbehave on each (summing what it reports), and keeps
+/// them all alive without reading a byte until `deadline`. Returns (connections alive at the end,
+/// sum of what `hold` reported).
+async fn hold_connections(
+    args: &Args,
+    count: usize,
+    deadline: Instant,
+    hold: impl AsyncFn(&mut QuicPeer) -> io::Result<usize>,
+) -> io::Result<(usize, usize)> {
+    let settings = PeerSettings::default();
+    let mut config = settings.quiche_config()?;
+    let mut held = tokio::task::JoinSet::new();
+    let mut total = 0;
+    for _ in 0..count {
+        let mut peer = QuicPeer::connect_h3(&mut config, &settings, SocketAddr::new(args.bind, 0), args.server).await?;
+        total += hold(&mut peer).await?;
+        held.spawn(async move { peer.keep_alive(false).await });
+    }
+    tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
+    while held.try_join_next().is_some() {}
+    Ok((held.len(), total))
 }
 
 /// Fresh connection, `GET /bytes/100`, close; again every 20 ms until the deadline. Each attempt
