@@ -185,6 +185,15 @@ impl Target {
         Ok(started.elapsed())
     }
 
+    /// `count` partial handshakes from one attacker socket on 127.0.0.3, each given `patience` to
+    /// be answered (a server that drops the attacker's Initials costs `patience` per handshake).
+    async fn partial_handshakes(&self, count: usize, patience: Duration) -> attacker::PartialOutcome {
+        let socket = tokio::net::UdpSocket::bind(attacker_bind()).await.unwrap();
+        let settings = PeerSettings::default();
+        let attack = partial_handshakes(&settings, &socket, self.addr(), count, patience);
+        guarded("partial handshakes", attack).await.unwrap()
+    }
+
     /// An attacker connection from 127.0.0.3, HTTP/3 started.
     async fn attacker(&self, settings: &PeerSettings, config: &mut quiver::quiche::Config) -> QuicPeer {
         let connecting = QuicPeer::connect_h3(config, settings, attacker_bind(), self.addr());
@@ -222,13 +231,7 @@ fn attacker_bind() -> SocketAddr {
 async fn partial_handshakes_below_the_limit_leave_honest_clients_served() {
     let target =
         Target::start(|config| config.max_handshakes_in_flight(64).address_validation(AddressValidation::Never));
-    let socket = tokio::net::UdpSocket::bind(attacker_bind()).await.unwrap();
-    let outcome = guarded(
-        "partial handshakes",
-        partial_handshakes(&PeerSettings::default(), &socket, target.addr(), 48, Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
+    let outcome = target.partial_handshakes(48, Duration::from_secs(5)).await;
     assert_eq!(outcome.answered, 48, "{outcome:?}");
     wait_until("the server to hold the half-open handshakes", || target.endpoint.stats().handshakes_in_flight >= 48)
         .await;
@@ -247,13 +250,7 @@ async fn partial_handshakes_from_one_source_cannot_lock_out_others() {
     let target = Target::start(|config| {
         config.max_handshakes_in_flight(64).address_validation(AddressValidation::UnderLoad { handshakes_in_flight: 8 })
     });
-    let socket = tokio::net::UdpSocket::bind(attacker_bind()).await.unwrap();
-    let outcome = guarded(
-        "partial handshakes",
-        partial_handshakes(&PeerSettings::default(), &socket, target.addr(), 128, Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
+    let outcome = target.partial_handshakes(128, Duration::from_millis(500)).await;
     assert_eq!(outcome.answered + outcome.refused + outcome.silent, 128, "{outcome:?}");
     assert!(outcome.answered <= 64, "the endpoint limit holds: {outcome:?}");
     target.assert_honest_served("a source's handshakes at the endpoint limit", 3).await;
