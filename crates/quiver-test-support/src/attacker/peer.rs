@@ -145,6 +145,9 @@ impl QuicPeer {
     ///
     /// # Errors
     /// The socket cannot be bound, or quiche refuses the configuration.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: nothing has been sent yet.
     pub async fn connect(
         config: &mut quiche::Config,
         settings: &PeerSettings,
@@ -173,6 +176,9 @@ impl QuicPeer {
     ///
     /// # Errors
     /// As [`connect`](Self::connect) and [`establish`](Self::establish).
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the connection is dropped (it idles out on the server).
     pub async fn connect_h3(
         config: &mut quiche::Config,
         settings: &PeerSettings,
@@ -230,6 +236,10 @@ impl QuicPeer {
     ///
     /// # Errors
     /// The socket fails.
+    ///
+    /// # Cancel safety
+    /// Not cancel-safe for the datagram being sent: quiche counts it as sent, so a cancelled flush
+    /// loses it (QUIC then recovers it as a lost packet).
     pub async fn flush(&mut self) -> io::Result<()> {
         loop {
             let (len, info) = match self.conn.send(&mut self.out) {
@@ -249,6 +259,9 @@ impl QuicPeer {
     ///
     /// # Errors
     /// The socket fails.
+    ///
+    /// # Cancel safety
+    /// As [`flush`](Self::flush); a datagram already read is fed to quiche before the next await.
     pub async fn turn(&mut self, wait: Duration) -> io::Result<()> {
         self.flush().await?;
         let wait = self.conn.timeout().map_or(wait, |timer| timer.min(wait));
@@ -280,6 +293,9 @@ impl QuicPeer {
     /// # Errors
     /// The connection closed first (the error says who closed it and with what code), or the socket
     /// failed. quiche's own handshake and idle timers bound the wait.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the handshake stays where it is and can be resumed by calling again.
     pub async fn establish(&mut self) -> io::Result<()> {
         while !self.conn.is_established() {
             if self.conn.is_closed() {
@@ -343,6 +359,9 @@ impl QuicPeer {
     ///
     /// # Errors
     /// Any other quiche error, or the connection closed.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the request is either sent (and lost to the caller) or not sent.
     pub async fn send_request_when_ready(&mut self, headers: &[quiche::h3::Header], fin: bool) -> io::Result<u64> {
         loop {
             match self.send_request(headers, fin) {
@@ -396,6 +415,9 @@ impl QuicPeer {
     ///
     /// # Errors
     /// The connection closed first, or the socket failed.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: what arrived stays in [`stream`](Self::stream)'s state until the next call.
     pub async fn await_response(&mut self, stream_id: u64) -> io::Result<StreamState> {
         loop {
             self.read_responses();
@@ -413,6 +435,9 @@ impl QuicPeer {
     ///
     /// # Errors
     /// As [`await_response`](Self::await_response).
+    ///
+    /// # Cancel safety
+    /// As [`send_request_when_ready`](Self::send_request_when_ready) and [`await_response`](Self::await_response).
     pub async fn get(&mut self, authority: &str, path: &str) -> io::Result<StreamState> {
         let stream_id = self.send_request_when_ready(&request_headers("GET", authority, path), true).await?;
         self.await_response(stream_id).await
@@ -448,6 +473,9 @@ impl QuicPeer {
     ///
     /// # Errors
     /// The socket fails.
+    ///
+    /// # Cancel safety
+    /// As [`flush`](Self::flush).
     pub async fn close(&mut self) -> io::Result<()> {
         let _ = self.conn.close(true, 0x100, b"done");
         self.flush().await
