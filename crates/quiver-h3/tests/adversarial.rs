@@ -394,6 +394,9 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
     let produced = target.observed.produced_bytes.load(Ordering::Relaxed);
     assert!(produced <= produced_bound, "the server pulled {produced} bytes, bound {produced_bound}");
     let growth = resident_bytes().saturating_sub(rss_before);
+    eprintln!(
+        "never-read: the server pulled {produced} bytes (bound {produced_bound}); resident memory grew {growth} bytes"
+    );
     assert!(growth < 128 * 1024 * 1024, "resident memory grew by {growth} bytes");
     holder.abort();
 }
