@@ -16,11 +16,16 @@
 //! - [`handshake_staller`]: a quiche client that starts handshakes and never finishes them (it
 //!   discards every packet of the server), the attack on a server's handshake slots;
 //! - [`udp`]: a UDP responder or echo server on loopback, on a thread of its own;
+//! - `attacker` (feature `attacker`): a hostile HTTP/3 client on quiche for the adversarial tests
+//!   and `bench/attack.sh` (partial and slow handshakes, stream exhaustion, header bombs, tiny DATA
+//!   frames, unread responses, idle connections);
 //! - `quinn_client` (feature `quinn`): a quinn endpoint that trusts one certificate, the
 //!   independent peer of the interop tests.
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "attacker")]
+pub mod attacker;
 pub mod guard;
 pub mod handshake_staller;
 pub mod netns;
