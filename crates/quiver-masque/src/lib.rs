@@ -48,6 +48,8 @@ mod network;
 pub mod policy;
 mod proxy;
 mod resolve;
+mod share;
+mod this_host;
 pub mod target;
 pub mod template;
 
@@ -58,8 +60,9 @@ pub use crate::forward::{
 };
 pub use crate::policy::{AllowRule, Denied, RuleError, TargetPolicy};
 pub use crate::proxy::{
-    DEFAULT_DNS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_TUNNELS, DEFAULT_MAX_TUNNELS_PER_CONNECTION, Proxy,
-    ProxyConfig, ProxyConfigBuilder, ProxyConfigError, ProxyStats, proxy_server_config,
+    DEFAULT_DNS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LOOKUPS_PER_CONNECTION, DEFAULT_MAX_LOOKUPS_PER_SOURCE,
+    DEFAULT_MAX_TUNNELS, DEFAULT_MAX_TUNNELS_PER_CONNECTION, DEFAULT_MAX_TUNNELS_PER_SOURCE, Proxy, ProxyConfig,
+    ProxyConfigBuilder, ProxyConfigError, ProxyStats, proxy_server_config,
 };
 pub use crate::target::{Target, TargetError, TargetHost};
 pub use crate::template::{DEFAULT_TEMPLATE, MatchError, TemplateError, UriTemplate};
