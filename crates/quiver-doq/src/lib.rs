@@ -10,7 +10,9 @@
 //!
 //! * [`DoqServer`] forwards every query to an upstream resolver over UDP (TCP when the answer is
 //!   truncated), restores message ID 0, answers SERVFAIL when the upstream is silent, pads answers
-//!   for clients that pad (RFC 7830/8467), and enforces RFC 9250's protocol rules.
+//!   for clients that pad (RFC 7830/8467), and enforces RFC 9250's protocol rules. Each connection
+//!   and each client address gets a bounded share of the upstream slots, and the optional answer
+//!   cache is bounded in bytes ([`DoqServerBuilder`]).
 //! * [`DoqClient`] keeps one connection to a server and sends any number of queries over it in
 //!   parallel, one stream each.
 //!

@@ -12,6 +12,11 @@
 //! capsules on the request stream. Payloads that do not fit the path are
 //! dropped and counted, never truncated.
 //!
+//! The proxy never lets a tunnel lead back into its own host: special-purpose ranges and every
+//! address of a local interface need an explicit IP/CIDR rule ([`TargetPolicy`]), and its own
+//! listening sockets are refused always. Each connection and each client address (IPv6 per /64) gets
+//! a bounded share of the proxy's tunnels and name lookups ([`ProxyConfigBuilder`]).
+//!
 //! ## Proxy
 //! ```no_run
 //! use quiver_masque::{Proxy, ProxyConfig, TargetPolicy};
@@ -49,9 +54,9 @@ pub mod policy;
 mod proxy;
 mod resolve;
 mod share;
-mod this_host;
 pub mod target;
 pub mod template;
+mod this_host;
 
 pub use crate::body::{ChannelBody, TunnelAborted};
 pub use crate::client::{ClientError, MasqueClient, TunnelError, UdpTunnel, client_config};

@@ -425,7 +425,8 @@ async fn the_proxys_own_socket_is_never_a_target() {
 /// exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_names_look_like_names_that_do_not_exist() {
-    let proxy = start_proxy(ProxyConfig::builder().policy(TargetPolicy::parse(&["allowed.test:53", "*:5353"]).unwrap()));
+    let proxy =
+        start_proxy(ProxyConfig::builder().policy(TargetPolicy::parse(&["allowed.test:53", "*:5353"]).unwrap()));
     let run = async {
         for name in ["localhost:53", "localhost:5353"] {
             let status = refused(proxy.client(true).open(&name.parse().unwrap()).await, StatusCode::BAD_GATEWAY);

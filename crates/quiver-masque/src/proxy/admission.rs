@@ -15,8 +15,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::{Method, Request, Response, StatusCode};
-use quiver_h3::{PeerAddr, Protocol, RecvBody};
 use super::ip_tunnel;
 use super::refusal::{Refusal, require_capsule_protocol};
 use super::relay::{self, FarEnd, TunnelPermits};
@@ -27,6 +25,8 @@ use crate::policy::Denied;
 use crate::resolve::{LookupError, MAX_LOOKUPS_IN_FLIGHT};
 use crate::target::{Target, TargetHost};
 use crate::template::MatchError;
+use http::{Method, Request, Response, StatusCode};
+use quiver_h3::{PeerAddr, Protocol, RecvBody};
 
 /// Compares without an early exit, so response timing does not reveal how much of a guess was right.
 fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
@@ -174,11 +174,15 @@ async fn resolve(
             }
             let config = &proxy.config;
             let connection_share = connection.lookups.clone().try_acquire_owned().map_err(|_| {
-                let log = format!("connection has its {} lookups in flight resolving {name}", config.max_lookups_per_connection);
+                let log = format!(
+                    "connection has its {} lookups in flight resolving {name}",
+                    config.max_lookups_per_connection
+                );
                 lookups_busy(log, |c| &c.refused_dns_share)
             })?;
             let source_share = proxy.source_lookups.try_take(source).ok_or_else(|| {
-                let log = format!("{source} has its {} lookups in flight resolving {name}", config.max_lookups_per_source);
+                let log =
+                    format!("{source} has its {} lookups in flight resolving {name}", config.max_lookups_per_source);
                 lookups_busy(log, |c| &c.refused_dns_share)
             })?;
             let timeout = config.dns_timeout;
@@ -283,7 +287,8 @@ mod tests {
         // Another client still resolves (the proxy has slots left: 8 in all).
         let (other_target, other_connection): (Target, _) = ("other.test:53".parse().unwrap(), connection(&proxy));
         let other = resolve(&proxy, &other_target, &other_connection, "2001:db8:1::1".parse().unwrap());
-        let served = tokio::time::timeout(Duration::from_secs(60), other).await.expect("not stuck behind the hung ones");
+        let served =
+            tokio::time::timeout(Duration::from_secs(60), other).await.expect("not stuck behind the hung ones");
         assert_eq!(served.unwrap_or_else(|refusal| panic!("refused: {}", refusal.details)).port(), 53);
         *GATE.0.lock().unwrap() = true;
         GATE.1.notify_all();

@@ -241,13 +241,15 @@ impl Relay {
                 std::io::ErrorKind::WouldBlock => &counters.dropped_queue_full,
                 _ => &counters.dropped_send_failed,
             }),
-            FarEnd::Ip(lease) => lease.forward(inner, &self.proxy.config.policy, &self.proxy.this_host).map_err(|refused| match refused {
-                ForwardRefused::Malformed => &counters.dropped_malformed,
-                ForwardRefused::Spoofed => &counters.dropped_not_routed,
-                ForwardRefused::Denied => &counters.dropped_policy,
-                ForwardRefused::QueueFull => &counters.dropped_queue_full,
-                ForwardRefused::Failed => &counters.dropped_send_failed,
-            }),
+            FarEnd::Ip(lease) => lease.forward(inner, &self.proxy.config.policy, &self.proxy.this_host).map_err(
+                |refused| match refused {
+                    ForwardRefused::Malformed => &counters.dropped_malformed,
+                    ForwardRefused::Spoofed => &counters.dropped_not_routed,
+                    ForwardRefused::Denied => &counters.dropped_policy,
+                    ForwardRefused::QueueFull => &counters.dropped_queue_full,
+                    ForwardRefused::Failed => &counters.dropped_send_failed,
+                },
+            ),
         };
         match sent {
             Ok(()) => {
