@@ -253,6 +253,17 @@ mod tests {
         Ok(vec![SocketAddr::from(([9, 9, 9, 9], port))])
     }
 
+    /// Opens the gate when dropped, also when the test fails: the runtime waits for blocking tasks
+    /// when it shuts down, and a failed test must not hang on its own hung lookups.
+    struct OpenGateOnDrop;
+
+    impl Drop for OpenGateOnDrop {
+        fn drop(&mut self) {
+            *GATE.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = true;
+            GATE.1.notify_all();
+        }
+    }
+
     fn connection(proxy: &ProxyShared) -> ConnectionShares {
         ConnectionShares {
             tunnels: Arc::new(Semaphore::new(proxy.config.max_tunnels_per_connection)),
@@ -268,6 +279,7 @@ mod tests {
         let config = ProxyConfig::builder().max_lookups_per_connection(2).max_lookups_per_source(3).build().unwrap();
         let proxy = Arc::new(ProxyShared::with_resolver(config, Resolver::with_lookup(8, Arc::new(lookup))));
         let hung: Target = "hung.test:53".parse().unwrap();
+        let gate = OpenGateOnDrop;
         let (greedy, greedy_again) = (connection(&proxy), connection(&proxy));
         let greedy_source: IpAddr = "2001:db8::1".parse().unwrap();
         let mut waiting = Vec::new();
@@ -290,8 +302,7 @@ mod tests {
         let served =
             tokio::time::timeout(Duration::from_secs(60), other).await.expect("not stuck behind the hung ones");
         assert_eq!(served.unwrap_or_else(|refusal| panic!("refused: {}", refusal.details)).port(), 53);
-        *GATE.0.lock().unwrap() = true;
-        GATE.1.notify_all();
+        drop(gate);
         for task in waiting {
             assert!(task.await.unwrap(), "the hung lookups finish once the resolver answers");
         }
