@@ -49,9 +49,16 @@ pub struct ServeArgs {
     /// Connections one client address may hold; more are refused (CONNECTION_REFUSED).
     #[arg(long, default_value_t = quiver_doq::DEFAULT_MAX_CONNECTIONS_PER_SOURCE)]
     pub max_connections_per_source: usize,
-    /// Positive answers to cache for their TTL (0: no cache).
-    #[arg(long, default_value_t = 0)]
-    pub cache_entries: usize,
+    /// Bytes of positive answers to cache for their TTL (0: no cache). An answer over 1/16 of it is
+    /// not cached.
+    #[arg(long, value_name = "BYTES", default_value_t = quiver_doq::DEFAULT_CACHE_BYTES)]
+    pub cache_bytes: usize,
+    /// Upstream queries one connection may have in flight; more wait for the connection's own.
+    #[arg(long, default_value_t = quiver_doq::DEFAULT_MAX_UPSTREAM_PER_CONNECTION)]
+    pub max_upstream_per_connection: usize,
+    /// Upstream queries one client address (IPv6: /64) may have in flight; more are answered REFUSED.
+    #[arg(long, default_value_t = quiver_doq::DEFAULT_MAX_UPSTREAM_PER_SOURCE)]
+    pub max_upstream_per_source: usize,
     /// Seconds a connection may stay idle before it is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = quiver_doq::DEFAULT_IDLE_TIMEOUT.as_secs())]
     pub idle_timeout: u64,
@@ -113,7 +120,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let server = DoqServer::builder(args.upstream)
         .upstream_timeout(Duration::from_millis(args.upstream_timeout_ms.max(1)))
         .max_queries_per_connection(args.max_streams.max(1))
-        .cache_entries(args.cache_entries)
+        .cache_bytes(args.cache_bytes)
+        .max_upstream_per_connection(args.max_upstream_per_connection)
+        .max_upstream_per_source(args.max_upstream_per_source)
         .build()
         .map_err(|err| usage(err.to_string()))?;
     say!("quiver doq serving DNS over QUIC on {addr}, forwarding to {}", args.upstream);

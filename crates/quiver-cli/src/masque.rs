@@ -71,6 +71,15 @@ struct ProxyArgs {
     /// Tunnels the proxy holds open in total.
     #[arg(long, default_value_t = quiver_masque::DEFAULT_MAX_TUNNELS)]
     max_tunnels: usize,
+    /// Tunnels one client address (IPv6: one /64) may hold open over all its connections.
+    #[arg(long, default_value_t = quiver_masque::DEFAULT_MAX_TUNNELS_PER_SOURCE)]
+    max_tunnels_per_source: usize,
+    /// Name lookups one client connection may have in flight.
+    #[arg(long, default_value_t = quiver_masque::DEFAULT_MAX_LOOKUPS_PER_CONNECTION)]
+    max_lookups_per_connection: usize,
+    /// Name lookups one client address (IPv6: one /64) may have in flight.
+    #[arg(long, default_value_t = quiver_masque::DEFAULT_MAX_LOOKUPS_PER_SOURCE)]
+    max_lookups_per_source: usize,
     /// Close a tunnel after this many seconds without a datagram.
     #[arg(long, value_name = "SECONDS", default_value_t = quiver_masque::DEFAULT_IDLE_TIMEOUT.as_secs())]
     idle_timeout: u64,
@@ -182,8 +191,17 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
             args.listen
         )));
     }
-    if args.max_tunnels_per_connection == 0 || args.max_tunnels == 0 || args.idle_timeout == 0 {
-        return Err(usage("--max-tunnels-per-connection, --max-tunnels and --idle-timeout must be at least 1"));
+    let limits = [
+        args.max_tunnels_per_connection,
+        args.max_tunnels,
+        args.max_tunnels_per_source,
+        args.max_lookups_per_connection,
+        args.max_lookups_per_source,
+    ];
+    if limits.contains(&0) || args.idle_timeout == 0 {
+        return Err(usage(
+            "--max-tunnels-per-connection, --max-tunnels, --max-tunnels-per-source, --max-lookups-per-connection, --max-lookups-per-source and --idle-timeout must be at least 1",
+        ));
     }
     let ip_gateway = match &args.ip_pool {
         Some(pool) => Some(start_ip_gateway(pool, &args.ip_route, &args.tun)?),
@@ -194,6 +212,9 @@ async fn run_proxy(args: ProxyArgs) -> anyhow::Result<()> {
         .policy(policy)
         .max_tunnels_per_connection(args.max_tunnels_per_connection)
         .max_tunnels(args.max_tunnels)
+        .max_tunnels_per_source(args.max_tunnels_per_source)
+        .max_lookups_per_connection(args.max_lookups_per_connection)
+        .max_lookups_per_source(args.max_lookups_per_source)
         .idle_timeout(Duration::from_secs(args.idle_timeout));
     if let Some(token) = args.token {
         config = config.bearer_token(token);

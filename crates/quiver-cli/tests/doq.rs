@@ -32,7 +32,7 @@ fn stdout(output: &Output) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_and_query_with_dig_like_output() {
     let upstream = TestUpstream::start().await.expect("upstream");
-    let served = serve(upstream.addr(), &[]);
+    let served = serve(upstream.addr(), &["--cache-bytes", "65536"]);
     let server = format!("@{}", served.addr);
 
     let a = query(&["-k", &server, "www.test.", "A"]).await;
@@ -88,6 +88,13 @@ async fn bad_usage_exits_2_and_failures_exit_1() {
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(2), "port 53 is not for DoQ");
+    for share in ["--max-upstream-per-connection", "--max-upstream-per-source"] {
+        let zero = Command::new(QUIVER)
+            .args(["doq", "serve", "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:5353", share, "0"])
+            .output()
+            .unwrap();
+        assert_eq!(zero.status.code(), Some(2), "{share} 0: {zero:?}");
+    }
 
     // Nobody listens: the query times out.
     let closed = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

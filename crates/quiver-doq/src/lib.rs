@@ -10,7 +10,9 @@
 //!
 //! * [`DoqServer`] forwards every query to an upstream resolver over UDP (TCP when the answer is
 //!   truncated), restores message ID 0, answers SERVFAIL when the upstream is silent, pads answers
-//!   for clients that pad (RFC 7830/8467), and enforces RFC 9250's protocol rules.
+//!   for clients that pad (RFC 7830/8467), and enforces RFC 9250's protocol rules. Each connection
+//!   and each client address gets a bounded share of the upstream slots, and the optional answer
+//!   cache is bounded in bytes ([`DoqServerBuilder`]).
 //! * [`DoqClient`] keeps one connection to a server and sends any number of queries over it in
 //!   parallel, one stream each.
 //!
@@ -51,7 +53,8 @@ pub use crate::dns::{PADDING_BLOCK_BYTES, is_replay_safe};
 pub use crate::error::{DoqConfigError, DoqError};
 pub use crate::framing::MAX_MESSAGE_BYTES;
 pub use crate::server::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_CACHE_BYTES, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_SOURCE, DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_MAX_UPSTREAM_IN_FLIGHT, DEFAULT_MAX_UPSTREAM_PER_CONNECTION, DEFAULT_MAX_UPSTREAM_PER_SOURCE,
     DEFAULT_QUERY_READ_TIMEOUT, DEFAULT_UPSTREAM_TIMEOUT, DoqServer, DoqServerBuilder,
 };
 pub use crate::stats::ServerStats;

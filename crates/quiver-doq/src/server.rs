@@ -7,7 +7,7 @@
 mod connection;
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,12 +16,13 @@ use hickory_proto::op::{Message, ResponseCode};
 use quiver::{Endpoint, ServeEnd};
 use tokio::sync::Semaphore;
 
-use crate::cache::{AnswerCache, CachedAnswer};
+use crate::cache::{AnswerCache, CachedAnswer, Stored};
 use crate::dns::{PADDING_BLOCK_BYTES, error_answer, for_upstream, pad, wants_padding};
 use crate::error::DoqConfigError;
 use crate::metrics::RcodeCounters;
 use crate::stats::ServerStats;
 use crate::upstream;
+use quiver::SourceShares;
 
 /// How long the server waits for the upstream resolver before answering SERVFAIL. Stub resolvers
 /// commonly give up after about five seconds; answering before that lets them see the failure
@@ -52,7 +53,23 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upstream queries in flight at once, server-wide, each holding one UDP socket: half of the
 /// common 1024 file-descriptor soft limit, leaving the rest for TCP retries and the process. Queries
 /// past it wait for a slot, within their upstream timeout.
-const DEFAULT_MAX_UPSTREAM_IN_FLIGHT: usize = 512;
+pub const DEFAULT_MAX_UPSTREAM_IN_FLIGHT: usize = 512;
+
+/// Upstream queries one connection may have in flight; more wait for the connection's own to
+/// finish. A stub resolver rarely has more than a handful of cache misses outstanding; 32 is 1/16
+/// of [`DEFAULT_MAX_UPSTREAM_IN_FLIGHT`], so one connection cannot take the server's slots.
+pub const DEFAULT_MAX_UPSTREAM_PER_CONNECTION: usize = 32;
+
+/// Upstream queries one client address (IPv6: one /64) may have in flight over all its connections;
+/// more are answered REFUSED. A quarter of [`DEFAULT_MAX_UPSTREAM_IN_FLIGHT`]: room for a busy
+/// resolver or a NAT with several clients, while one host with many connections (up to
+/// [`DEFAULT_MAX_CONNECTIONS_PER_SOURCE`]) still leaves three quarters of the slots to the others.
+pub const DEFAULT_MAX_UPSTREAM_PER_SOURCE: usize = 128;
+
+/// The answer cache's byte budget by default: none (no cache), so that what a client gets is the
+/// upstream's answer byte for byte unless the operator opts in with
+/// [`DoqServerBuilder::cache_bytes`].
+pub const DEFAULT_CACHE_BYTES: usize = 0;
 
 /// Builds a [`DoqServer`].
 ///
@@ -60,7 +77,7 @@ const DEFAULT_MAX_UPSTREAM_IN_FLIGHT: usize = 512;
 /// use std::time::Duration;
 /// let server = quiver_doq::DoqServer::builder("127.0.0.1:53".parse()?)
 ///     .upstream_timeout(Duration::from_secs(2))
-///     .cache_entries(10_000)
+///     .cache_bytes(16 * 1024 * 1024)
 ///     .build()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -70,7 +87,9 @@ pub struct DoqServerBuilder {
     upstream_timeout: Duration,
     max_queries_per_connection: usize,
     max_upstream_in_flight: usize,
-    cache_entries: usize,
+    max_upstream_per_connection: usize,
+    max_upstream_per_source: usize,
+    cache_bytes: usize,
     query_read_timeout: Duration,
     cache_clock_offset: Arc<AtomicU64>,
 }
@@ -107,15 +126,35 @@ impl DoqServerBuilder {
         self
     }
 
-    /// Upstream queries in flight at once, server-wide (each holds a UDP socket; at least 1).
+    /// Upstream queries in flight at once, server-wide (each holds a UDP socket; at least 1; default
+    /// [`DEFAULT_MAX_UPSTREAM_IN_FLIGHT`]).
     pub fn max_upstream_in_flight(mut self, max: usize) -> Self {
         self.max_upstream_in_flight = max;
         self
     }
 
-    /// Keeps up to this many positive answers, for their TTL (default 0: no cache).
-    pub fn cache_entries(mut self, entries: usize) -> Self {
-        self.cache_entries = entries;
+    /// Upstream queries one connection may have in flight (at least 1; default
+    /// [`DEFAULT_MAX_UPSTREAM_PER_CONNECTION`]). More wait for one of the connection's own to finish,
+    /// within their upstream timeout, never for a server-wide slot. Cached answers do not count.
+    pub fn max_upstream_per_connection(mut self, max: usize) -> Self {
+        self.max_upstream_per_connection = max;
+        self
+    }
+
+    /// Upstream queries one client address (IPv6: one /64) may have in flight over all its
+    /// connections; more are answered REFUSED and counted in [`ServerStats::refused_over_share`] (at
+    /// least 1; default [`DEFAULT_MAX_UPSTREAM_PER_SOURCE`]).
+    pub fn max_upstream_per_source(mut self, max: usize) -> Self {
+        self.max_upstream_per_source = max;
+        self
+    }
+
+    /// Keeps positive answers for their TTL in at most this many bytes (queries, answers and about
+    /// 200 bytes of bookkeeping per entry), evicting those closest to expiry first; an answer larger
+    /// than 1/16 of the budget is served but not kept. 0 (the default, [`DEFAULT_CACHE_BYTES`]): no
+    /// cache. Evictions and answers too large to keep are counted in [`ServerStats`].
+    pub fn cache_bytes(mut self, budget: usize) -> Self {
+        self.cache_bytes = budget;
         self
     }
 
@@ -131,6 +170,12 @@ impl DoqServerBuilder {
         if self.max_upstream_in_flight == 0 {
             return Err(DoqConfigError::Zero("max_upstream_in_flight"));
         }
+        if self.max_upstream_per_connection == 0 {
+            return Err(DoqConfigError::Zero("max_upstream_per_connection"));
+        }
+        if self.max_upstream_per_source == 0 {
+            return Err(DoqConfigError::Zero("max_upstream_per_source"));
+        }
         if self.upstream_timeout.is_zero() {
             return Err(DoqConfigError::Zero("upstream_timeout"));
         }
@@ -143,7 +188,9 @@ impl DoqServerBuilder {
                 upstream_timeout: self.upstream_timeout,
                 max_queries_per_connection: self.max_queries_per_connection,
                 upstream_slots: Semaphore::new(self.max_upstream_in_flight),
-                cache: (self.cache_entries > 0).then(|| Mutex::new(AnswerCache::new(self.cache_entries))),
+                max_upstream_per_connection: self.max_upstream_per_connection,
+                source_shares: SourceShares::new(self.max_upstream_per_source),
+                cache: (self.cache_bytes > 0).then(|| Mutex::new(AnswerCache::new(self.cache_bytes))),
                 cache_clock_offset: self.cache_clock_offset,
                 query_read_timeout: self.query_read_timeout,
                 counters: Counters::default(),
@@ -202,7 +249,9 @@ impl DoqServer {
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             max_queries_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             max_upstream_in_flight: DEFAULT_MAX_UPSTREAM_IN_FLIGHT,
-            cache_entries: 0,
+            max_upstream_per_connection: DEFAULT_MAX_UPSTREAM_PER_CONNECTION,
+            max_upstream_per_source: DEFAULT_MAX_UPSTREAM_PER_SOURCE,
+            cache_bytes: DEFAULT_CACHE_BYTES,
             query_read_timeout: DEFAULT_QUERY_READ_TIMEOUT,
             cache_clock_offset: Arc::default(),
         }
@@ -242,7 +291,8 @@ impl DoqServer {
     ) -> ServeEnd {
         let start_doq = |incoming: quiver::IncomingConnection| {
             count(&self.shared.counters.connections_accepted);
-            incoming.start(connection::ServerConnection::new(self.shared.clone()));
+            let source = incoming.peer_addr().ip();
+            incoming.start(connection::ServerConnection::new(self.shared.clone(), source));
         };
         quiver::serve(&endpoint, start_doq, shutdown, drain).await
     }
@@ -270,6 +320,9 @@ struct Counters {
     upstream_datagrams_ignored: AtomicU64,
     read_timeouts: AtomicU64,
     internal_errors: AtomicU64,
+    refused_over_share: AtomicU64,
+    cache_evictions: AtomicU64,
+    cache_too_large: AtomicU64,
 }
 
 impl Counters {
@@ -291,6 +344,9 @@ impl Counters {
             upstream_datagrams_ignored: get(&self.upstream_datagrams_ignored),
             read_timeouts: get(&self.read_timeouts),
             internal_errors: get(&self.internal_errors),
+            refused_over_share: get(&self.refused_over_share),
+            cache_evictions: get(&self.cache_evictions),
+            cache_too_large: get(&self.cache_too_large),
         }
     }
 }
@@ -305,6 +361,8 @@ pub(crate) struct ServerShared {
     upstream_timeout: Duration,
     max_queries_per_connection: usize,
     upstream_slots: Semaphore,
+    pub(crate) max_upstream_per_connection: usize,
+    source_shares: Arc<SourceShares>,
     cache: Option<Mutex<AnswerCache>>,
     cache_clock_offset: Arc<AtomicU64>,
     pub(crate) query_read_timeout: Duration,
@@ -313,10 +371,19 @@ pub(crate) struct ServerShared {
 }
 
 impl ServerShared {
-    /// The answer to a well-formed QUERY: from the cache, from the upstream, or SERVFAIL; padded
-    /// when the query was. The upstream gets [`for_upstream`]'s form of the query, which is also the
-    /// cache key (padding does not change the question).
-    async fn resolve(&self, bytes: Vec<u8>, query: Message) -> Vec<u8> {
+    /// The answer to a well-formed QUERY: from the cache, from the upstream, REFUSED when the
+    /// client's address is over its share of the upstream slots (`source`), or SERVFAIL; padded
+    /// when the query was. Queries past their connection's share (`connection_share`) wait for it,
+    /// within the upstream timeout. The upstream gets
+    /// [`for_upstream`]'s form of the query, which is also the cache key (padding does not change
+    /// the question).
+    async fn resolve(
+        &self,
+        bytes: Vec<u8>,
+        query: Message,
+        connection_share: &Arc<Semaphore>,
+        source: IpAddr,
+    ) -> Vec<u8> {
         let counters = &self.counters;
         let padded = wants_padding(&query);
         let upstream_query = for_upstream(&query, bytes);
@@ -329,6 +396,23 @@ impl ServerShared {
                 answer
             }
             None => {
+                // A query waits for its connection's share (the connection's own queue, bounded by its
+                // stream limit), then takes its source's share or is REFUSED, and only then waits for a
+                // server-wide slot: what a client queues past its shares never holds a slot others need.
+                let connection_slot =
+                    match tokio::time::timeout(self.upstream_timeout, connection_share.acquire()).await {
+                        Ok(Ok(slot)) => slot,
+                        _ => {
+                            count(&counters.servfail_timeout);
+                            return self.pad_if(error_answer(&query, ResponseCode::ServFail), padded);
+                        }
+                    };
+                let Some(source_share) = self.source_shares.try_take(source) else {
+                    count(&counters.refused_over_share);
+                    tracing::debug!(%source, "client address over its share of upstream queries; answering REFUSED");
+                    return self.pad_if(error_answer(&query, ResponseCode::Refused), padded);
+                };
+                let _shares = (connection_slot, source_share);
                 let exchange = async {
                     let _slot = self.upstream_slots.acquire().await;
                     upstream::exchange(self.upstream, &upstream_query, &counters.upstream_datagrams_ignored).await
@@ -342,7 +426,13 @@ impl ServerShared {
                         if let Some(cache) = &self.cache
                             && let Some(parsed) = CachedAnswer::parse(&answer.message, self.cache_now())
                         {
-                            lock(cache).insert(&upstream_query, parsed);
+                            let stored = lock(cache).insert(&upstream_query, parsed);
+                            match stored {
+                                Stored::Kept { evicted } => {
+                                    counters.cache_evictions.fetch_add(evicted as u64, Ordering::Relaxed);
+                                }
+                                Stored::TooLarge => count(&counters.cache_too_large),
+                            }
                         }
                         answer.message
                     }

@@ -3,7 +3,8 @@
 
 /// What the server has done, counted since it started. Every query ends in exactly one of
 /// `answered_upstream`, `answered_from_cache`, `servfail_timeout`, `servfail_upstream_error`,
-/// `format_errors`, `not_implemented`, `cancelled`, or a protocol error (or its connection closing).
+/// `format_errors`, `not_implemented`, `refused_over_share`, `cancelled`, or a protocol error (or its
+/// connection closing).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerStats {
@@ -39,4 +40,11 @@ pub struct ServerStats {
     /// Query streams reset with DOQ_INTERNAL_ERROR because the answer could not be sent (larger
     /// than a DNS message may be).
     pub internal_errors: u64,
+    /// Queries answered REFUSED because their address (IPv6: /64) already had its share of upstream
+    /// queries in flight over all its connections (`max_upstream_per_source`).
+    pub refused_over_share: u64,
+    /// Cached answers evicted, closest to expiry first, to keep the cache within its byte budget.
+    pub cache_evictions: u64,
+    /// Answers not cached because one would take more than 1/16 of the cache's byte budget.
+    pub cache_too_large: u64,
 }

@@ -11,6 +11,7 @@ use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use hickory_proto::rr::{Name, RData, RecordType};
 use quiver_doq::test_util::TEST_TTL;
 use quiver_doq::{DOQ_PROTOCOL_ERROR, PADDING_BLOCK_BYTES};
+use quiver_test_support::wait_until;
 use support::{GUARD, client, forwarder, forwarder_with, guarded, unpadded_client};
 
 fn query_bytes(name: &str, record_type: RecordType, id: u16) -> Vec<u8> {
@@ -236,7 +237,7 @@ async fn cache_answers_repeats_with_aged_ttls() {
     // The cache's clock is moved 100 s ahead between the queries, instead of waiting 100 s.
     let clock_offset = Arc::new(AtomicU64::new(0));
     let forwarder =
-        forwarder(|server| server.cache_entries(100).cache_clock_offset_seconds(clock_offset.clone())).await;
+        forwarder(|server| server.cache_bytes(64 * 1024).cache_clock_offset_seconds(clock_offset.clone())).await;
     let client = unpadded_client(forwarder.addr);
     let query = query_bytes("cached.test.", RecordType::A, 0);
     let first = guarded("client.send_bytes", client.send_bytes(&query)).await.expect("answer");
@@ -485,4 +486,58 @@ async fn queries_queue_behind_a_small_stream_limit() {
     assert_eq!(server.stats().connections_accepted, 1);
     assert_eq!(server.stats().answered_upstream, 51);
     endpoint.close();
+}
+
+/// One connection fills its share of the upstream slots with queries the upstream never answers;
+/// its queries past the share wait for its own, and another client is still served. Before the
+/// shares, the first client's queries took every server-wide slot and the second client's query
+/// waited for one until its upstream timeout.
+#[tokio::test]
+async fn one_connection_cannot_take_every_upstream_slot() {
+    let forwarder = forwarder(|server| {
+        server
+            .max_upstream_in_flight(4)
+            .max_upstream_per_connection(2)
+            // Longer than the test's guard: a query waiting for a slot is never answered in time.
+            .upstream_timeout(GUARD * 2)
+    })
+    .await;
+    let greedy = unpadded_client(forwarder.addr);
+    let _hung: Vec<_> = (0..4)
+        .map(|_| {
+            let greedy = greedy.clone();
+            tokio::spawn(async move { greedy.send_bytes(&query_bytes("silent.test.", RecordType::A, 0)).await })
+        })
+        .collect();
+    let server = forwarder.server.clone();
+    wait_until("the greedy client's four queries reach the server", || server.stats().queries == 4).await;
+    guarded("forwarder.upstream.wait_for_queries", forwarder.upstream.wait_for_queries(2)).await;
+    let honest = unpadded_client(forwarder.addr);
+    let answer = guarded("honest.send_bytes", honest.send_bytes(&query_bytes("www.test.", RecordType::A, 0)))
+        .await
+        .expect("answer");
+    assert_eq!(Message::from_vec(&answer).unwrap().metadata.response_code, ResponseCode::NoError);
+    assert_eq!(forwarder.upstream.udp_queries(), 3, "two of the greedy client's queries and the honest one");
+}
+
+/// A client address's connections together get no more than its share.
+#[tokio::test]
+async fn one_source_cannot_take_every_upstream_slot_through_many_connections() {
+    let forwarder = forwarder(|server| {
+        server.max_upstream_per_connection(2).max_upstream_per_source(3).upstream_timeout(GUARD * 2)
+    })
+    .await;
+    let _hung: Vec<_> = (0..2)
+        .flat_map(|_| {
+            let connection = unpadded_client(forwarder.addr);
+            (0..2).map(move |_| {
+                let connection = connection.clone();
+                tokio::spawn(async move { connection.send_bytes(&query_bytes("silent.test.", RecordType::A, 0)).await })
+            })
+        })
+        .collect();
+    guarded("forwarder.upstream.wait_for_queries", forwarder.upstream.wait_for_queries(3)).await;
+    let server = forwarder.server.clone();
+    wait_until("the fourth query refused", || server.stats().refused_over_share == 1).await;
+    assert_eq!(forwarder.upstream.udp_queries(), 3);
 }

@@ -12,6 +12,11 @@
 //! capsules on the request stream. Payloads that do not fit the path are
 //! dropped and counted, never truncated.
 //!
+//! The proxy never lets a tunnel lead back into its own host: special-purpose ranges and every
+//! address of a local interface need an explicit IP/CIDR rule ([`TargetPolicy`]), and its own
+//! listening sockets are refused always. Each connection and each client address (IPv6 per /64) gets
+//! a bounded share of the proxy's tunnels and name lookups ([`ProxyConfigBuilder`]).
+//!
 //! ## Proxy
 //! ```no_run
 //! use quiver_masque::{Proxy, ProxyConfig, TargetPolicy};
@@ -50,6 +55,7 @@ mod proxy;
 mod resolve;
 pub mod target;
 pub mod template;
+mod this_host;
 
 pub use crate::body::{ChannelBody, TunnelAborted};
 pub use crate::client::{ClientError, MasqueClient, TunnelError, UdpTunnel, client_config};
@@ -58,8 +64,9 @@ pub use crate::forward::{
 };
 pub use crate::policy::{AllowRule, Denied, RuleError, TargetPolicy};
 pub use crate::proxy::{
-    DEFAULT_DNS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_TUNNELS, DEFAULT_MAX_TUNNELS_PER_CONNECTION, Proxy,
-    ProxyConfig, ProxyConfigBuilder, ProxyConfigError, ProxyStats, proxy_server_config,
+    DEFAULT_DNS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LOOKUPS_PER_CONNECTION, DEFAULT_MAX_LOOKUPS_PER_SOURCE,
+    DEFAULT_MAX_TUNNELS, DEFAULT_MAX_TUNNELS_PER_CONNECTION, DEFAULT_MAX_TUNNELS_PER_SOURCE, Proxy, ProxyConfig,
+    ProxyConfigBuilder, ProxyConfigError, ProxyStats, proxy_server_config,
 };
 pub use crate::target::{Target, TargetError, TargetHost};
 pub use crate::template::{DEFAULT_TEMPLATE, MatchError, TemplateError, UriTemplate};

@@ -54,8 +54,10 @@ pub fn publish(stats: &ProxyStats) {
         ("not_found", stats.refused_not_found),
         ("policy", stats.refused_policy),
         ("limit", stats.refused_limit),
+        ("source_limit", stats.refused_source_limit),
         ("resolve", stats.refused_resolve),
         ("dns_busy", stats.refused_dns_busy),
+        ("dns_share", stats.refused_dns_share),
         ("unreachable", stats.refused_unreachable),
     ];
     for (reason, count) in refused {

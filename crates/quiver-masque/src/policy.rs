@@ -10,6 +10,12 @@
 //! that resolves (or is re-pointed) to `127.0.0.1` cannot reach the proxy's own host. Every resolved
 //! address is checked, not the name. CONNECT-IP packets are checked against the same rules
 //! ([`TargetPolicy::check_packet`]).
+//!
+//! The proxy adds what only it knows: every address of its own host (all local interfaces, public
+//! ones too) is closed like a special-purpose address, and its own listening sockets are closed
+//! always, even to an IP or CIDR rule that covers them. A name is checked against the name rules
+//! before it is resolved ([`TargetPolicy::allows_name`]): a name no rule could allow is never looked
+//! up.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -18,6 +24,7 @@ use std::str::FromStr;
 
 use crate::network::{IpNetwork, max_prefix};
 use crate::target::{TargetHost, parse_port};
+use crate::this_host::ThisHost;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostPattern {
@@ -113,6 +120,12 @@ pub enum Denied {
     /// A loopback, private or other special-purpose address that no IP or CIDR rule covers.
     #[error("a special-purpose (loopback, private, link-local, ...) address that no IP/CIDR rule allows")]
     SpecialPurpose,
+    /// An address of the proxy's own host (a local interface's) that no IP or CIDR rule covers.
+    #[error("an address of the proxy's own host that no IP/CIDR rule allows")]
+    ThisHost,
+    /// The proxy's own listening socket: never a target, whatever the rules say.
+    #[error("the proxy's own listening socket")]
+    ProxyListener,
 }
 
 /// The proxy's target policy: an allow-list of [`AllowRule`]s; anything they do not allow is denied.
@@ -165,12 +178,50 @@ impl TargetPolicy {
         self.rules.iter().any(|rule| rule.ports.iter().any(|range| range.contains(&port)))
     }
 
+    /// Whether any rule could allow the name `name` on `port`: `*`, a rule for this very name, or
+    /// an IP or CIDR rule (the name may resolve into its network). Checked before the name is
+    /// resolved, so a name no rule allows costs no DNS query, and its refusal cannot tell the
+    /// client whether the name exists.
+    pub fn allows_name(&self, name: &str, port: u16) -> bool {
+        self.rules.iter().filter(|rule| rule.ports.iter().any(|range| range.contains(&port))).any(|rule| {
+            match &rule.host {
+                HostPattern::AnyPublic | HostPattern::Network(_) => true,
+                HostPattern::Name(allowed) => name.trim_end_matches('.').eq_ignore_ascii_case(allowed),
+            }
+        })
+    }
+
     /// Whether the tunnel may go to `address`:`port`; `name` is the DNS name it was resolved from.
+    /// The rules alone: the proxy also refuses its own host's addresses and listening sockets, which
+    /// only it knows.
     ///
     /// # Errors
     /// [`Denied`] says why not.
     pub fn check(&self, name: Option<&str>, address: IpAddr, port: u16) -> Result<(), Denied> {
-        self.check_address(name, address, Some(port), false)
+        self.check_address(name, address, Some(port), false, false)
+    }
+
+    /// [`check`](Self::check) for a proxy on `host`: its listening sockets are never a target, and
+    /// its other addresses only through an IP or CIDR rule.
+    pub(crate) fn check_target(
+        &self,
+        host: &ThisHost,
+        name: Option<&str>,
+        address: IpAddr,
+        port: u16,
+    ) -> Result<(), Denied> {
+        if host.is_listener(address, port) {
+            return Err(Denied::ProxyListener);
+        }
+        self.check_address(name, address, Some(port), false, host.is_local(address))
+    }
+
+    /// [`check_packet`](Self::check_packet) for a proxy on `host`, as [`check_target`](Self::check_target).
+    pub(crate) fn check_packet_on(&self, host: &ThisHost, address: IpAddr, port: Option<u16>) -> Result<(), Denied> {
+        if port.is_some_and(|port| host.is_listener(address, port)) {
+            return Err(Denied::ProxyListener);
+        }
+        self.check_address(None, address, port, false, host.is_local(address))
     }
 
     /// Whether an IP packet (CONNECT-IP) may go to `address`. `port` is the destination port of a
@@ -181,7 +232,7 @@ impl TargetPolicy {
     /// # Errors
     /// [`Denied`] says why not.
     pub fn check_packet(&self, address: IpAddr, port: Option<u16>) -> Result<(), Denied> {
-        self.check_address(None, address, port, false)
+        self.check_address(None, address, port, false, false)
     }
 
     /// Whether an IP or CIDR rule names `address` (and `port`, if given) explicitly: `*` and name
@@ -191,18 +242,20 @@ impl TargetPolicy {
     /// # Errors
     /// [`Denied::NotAllowed`] when no such rule exists.
     pub fn check_explicit(&self, address: IpAddr, port: Option<u16>) -> Result<(), Denied> {
-        self.check_address(None, address, port, true)
+        self.check_address(None, address, port, true, false)
     }
 
+    /// `local`: the address is the proxy host's own, closed like a special-purpose one.
     fn check_address(
         &self,
         name: Option<&str>,
         address: IpAddr,
         port: Option<u16>,
         explicit_only: bool,
+        local: bool,
     ) -> Result<(), Denied> {
         let address = address.to_canonical();
-        let special = is_special_purpose(address);
+        let special = is_special_purpose(address) || local;
         let mut blocked_by_special = false;
         // Port 0 stands for "a port that cannot be read" (a later IP fragment): only rules for every
         // port cover it.
@@ -228,7 +281,11 @@ impl TargetPolicy {
             }
             blocked_by_special |= matches;
         }
-        Err(if blocked_by_special { Denied::SpecialPurpose } else { Denied::NotAllowed })
+        Err(match (blocked_by_special, is_special_purpose(address)) {
+            (false, _) => Denied::NotAllowed,
+            (true, true) => Denied::SpecialPurpose,
+            (true, false) => Denied::ThisHost,
+        })
     }
 }
 
@@ -380,6 +437,38 @@ mod tests {
         assert_eq!(policy.check(Some("other.example"), ip("9.9.9.9"), 53), Err(Denied::NotAllowed));
         assert_eq!(policy.check(None, ip("9.9.9.9"), 53), Err(Denied::NotAllowed));
         assert!(!policy.allows_port(54));
+    }
+
+    /// A public address of the proxy's own host is closed like loopback: `*` and name rules do not
+    /// open it, an IP/CIDR rule does; the listening socket stays closed even to that.
+    #[test]
+    fn the_proxy_host_and_its_listener_are_closed() {
+        let host = ThisHost::with_reader(|| vec!["9.9.9.9".parse().unwrap()]);
+        host.add_listener("0.0.0.0:443".parse().unwrap());
+        let open = TargetPolicy::default();
+        assert_eq!(open.check(None, ip("9.9.9.9"), 53), Ok(()), "the rules alone know no host");
+        assert_eq!(open.check_target(&host, None, ip("9.9.9.9"), 53), Err(Denied::ThisHost));
+        assert_eq!(open.check_target(&host, None, ip("::ffff:9.9.9.9"), 53), Err(Denied::ThisHost));
+        assert_eq!(open.check_target(&host, None, ip("127.0.0.1"), 53), Err(Denied::SpecialPurpose));
+        assert_eq!(open.check_target(&host, None, ip("8.8.8.8"), 53), Ok(()));
+        assert_eq!(open.check_packet_on(&host, ip("9.9.9.9"), None), Err(Denied::ThisHost));
+        let explicit = TargetPolicy::parse(&["9.9.9.9/32:*", "127.0.0.0/8:*"]).unwrap();
+        assert_eq!(explicit.check_target(&host, None, ip("9.9.9.9"), 53), Ok(()));
+        for own in ["9.9.9.9", "127.0.0.1", "127.0.0.53"] {
+            assert_eq!(explicit.check_target(&host, None, ip(own), 443), Err(Denied::ProxyListener), "{own}");
+        }
+        assert_eq!(explicit.check_packet_on(&host, ip("127.0.0.1"), Some(443)), Err(Denied::ProxyListener));
+    }
+
+    #[test]
+    fn names_no_rule_allows_are_refused_before_resolving() {
+        let named = TargetPolicy::parse(&["dns.example:53"]).unwrap();
+        assert!(named.allows_name("dns.example", 53) && named.allows_name("DNS.example.", 53));
+        assert!(!named.allows_name("internal.example", 53));
+        assert!(!named.allows_name("dns.example", 54));
+        // `*` and IP/CIDR rules may match whatever a name resolves to: those names are resolved.
+        assert!(TargetPolicy::default().allows_name("anything.example", 1));
+        assert!(TargetPolicy::parse(&["10.0.0.0/8:53"]).unwrap().allows_name("internal.example", 53));
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! the slot that limits lookups is held *inside* the blocking task and freed when `getaddrinfo`
 //! returns, not when the caller gives up. A request that finds every slot taken is refused at once
 //! (and counted), so a resolver that never answers costs at most [`MAX_LOOKUPS_IN_FLIGHT`] threads.
+//! Each client's shares of those slots (per connection, per address) are held the same way, so a
+//! client whose lookups hang holds at most its share.
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -53,20 +55,23 @@ impl Resolver {
         Self { slots: Arc::new(Semaphore::new(max_in_flight)), lookup }
     }
 
-    /// The addresses of `name`:`port`.
+    /// The addresses of `name`:`port`. `shares` (the client's shares of the lookup slots) are held
+    /// with the proxy-wide slot until the lookup returns.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves its lookup to finish in the background, holding its slot.
-    pub(crate) async fn resolve(
+    pub(crate) async fn resolve<Shares: Send + 'static>(
         &self,
         name: &str,
         port: u16,
         timeout: Duration,
+        shares: Shares,
     ) -> Result<Vec<SocketAddr>, LookupError> {
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| LookupError::Busy)?;
         let (lookup, name) = (self.lookup.clone(), name.to_owned());
         let task = tokio::task::spawn_blocking(move || {
-            let _slot = slot; // freed when the lookup returns, not when the caller stops waiting
+            // Freed when the lookup returns, not when the caller stops waiting.
+            let _held = (slot, shares);
             lookup(&name, port)
         });
         match tokio::time::timeout(timeout, task).await {
@@ -116,22 +121,22 @@ mod tests {
         });
         let timeout = Duration::from_millis(20);
         for _ in 0..2 {
-            assert!(matches!(resolver.resolve("hung.test", 53, timeout).await, Err(LookupError::TimedOut)));
+            assert!(matches!(resolver.resolve("hung.test", 53, timeout, ()).await, Err(LookupError::TimedOut)));
         }
         // Both timed-out lookups still occupy a blocking thread each, so their slots stay taken.
-        assert!(matches!(resolver.resolve("hung.test", 53, timeout).await, Err(LookupError::Busy)));
+        assert!(matches!(resolver.resolve("hung.test", 53, timeout, ()).await, Err(LookupError::Busy)));
         gate.open();
         // Once they return, their slots come back.
         let guard = Duration::from_secs(30);
         drop(tokio::time::timeout(guard, resolver.slots.acquire_many(2)).await.expect("slots freed").unwrap());
-        let addresses = resolver.resolve("hung.test", 53, guard).await.unwrap();
+        let addresses = resolver.resolve("hung.test", 53, guard, ()).await.unwrap();
         assert_eq!(addresses, [SocketAddr::from(([192, 0, 2, 1], 53))]);
     }
 
     #[tokio::test]
     async fn resolver_errors_are_reported() {
         let resolver = Resolver::with_lookup(1, Arc::new(|_, _| Err(io::Error::other("no such name"))));
-        let outcome = resolver.resolve("nx.test", 53, Duration::from_secs(30)).await;
+        let outcome = resolver.resolve("nx.test", 53, Duration::from_secs(30), ()).await;
         assert!(matches!(outcome, Err(LookupError::Failed(err)) if err.to_string() == "no such name"));
     }
 }

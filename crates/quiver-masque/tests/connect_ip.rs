@@ -128,14 +128,18 @@ async fn exchange(proxy: &support::TestProxy, gateway: &IpGateway) {
 
         // UDP to a socket on the gateway address, and its answer back through the TUN device. Sent
         // before it, in the same order on the tunnel: a forged source, a destination outside the
-        // routes, and a gateway port the policy does not open; each is dropped and counted, so the
-        // socket's first datagram is the question.
+        // routes, a gateway port the policy does not open, and the pool's network and broadcast
+        // addresses (they reach this host; `*:*` must not open them); each is dropped and counted,
+        // so the socket's first datagram is the question.
         let server = UdpSocket::bind((GATEWAY, GATEWAY_PORT)).unwrap();
         server.set_read_timeout(Some(GUARD)).unwrap();
         let before = proxy.proxy.stats();
         tunnel.send(&icmp_echo_request(Ipv4Addr::new(10, 89, 0, 99), GATEWAY, 1, 1, b"forged")).unwrap();
         tunnel.send(&icmp_echo_request(source, Ipv4Addr::new(192, 0, 2, 1), 1, 1, b"elsewhere")).unwrap();
         tunnel.send(&udp_packet(source, 40_000, GATEWAY, GATEWAY_PORT + 1, b"denied")).unwrap();
+        for reserved in [Ipv4Addr::new(10, 89, 0, 0), Ipv4Addr::new(10, 89, 0, 255)] {
+            tunnel.send(&udp_packet(source, 40_000, reserved, GATEWAY_PORT, b"to the whole link")).unwrap();
+        }
         tunnel.send(&udp_packet(source, 40_000, GATEWAY, GATEWAY_PORT, b"question")).unwrap();
         let server = tokio::task::spawn_blocking(move || {
             let mut buffer = [0u8; 64];
@@ -149,7 +153,7 @@ async fn exchange(proxy: &support::TestProxy, gateway: &IpGateway) {
         assert_eq!(&answer[28..], b"answer");
         let after = proxy.proxy.stats();
         assert_eq!(after.dropped_not_routed, before.dropped_not_routed + 2, "{after:?}");
-        assert_eq!(after.dropped_policy, before.dropped_policy + 1, "{after:?}");
+        assert_eq!(after.dropped_policy, before.dropped_policy + 3, "{after:?}");
 
         // Closing waits for the proxy: then the address is back in the pool.
         tunnel.close().await;

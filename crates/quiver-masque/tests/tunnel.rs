@@ -177,9 +177,10 @@ async fn default_policy_keeps_loopback_closed_and_names_resolve() {
     let proxy = start_proxy(ProxyConfig::builder());
     let run = async {
         refused(proxy.client(true).open(&"127.0.0.1:53".parse().unwrap()).await, StatusCode::FORBIDDEN);
-        // A name that resolves to loopback is refused too: the addresses are checked, not the name.
-        let status = refused(proxy.client(true).open(&"localhost:53".parse().unwrap()).await, StatusCode::FORBIDDEN);
-        assert!(status.contains("destination_ip_prohibited"), "{status}");
+        // A name that resolves to loopback is refused too: the addresses are checked, not the name;
+        // the answer is a failed lookup's, so it does not tell that the name exists.
+        let status = refused(proxy.client(true).open(&"localhost:53".parse().unwrap()).await, StatusCode::BAD_GATEWAY);
+        assert!(status.contains("dns_error"), "{status}");
     };
     guarded("the test's exchange", run).await;
 
@@ -365,7 +366,8 @@ async fn expect_reset(h3_client: &quiver_h3::Client, request: Request<http_body_
 }
 
 /// Targets that only an explicit rule may open, however the request spells them: the default policy
-/// (`*:*`) must refuse each with 403 `destination_ip_prohibited`, and say nothing about addresses.
+/// (`*:*`) must refuse each address with 403 `destination_ip_prohibited` (a name with a failed
+/// lookup's 502 `dns_error`), and say nothing about addresses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn special_targets_are_refused_however_they_are_written() {
     let proxy = start_proxy(ProxyConfig::builder());
@@ -374,8 +376,13 @@ async fn special_targets_are_refused_however_they_are_written() {
             let path = format!("/.well-known/masque/udp/{host}/53/");
             let request = connect_udp(&proxy.url(), &path).header("capsule-protocol", "?1");
             let (status, proxy_status) = raw_request(&proxy, request.body(Default::default()).unwrap()).await;
-            assert_eq!(status, StatusCode::FORBIDDEN, "{host}: {proxy_status}");
-            assert!(proxy_status.contains("error=destination_ip_prohibited"), "{host}: {proxy_status}");
+            let expected = if host == "localhost" {
+                (StatusCode::BAD_GATEWAY, "error=dns_error")
+            } else {
+                (StatusCode::FORBIDDEN, "error=destination_ip_prohibited")
+            };
+            assert_eq!(status, expected.0, "{host}: {proxy_status}");
+            assert!(proxy_status.contains(expected.1), "{host}: {proxy_status}");
             // What the target resolved to is the proxy's business (kept in its log).
             assert!(!proxy_status.contains("127.0.0.1") && !proxy_status.contains("::1"), "{host}: {proxy_status}");
         }
@@ -396,6 +403,84 @@ async fn a_capsule_cut_short_by_fin_resets_the_tunnel() {
         let request = connect_udp(&proxy.url(), &path).header("capsule-protocol", "?1").body(body).unwrap();
         expect_reset(&proxy.h3_client(), request).await;
         assert_eq!(proxy.proxy.stats().datagrams_to_target, 0);
+    };
+    guarded("the test's exchange", run).await;
+}
+
+/// The proxy's own listening socket is never a target, even when the operator opens loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_socket_is_never_a_target() {
+    let proxy = start_proxy(loopback_config());
+    let own = proxy.endpoint.local_addr();
+    let run = async {
+        let status = refused(proxy.client(true).open(&target(own)).await, StatusCode::FORBIDDEN);
+        assert!(status.contains("destination_ip_prohibited") && status.contains("listening socket"), "{status}");
+        assert_eq!(proxy.proxy.stats().refused_policy, 1);
+    };
+    guarded("the test's exchange", run).await;
+}
+
+/// A name no rule allows gets what a name that does not exist gets (502 `dns_error`), without a
+/// lookup; so does a name whose addresses the policy denies. Neither tells the client the name
+/// exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_names_look_like_names_that_do_not_exist() {
+    let proxy =
+        start_proxy(ProxyConfig::builder().policy(TargetPolicy::parse(&["allowed.test:53", "*:5353"]).unwrap()));
+    let run = async {
+        for name in ["localhost:53", "localhost:5353"] {
+            let status = refused(proxy.client(true).open(&name.parse().unwrap()).await, StatusCode::BAD_GATEWAY);
+            assert_eq!(status, r#"quiver; error=dns_error; details="cannot resolve the target""#, "{name}");
+        }
+        let stats = proxy.proxy.stats();
+        assert_eq!((stats.refused_policy, stats.refused_resolve), (2, 0), "{stats:?}");
+    };
+    guarded("the test's exchange", run).await;
+}
+
+/// Datagrams the proxy drops do not keep a tunnel open: it still closes when idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_datagrams_do_not_keep_a_tunnel_open() {
+    let proxy = start_proxy(loopback_config().idle_timeout(Duration::from_millis(300)));
+    let echo = udp_echo().await;
+    let run = async {
+        let path = format!("/.well-known/masque/udp/127.0.0.1/{}/", echo.port());
+        let request = connect_udp(&proxy.url(), &path).header("capsule-protocol", "?1").body(OpenBody).unwrap();
+        let h3_client = proxy.h3_client();
+        let response = h3_client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let flow = DatagramFlow::take_from(response.extensions()).unwrap();
+        let mut body = response.into_body();
+        // Junk (an unknown context ID) faster than the idle timeout, until the proxy ends the tunnel.
+        let mut junk = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                _ = junk.tick() => { let _ = flow.send(b"\x01junk"); }
+                frame = http_body_util::BodyExt::frame(&mut body) => {
+                    assert!(frame.is_none(), "the tunnel ends with FIN, not {frame:?}");
+                    break;
+                }
+            }
+        }
+        let stats = proxy.proxy.stats();
+        assert_eq!(stats.tunnels_idle_closed, 1, "{stats:?}");
+        assert!(stats.dropped_unknown_context > 0, "{stats:?}");
+    };
+    guarded("the test's exchange", run).await;
+}
+
+/// Two connections from one address hold no more tunnels together than the address's share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_share_of_tunnels() {
+    let proxy = start_proxy(loopback_config().max_tunnels_per_connection(2).max_tunnels_per_source(3));
+    let echo = udp_echo().await;
+    let run = async {
+        let (first, second) = (proxy.client(true), proxy.client(true));
+        let _held = [first.open(&target(echo)).await.unwrap(), first.open(&target(echo)).await.unwrap()];
+        let _third = second.open(&target(echo)).await.unwrap();
+        refused(second.open(&target(echo)).await, StatusCode::TOO_MANY_REQUESTS);
+        let stats = proxy.proxy.stats();
+        assert_eq!((stats.refused_source_limit, stats.refused_limit), (1, 0), "{stats:?}");
     };
     guarded("the test's exchange", run).await;
 }

@@ -59,6 +59,7 @@ mod qlog;
 mod route;
 mod router;
 mod serve;
+mod share;
 mod shared;
 mod socket;
 mod stats;
@@ -84,6 +85,7 @@ pub use crate::error::{
 };
 pub use crate::handshake::HandshakeInfo;
 pub use crate::serve::{ServeEnd, serve};
+pub use crate::share::{SourceShare, SourceShares, source_key};
 pub use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 pub use crate::ticket::TICKET_KEY_ROTATION;
 pub use quiche;

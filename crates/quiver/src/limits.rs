@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
+
+pub(crate) use crate::share::source_key;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -62,17 +64,6 @@ impl RateLimiter {
     /// Spends one token if there is one.
     pub(crate) fn allow(&mut self, now: Instant) -> bool {
         self.bucket.take(self.limit, now)
-    }
-}
-
-/// The key a source is counted by: its address, with IPv6 addresses grouped by /64 (and IPv4-mapped
-/// IPv6 addresses as the IPv4 address they are). One IPv6 host usually holds a whole /64 (SLAAC,
-/// privacy addresses), so counting single addresses would let it multiply every per-source budget
-/// by 2^64.
-pub(crate) fn source_key(source: IpAddr) -> IpAddr {
-    match source.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64))),
-        v4 => v4,
     }
 }
 

@@ -13,13 +13,14 @@
 //! DOQ_NO_ERROR once the last answer is acknowledged.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::RecordType;
 use quiver::quiche;
 use quiver::{ApplicationError, ApplicationOverQuic, ConnectionError, QuicConnection};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -38,6 +39,10 @@ struct PartialQuery {
 /// Server side of one DoQ connection.
 pub(crate) struct ServerConnection {
     shared: Arc<ServerShared>,
+    /// The client's address, for its per-source share of the upstream slots.
+    source: IpAddr,
+    /// This connection's share of the upstream slots.
+    upstream_share: Arc<Semaphore>,
     /// Streams whose query has not fully arrived.
     reading: HashMap<u64, PartialQuery>,
     /// Streams whose query is being resolved.
@@ -58,9 +63,11 @@ pub(crate) struct ServerConnection {
 }
 
 impl ServerConnection {
-    pub(crate) fn new(shared: Arc<ServerShared>) -> Self {
+    pub(crate) fn new(shared: Arc<ServerShared>, source: IpAddr) -> Self {
         let (answers_tx, answers_rx) = mpsc::channel(shared.max_queries_per_connection);
         Self {
+            source,
+            upstream_share: Arc::new(Semaphore::new(shared.max_upstream_per_connection)),
             shared,
             reading: HashMap::new(),
             resolving: HashMap::new(),
@@ -142,8 +149,9 @@ impl ServerConnection {
         }
         let shared = self.shared.clone();
         let answers = self.answers_tx.clone();
+        let (upstream_share, source) = (self.upstream_share.clone(), self.source);
         let task = tokio::spawn(async move {
-            let answer = shared.resolve(query, parsed).await;
+            let answer = shared.resolve(query, parsed, &upstream_share, source).await;
             let _ = answers.send((stream, answer)).await;
         });
         self.resolving.insert(stream, task.abort_handle());

@@ -14,6 +14,7 @@ use super::capsule::{IpNetwork, IpRange, max_prefix};
 use super::packet::inspect;
 use super::tun::TunDevice;
 use crate::policy::TargetPolicy;
+use crate::this_host::ThisHost;
 
 /// Packets queued from the TUN device towards one tunnel before more are dropped: a few
 /// milliseconds of a fast flow, at most 384 KiB of 1500-byte packets.
@@ -148,6 +149,13 @@ impl IpGateway {
         nth_address(self.pool, 1)
     }
 
+    /// Whether `address` is the pool's network address or (IPv4) its broadcast address. Neither is
+    /// ever leased, and no client may send to them whatever the policy says: the kernel delivers
+    /// both to this host (a directed broadcast to every address on the TUN link).
+    pub fn is_network_or_broadcast(&self, address: IpAddr) -> bool {
+        network_or_broadcast(self.pool, address)
+    }
+
     /// The pool.
     pub fn pool(&self) -> IpNetwork {
         self.pool
@@ -190,6 +198,12 @@ impl IpGateway {
         leases.insert(address, sender);
         Some(IpLease { gateway: self.clone(), address, packets })
     }
+}
+
+/// Whether `address` is `pool`'s network address or (IPv4) its broadcast address.
+fn network_or_broadcast(pool: IpNetwork, address: IpAddr) -> bool {
+    let address = address.to_canonical();
+    address == pool.first() || (address.is_ipv4() && address == pool.last())
 }
 
 /// The `index`th address of `pool` (0 is the network address).
@@ -270,19 +284,24 @@ impl IpLease {
     /// Destinations in the pool are other clients of this gateway (client-to-client traffic, when the
     /// routes cover the pool, as they do by default): the kernel sends them straight back through
     /// the TUN device to the tunnel that holds the address. The gateway's own address is this host:
-    /// only an IP or CIDR rule naming it opens it. Every other destination must pass `policy` like a
-    /// CONNECT-UDP target (special-purpose ranges need an explicit rule).
-    pub(crate) fn forward(&self, packet: &[u8], policy: &TargetPolicy) -> Result<(), ForwardRefused> {
+    /// only an IP or CIDR rule naming it opens it. The pool's network and broadcast addresses are
+    /// never a destination (they reach this host too). Every other destination must pass `policy`
+    /// like a CONNECT-UDP target (special-purpose ranges and the addresses of `host` need an
+    /// explicit rule; the proxy's listening sockets are closed always).
+    pub(crate) fn forward(&self, packet: &[u8], policy: &TargetPolicy, host: &ThisHost) -> Result<(), ForwardRefused> {
         let header = inspect(packet).map_err(|_| ForwardRefused::Malformed)?;
         let routed = self.gateway.routes.iter().any(|range| range.allows(header.destination, header.protocol));
         if header.source != self.address || !routed {
             return Err(ForwardRefused::Spoofed);
         }
         let destination = header.destination;
-        let allowed = if destination == self.gateway.gateway_address() {
+        let allowed = if self.gateway.is_network_or_broadcast(destination) {
+            false
+        } else if destination == self.gateway.gateway_address() {
             policy.check_explicit(destination, header.destination_port).is_ok()
         } else {
-            self.gateway.pool.contains(destination) || policy.check_packet(destination, header.destination_port).is_ok()
+            self.gateway.pool.contains(destination)
+                || policy.check_packet_on(host, destination, header.destination_port).is_ok()
         };
         if !allowed {
             return Err(ForwardRefused::Denied);
@@ -303,6 +322,23 @@ impl Drop for IpLease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_and_broadcast_addresses_are_never_leased() {
+        let v4: IpNetwork = "10.89.0.0/30".parse().unwrap();
+        let v6: IpNetwork = "fd00:89::/126".parse().unwrap();
+        for (pool, reserved, leasable) in
+            [(v4, ["10.89.0.0", "10.89.0.3"], "10.89.0.2"), (v6, ["fd00:89::", "fd00:89::"], "fd00:89::2")]
+        {
+            for address in reserved {
+                assert!(network_or_broadcast(pool, address.parse().unwrap()), "{address}");
+            }
+            assert!(!network_or_broadcast(pool, leasable.parse().unwrap()));
+            assert!(!network_or_broadcast(pool, "fd00:89::3".parse().unwrap()), "IPv6 has no broadcast");
+            // The lease range (2 ..= last - 1) never reaches them.
+            assert_eq!(nth_address(pool, 2), leasable.parse::<IpAddr>().unwrap());
+        }
+    }
 
     #[test]
     fn addresses_count_from_the_network_address() {

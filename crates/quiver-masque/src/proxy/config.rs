@@ -14,6 +14,17 @@ pub const DEFAULT_MAX_TUNNELS_PER_CONNECTION: usize = 256;
 /// Tunnels the whole proxy holds open: each is a UDP socket (a file descriptor) and a task; 8192 stays
 /// under the usual 10k+ descriptor limits of a service with headroom for the QUIC socket and logs.
 pub const DEFAULT_MAX_TUNNELS: usize = 8192;
+/// Tunnels one client address (IPv6: one /64) may hold open over all its connections: an eighth of
+/// [`DEFAULT_MAX_TUNNELS`], so one host opening many connections leaves most of the proxy to others,
+/// and four times a connection's share, for NATs with several clients.
+pub const DEFAULT_MAX_TUNNELS_PER_SOURCE: usize = 1024;
+/// Name lookups one connection may have in flight. The proxy has 64 (each holds a thread until the
+/// resolver answers); a client opening tunnels by name needs a few at once.
+pub const DEFAULT_MAX_LOOKUPS_PER_CONNECTION: usize = 8;
+/// Name lookups one client address (IPv6: one /64) may have in flight over all its connections: a
+/// quarter of the proxy's 64, so a host whose lookups hang (names in a zone it controls, served
+/// slowly) leaves three quarters to everyone else.
+pub const DEFAULT_MAX_LOOKUPS_PER_SOURCE: usize = 16;
 /// A tunnel with no datagram either way for this long is closed and its socket freed.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Resolving a target name takes at most this long (then 504 `dns_timeout`).
@@ -29,6 +40,9 @@ pub struct ProxyConfig {
     pub(crate) policy: TargetPolicy,
     pub(crate) max_tunnels_per_connection: usize,
     pub(crate) max_tunnels: usize,
+    pub(crate) max_tunnels_per_source: usize,
+    pub(crate) max_lookups_per_connection: usize,
+    pub(crate) max_lookups_per_source: usize,
     pub(crate) idle_timeout: Duration,
     pub(crate) dns_timeout: Duration,
     pub(crate) bearer_token: Option<String>,
@@ -38,7 +52,9 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     /// A builder with the defaults: the default template, the default policy (public addresses
     /// only), [`DEFAULT_MAX_TUNNELS_PER_CONNECTION`], [`DEFAULT_MAX_TUNNELS`],
-    /// [`DEFAULT_IDLE_TIMEOUT`], [`DEFAULT_DNS_TIMEOUT`], no token, no CONNECT-IP.
+    /// [`DEFAULT_MAX_TUNNELS_PER_SOURCE`], [`DEFAULT_MAX_LOOKUPS_PER_CONNECTION`],
+    /// [`DEFAULT_MAX_LOOKUPS_PER_SOURCE`], [`DEFAULT_IDLE_TIMEOUT`], [`DEFAULT_DNS_TIMEOUT`], no
+    /// token, no CONNECT-IP.
     pub fn builder() -> ProxyConfigBuilder {
         ProxyConfigBuilder {
             config: ProxyConfig {
@@ -46,6 +62,9 @@ impl ProxyConfig {
                 policy: TargetPolicy::default(),
                 max_tunnels_per_connection: DEFAULT_MAX_TUNNELS_PER_CONNECTION,
                 max_tunnels: DEFAULT_MAX_TUNNELS,
+                max_tunnels_per_source: DEFAULT_MAX_TUNNELS_PER_SOURCE,
+                max_lookups_per_connection: DEFAULT_MAX_LOOKUPS_PER_CONNECTION,
+                max_lookups_per_source: DEFAULT_MAX_LOOKUPS_PER_SOURCE,
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 dns_timeout: DEFAULT_DNS_TIMEOUT,
                 bearer_token: None,
@@ -72,6 +91,21 @@ impl ProxyConfig {
     /// Tunnels the proxy holds open in total.
     pub fn max_tunnels(&self) -> usize {
         self.max_tunnels
+    }
+
+    /// Tunnels one client address (IPv6: one /64) may hold open.
+    pub fn max_tunnels_per_source(&self) -> usize {
+        self.max_tunnels_per_source
+    }
+
+    /// Name lookups one connection may have in flight.
+    pub fn max_lookups_per_connection(&self) -> usize {
+        self.max_lookups_per_connection
+    }
+
+    /// Name lookups one client address (IPv6: one /64) may have in flight.
+    pub fn max_lookups_per_source(&self) -> usize {
+        self.max_lookups_per_source
     }
 
     /// How long a tunnel may go without a datagram.
@@ -128,7 +162,30 @@ impl ProxyConfigBuilder {
         self
     }
 
-    /// Closes a tunnel after this long without a datagram either way (not zero).
+    /// Tunnels one client address (IPv6: one /64) may hold open over all its connections; more are
+    /// refused with 429 (at least 1).
+    pub fn max_tunnels_per_source(mut self, max: usize) -> Self {
+        self.config.max_tunnels_per_source = max;
+        self
+    }
+
+    /// Name lookups one connection may have in flight; more are refused with 503 `dns_error` (at
+    /// least 1).
+    pub fn max_lookups_per_connection(mut self, max: usize) -> Self {
+        self.config.max_lookups_per_connection = max;
+        self
+    }
+
+    /// Name lookups one client address (IPv6: one /64) may have in flight over all its
+    /// connections; more are refused with 503 `dns_error` (at least 1).
+    pub fn max_lookups_per_source(mut self, max: usize) -> Self {
+        self.config.max_lookups_per_source = max;
+        self
+    }
+
+    /// Closes a tunnel after this long without a datagram either way (not zero). Only datagrams
+    /// that are relayed count: one the proxy drops (policy, malformed, unknown context) does not
+    /// keep a tunnel open.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.config.idle_timeout = timeout;
         self
@@ -162,6 +219,9 @@ impl ProxyConfigBuilder {
         let zero = [
             ("max_tunnels_per_connection", config.max_tunnels_per_connection == 0),
             ("max_tunnels", config.max_tunnels == 0),
+            ("max_tunnels_per_source", config.max_tunnels_per_source == 0),
+            ("max_lookups_per_connection", config.max_lookups_per_connection == 0),
+            ("max_lookups_per_source", config.max_lookups_per_source == 0),
             ("idle_timeout", config.idle_timeout.is_zero()),
             ("dns_timeout", config.dns_timeout.is_zero()),
         ];

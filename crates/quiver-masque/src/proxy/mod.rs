@@ -30,10 +30,11 @@ use quiver_h3::{H3Driver, H3Settings, RecvBody, Server};
 use tokio::sync::Semaphore;
 
 pub use self::config::{
-    DEFAULT_DNS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_TUNNELS, DEFAULT_MAX_TUNNELS_PER_CONNECTION, ProxyConfig,
+    DEFAULT_DNS_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_LOOKUPS_PER_CONNECTION, DEFAULT_MAX_LOOKUPS_PER_SOURCE,
+    DEFAULT_MAX_TUNNELS, DEFAULT_MAX_TUNNELS_PER_CONNECTION, DEFAULT_MAX_TUNNELS_PER_SOURCE, ProxyConfig,
     ProxyConfigBuilder, ProxyConfigError, proxy_server_config,
 };
-use self::shared::ProxyShared;
+use self::shared::{ConnectionShares, ProxyShared};
 pub use self::stats::ProxyStats;
 
 /// A CONNECT-UDP (and, with a gateway, CONNECT-IP) proxy; cheap to clone (clones share counters
@@ -74,19 +75,31 @@ impl Proxy {
         self.inner.counters.snapshot()
     }
 
-    /// The HTTP/3 application for one accepted connection (each connection gets its own tunnel
-    /// limit). Use it to serve the proxy next to other protocols; [`serve`](Self::serve) does this for
-    /// every connection of an endpoint.
+    /// The HTTP/3 application for one accepted connection (each connection gets its own share of
+    /// tunnels and name lookups). Use it to serve the proxy next to other protocols;
+    /// [`serve`](Self::serve) does this for every connection of an endpoint. Tell the proxy the
+    /// endpoint's addresses with [`listening_on`](Self::listening_on) so no tunnel leads back to it.
     pub fn application(&self) -> H3Driver {
-        let connection_tunnels = Arc::new(Semaphore::new(self.inner.config.max_tunnels_per_connection));
+        let config = &self.inner.config;
+        let connection = ConnectionShares {
+            tunnels: Arc::new(Semaphore::new(config.max_tunnels_per_connection)),
+            lookups: Arc::new(Semaphore::new(config.max_lookups_per_connection)),
+        };
         let inner = self.inner.clone();
         let service = tower::service_fn(move |request: Request<RecvBody>| {
             let inner = inner.clone();
-            let connection_tunnels = connection_tunnels.clone();
-            async move { Ok::<_, Infallible>(admission::open_tunnel(inner, request, connection_tunnels).await) }
+            let connection = connection.clone();
+            async move { Ok::<_, Infallible>(admission::open_tunnel(inner, request, connection).await) }
         });
         let settings = H3Settings { extended_connect: true, ..H3Settings::default() };
         Server::new(service).settings(settings).application()
+    }
+
+    /// Refuses tunnels to `listener` (and to its port on every address of this host): the proxy's
+    /// own socket is never a target, whatever the policy allows. [`serve`](Self::serve) and
+    /// [`serve_until`](Self::serve_until) call it for their endpoint's sockets.
+    pub fn listening_on(&self, listener: std::net::SocketAddr) {
+        self.inner.this_host.add_listener(listener);
     }
 
     /// Serves every `h3` connection `endpoint` accepts until the endpoint closes.
@@ -112,6 +125,9 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
         drain_deadline: Duration,
     ) -> ServeEnd {
+        for listener in endpoint.local_addrs() {
+            self.listening_on(listener);
+        }
         let accept_h3 = |incoming: quiver::IncomingConnection| {
             // Other ALPNs are refused by dropping them.
             if incoming.alpn() == quiver_h3::ALPN {

@@ -34,6 +34,12 @@ impl Refusal {
         Self { status, error, details: details.into(), log_details: None, counter }
     }
 
+    /// The same answer, counted in `counter` instead (a policy refusal that looks like a failed lookup).
+    pub(crate) fn counted(mut self, counter: fn(&Counters) -> &AtomicU64) -> Self {
+        self.counter = counter;
+        self
+    }
+
     pub(crate) fn with_log_details(mut self, log_details: String) -> Self {
         self.log_details = Some(log_details);
         self

@@ -22,12 +22,14 @@ use super::shared::ProxyShared;
 use crate::CONTEXT_UDP_PAYLOAD;
 use crate::body::{CapsuleReader, CapsuleSender, ChannelBody};
 use crate::ip::gateway::{ForwardRefused, IpLease};
+use quiver::SourceShare;
 
 /// Datagrams a relay reads from its socket per wake-up before letting other tunnels run.
 const RECV_BATCH: usize = 64;
 
-/// One permit of the connection's tunnel limit and one of the proxy's, held for the tunnel's life.
-pub(crate) type TunnelPermits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+/// One permit of the connection's tunnel limit, one of its address's share and one of the proxy's,
+/// held for the tunnel's life.
+pub(crate) type TunnelPermits = (OwnedSemaphorePermit, SourceShare, OwnedSemaphorePermit);
 
 /// A UDP socket connected to `address`, for one CONNECT-UDP tunnel.
 pub(crate) async fn connect_udp(address: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -148,9 +150,12 @@ impl Relay {
         let end = loop {
             tokio::select! {
                 datagram = crate::next_datagram(&mut flow) => match datagram {
+                    // Only a datagram that goes on keeps the tunnel open: one dropped (policy,
+                    // malformed, unknown context) must not let a client hold a tunnel with junk.
                     Some(datagram) => {
-                        self.relay_to_far_end(&datagram);
-                        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                        if self.relay_to_far_end(&datagram) {
+                            idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                        }
                     }
                     // The stream's datagram side is gone; its end arrives on the stream.
                     None => flow = None,
@@ -162,8 +167,9 @@ impl Relay {
                         loop {
                             match decoder.next_capsule() {
                                 Ok(Some(capsule)) if capsule.capsule_type == CAPSULE_DATAGRAM => {
-                                    self.relay_to_far_end(&capsule.value);
-                                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                                    if self.relay_to_far_end(&capsule.value) {
+                                        idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                                    }
                                 }
                                 Ok(Some(capsule)) => {
                                     if let Err(malformed) = self.on_capsule(&capsule) {
@@ -218,37 +224,42 @@ impl Relay {
         Ok(())
     }
 
-    /// Sends one HTTP Datagram payload from the client to the far end.
-    fn relay_to_far_end(&self, payload: &[u8]) {
+    /// Sends one HTTP Datagram payload from the client to the far end; false (and counted) when it
+    /// was dropped.
+    fn relay_to_far_end(&self, payload: &[u8]) -> bool {
         let counters = &self.proxy.counters;
         let Some((context, inner)) = crate::split_context(payload) else {
             counters.dropped_malformed.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         };
         if context != CONTEXT_UDP_PAYLOAD {
             counters.dropped_unknown_context.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
         let sent = match &self.far {
             FarEnd::Udp(socket) => socket.try_send(inner).map(drop).map_err(|err| match err.kind() {
                 std::io::ErrorKind::WouldBlock => &counters.dropped_queue_full,
                 _ => &counters.dropped_send_failed,
             }),
-            FarEnd::Ip(lease) => lease.forward(inner, &self.proxy.config.policy).map_err(|refused| match refused {
-                ForwardRefused::Malformed => &counters.dropped_malformed,
-                ForwardRefused::Spoofed => &counters.dropped_not_routed,
-                ForwardRefused::Denied => &counters.dropped_policy,
-                ForwardRefused::QueueFull => &counters.dropped_queue_full,
-                ForwardRefused::Failed => &counters.dropped_send_failed,
-            }),
+            FarEnd::Ip(lease) => lease.forward(inner, &self.proxy.config.policy, &self.proxy.this_host).map_err(
+                |refused| match refused {
+                    ForwardRefused::Malformed => &counters.dropped_malformed,
+                    ForwardRefused::Spoofed => &counters.dropped_not_routed,
+                    ForwardRefused::Denied => &counters.dropped_policy,
+                    ForwardRefused::QueueFull => &counters.dropped_queue_full,
+                    ForwardRefused::Failed => &counters.dropped_send_failed,
+                },
+            ),
         };
         match sent {
             Ok(()) => {
                 counters.datagrams_to_target.fetch_add(1, Ordering::Relaxed);
                 counters.bytes_to_target.fetch_add(inner.len() as u64, Ordering::Relaxed);
+                true
             }
             Err(counter) => {
                 counter.fetch_add(1, Ordering::Relaxed);
+                false
             }
         }
     }

@@ -42,10 +42,16 @@ counters! {
     refused_policy,
     /// Requests refused with 429 or 503 (tunnel limits).
     refused_limit,
+    /// Requests refused with 429 because the client's address (IPv6: its /64) already holds its
+    /// share of tunnels over all its connections.
+    refused_source_limit,
     /// Requests refused with 502 or 504 because the target name did not resolve.
     refused_resolve,
     /// Requests refused with 503 because every name lookup slot was taken (the resolver hangs).
     refused_dns_busy,
+    /// Requests refused with 503 because their connection or address already had its share of name
+    /// lookups in flight.
+    refused_dns_share,
     /// Requests refused with 502 because no socket could be connected to the target.
     refused_unreachable,
     /// UDP payloads sent to targets (IP packets handed to the TUN device, for CONNECT-IP).
@@ -69,6 +75,7 @@ counters! {
     /// IP packets from clients with a source other than their address or a destination outside the
     /// routes, dropped (CONNECT-IP).
     dropped_not_routed,
-    /// IP packets from clients to a destination the target policy denies, dropped (CONNECT-IP).
+    /// IP packets from clients to a destination the target policy denies, or to the pool's network
+    /// or broadcast address, dropped (CONNECT-IP).
     dropped_policy,
 }
