@@ -31,7 +31,7 @@ pub struct MasqueArgs {
 #[derive(Debug, clap::Subcommand)]
 enum MasqueCommand {
     /// Run a CONNECT-UDP proxy (RFC 9298) over HTTP/3.
-    Proxy(ProxyArgs),
+    Proxy(Box<ProxyArgs>),
     /// Forward a local UDP port to a target through a CONNECT-UDP proxy.
     Client(ClientArgs),
     /// Measure UDP echo throughput through one or more tunnels.
@@ -170,7 +170,7 @@ fn complain(message: std::fmt::Arguments<'_>) {
 
 pub async fn run(args: MasqueArgs) -> anyhow::Result<()> {
     match args.command {
-        MasqueCommand::Proxy(args) => run_proxy(args).await,
+        MasqueCommand::Proxy(args) => run_proxy(*args).await,
         MasqueCommand::Client(args) => run_client(args).await,
         MasqueCommand::Bench(args) => run_bench(args).await,
     }
