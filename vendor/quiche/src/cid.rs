@@ -618,6 +618,12 @@ impl ConnectionIdentifiers {
         self.scids.iter().map(|e| &e.cid)
     }
 
+    /// Returns an iterator over the active (not retired) destination
+    /// connection IDs.
+    pub fn dcids_iter(&self) -> impl Iterator<Item = &ConnectionIdEntry> {
+        self.dcids.iter()
+    }
+
     /// Updates the Source Connection ID entry with the provided sequence number
     /// to indicate that it is now linked to the provided path ID.
     pub fn link_scid_to_path_id(

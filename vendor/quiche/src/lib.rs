@@ -2938,21 +2938,35 @@ impl<F: BufFactory> Connection<F> {
             return false;
         }
 
-        // TODO: we should iterate over all active destination connection IDs
-        // and check against their reset token.
-        match self.peer_transport_params.stateless_reset_token {
-            Some(token) => {
-                let token_len = 16;
+        // The token of every destination connection ID we have used and not
+        // retired counts, not only the transport parameter's (RFC 9000
+        // Section 10.3.1).
+        let token_len = 16;
+        let tail = &buf[buf_len - token_len..buf_len];
 
-                crypto::verify_slices_are_equal(
-                    &token.to_be_bytes(),
-                    &buf[buf_len - token_len..buf_len],
-                )
-                .is_ok()
-            },
+        self.dcid_reset_tokens(true).any(|token| {
+            crypto::verify_slices_are_equal(&token.to_be_bytes(), tail).is_ok()
+        })
+    }
 
-            None => false,
-        }
+    /// The peer's stateless reset tokens of the active destination
+    /// connection IDs, or of only those a path has used.
+    fn dcid_reset_tokens(
+        &self, used_only: bool,
+    ) -> impl Iterator<Item = u128> + '_ {
+        self.ids
+            .dcids_iter()
+            .filter(move |e| !used_only || e.path_id.is_some())
+            .filter_map(move |e| match e.reset_token {
+                Some(token) => Some(token),
+
+                // The handshake's connection ID is learned before the
+                // transport parameters that carry its token.
+                None if e.seq == 0 =>
+                    self.peer_transport_params.stateless_reset_token,
+
+                None => None,
+            })
     }
 
     /// Processes a single QUIC packet received from the peer.
@@ -7500,6 +7514,25 @@ impl<F: BufFactory> Connection<F> {
     /// [`ConnectionId`]: struct.ConnectionId.html
     pub fn retired_scid_next(&mut self) -> Option<ConnectionId<'static>> {
         self.ids.pop_retired_scid()
+    }
+
+    /// Returns the stateless reset tokens the peer associated with the active
+    /// (not retired) Destination Connection IDs: the one of its transport
+    /// parameters and those of its NEW_CONNECTION_ID frames.
+    ///
+    /// A stateless reset is recognized by these tokens (only those of
+    /// connection IDs already used on a path, as RFC 9000 Section 10.3.1
+    /// requires). An application that routes datagrams to connections by
+    /// Destination Connection ID can map these tokens too, so that a stateless
+    /// reset, whose connection ID is random, reaches this connection.
+    ///
+    /// The set changes as the peer issues connection IDs and as they are
+    /// retired; it holds at most as many tokens as the local
+    /// `active_connection_id_limit` allows connection IDs.
+    pub fn peer_stateless_reset_tokens(
+        &self,
+    ) -> impl Iterator<Item = u128> + '_ {
+        self.dcid_reset_tokens(false)
     }
 
     /// Returns the number of spare Destination Connection IDs, i.e.,
