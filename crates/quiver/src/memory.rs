@@ -35,8 +35,14 @@ impl MemoryNetwork {
             return Err(io::Error::from(io::ErrorKind::AddrInUse));
         }
         let (sender, inbox) = mpsc::channel(INBOX_DATAGRAMS);
-        sockets.insert(addr, sender);
-        Ok(MemorySocket { addr, network: self.clone(), inbox: tokio::sync::Mutex::new(inbox) })
+        sockets.insert(addr, sender.clone());
+        Ok(MemorySocket { addr, network: self.clone(), own_sender: sender, inbox: tokio::sync::Mutex::new(inbox) })
+    }
+
+    /// Frees `addr` for a new socket, as when a server restarts behind the same address and has lost
+    /// its state: the old socket stays open but receives nothing more, and sends nothing on its own.
+    pub(crate) fn release(&self, addr: SocketAddr) {
+        self.sockets.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&addr);
     }
 
     /// Delivers one datagram to `to` as if `from` had sent it; dropped when nobody is bound there or
@@ -54,6 +60,9 @@ impl MemoryNetwork {
 pub(crate) struct MemorySocket {
     addr: SocketAddr,
     network: MemoryNetwork,
+    /// The sender of its own inbox: keeps the inbox open after [`MemoryNetwork::release`], and tells
+    /// its own entry in the network from that of a later socket at the same address.
+    own_sender: mpsc::Sender<Datagram>,
     /// Only the router reads; the lock only satisfies `&self`.
     inbox: tokio::sync::Mutex<mpsc::Receiver<Datagram>>,
 }
@@ -100,6 +109,9 @@ impl MemorySocket {
 
 impl Drop for MemorySocket {
     fn drop(&mut self) {
-        self.network.sockets.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&self.addr);
+        let mut sockets = self.network.sockets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if sockets.get(&self.addr).is_some_and(|entry| entry.same_channel(&self.own_sender)) {
+            sockets.remove(&self.addr);
+        }
     }
 }

@@ -104,7 +104,8 @@ impl Route {
 pub(crate) enum RouterCommand {
     Register(Vec<u8>, Route),
     Unregister(Vec<Vec<u8>>),
-    /// A client connection learned its server's stateless-reset token.
+    /// A client connection learned one of its server's stateless-reset tokens (one per connection ID
+    /// the server issued).
     RegisterResetToken(u128, Route),
     UnregisterResetToken(u128),
 }

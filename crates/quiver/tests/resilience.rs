@@ -185,7 +185,8 @@ async fn a_stateless_reset_closes_a_client_of_a_restarted_server() {
     guarded("the restart", relay.changed()).await;
     let reason = guarded("the reset", connection.closed()).await;
     assert_eq!(reason, ConnectionError::StatelessReset, "{:?}", after_restart.stats());
-    assert!(after_restart.stats().stateless_resets_sent >= 1, "{:?}", after_restart.stats());
+    // The server counts a reset once its send returned: the client may have closed on it before.
+    wait_until("the restarted server to count its reset", || after_restart.stats().stateless_resets_sent >= 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,17 +24,8 @@ impl ConnectionCore {
             return;
         }
         self.store_session(false);
-        if !self.conn.is_server()
-            && self.peer_reset_token.is_none()
-            && let Some(token) = self.conn.peer_transport_params().and_then(|params| params.stateless_reset_token)
-            && let Some(inbound) = self.route.upgrade()
-        {
-            // The router needs the token to recognise the server's stateless reset, whose connection
-            // ID is random (RFC 9000 §10.3.1).
-            let route = Route { inbound, queue: self.queue.clone() };
-            if self.tell_routers(RouterCommand::RegisterResetToken(token, route)).await {
-                self.peer_reset_token = Some(token);
-            }
+        if !self.conn.is_server() {
+            self.sync_peer_reset_tokens().await;
         }
         while self.conn.scids_left() > 0 && self.conn.active_scids() < MAX_ISSUED_CIDS {
             let Some(inbound) = self.route.upgrade() else { return };
@@ -51,6 +42,36 @@ impl ConnectionCore {
                 self.tell_routers(RouterCommand::Unregister(vec![cid.to_vec()])).await;
                 return;
             }
+        }
+    }
+
+    /// Keeps the routers' map of the server's stateless-reset tokens in step with the connection IDs
+    /// the server issued and we have not retired: a reset's connection ID is random, only its token
+    /// says which connection it ends (RFC 9000 §10.3.1), and the server may send it for any ID we
+    /// use, not only the one of its transport parameters (after a migration, or once it retired
+    /// that one). quiche (vendor/quiche.patch) decides whether a routed reset counts. At most
+    /// `active_connection_id_limit` tokens: quiche holds no more of the server's IDs than that.
+    async fn sync_peer_reset_tokens(&mut self) {
+        if self.conn.peer_stateless_reset_tokens().eq(self.peer_reset_tokens.iter().copied()) {
+            return;
+        }
+        let Some(inbound) = self.route.upgrade() else { return };
+        let current: Vec<u128> = self.conn.peer_stateless_reset_tokens().collect();
+        for &token in self.peer_reset_tokens.iter().filter(|token| !current.contains(token)) {
+            self.tell_routers(RouterCommand::UnregisterResetToken(token)).await;
+        }
+        for &token in current.iter().filter(|token| !self.peer_reset_tokens.contains(token)) {
+            let route = Route { inbound: inbound.clone(), queue: self.queue.clone() };
+            // A router that is gone maps nothing; the connection is ending then anyway.
+            self.tell_routers(RouterCommand::RegisterResetToken(token, route)).await;
+        }
+        self.peer_reset_tokens = current;
+    }
+
+    /// Unregisters every stateless-reset token of the server from the routers (the connection ends).
+    pub(super) async fn forget_peer_reset_tokens(&mut self) {
+        for token in std::mem::take(&mut self.peer_reset_tokens) {
+            self.tell_routers(RouterCommand::UnregisterResetToken(token)).await;
         }
     }
 

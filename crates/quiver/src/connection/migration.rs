@@ -89,8 +89,8 @@ impl ConnectionCore {
                     return Err(MigrateError::NotEstablished);
                 }
             }
-            if let Some(token) = self.peer_reset_token {
-                let _ = router.commands.send(RouterCommand::RegisterResetToken(token, route)).await;
+            for &token in &self.peer_reset_tokens {
+                let _ = router.commands.send(RouterCommand::RegisterResetToken(token, route.clone())).await;
             }
             // From now on the probe (and later everything) can leave from this socket.
             self.other_routers.push(router.clone());

@@ -116,8 +116,9 @@ pub(crate) struct ConnectionCore {
     /// Counted in the endpoint's handshakes in flight until established or gone (servers).
     handshaking: bool,
     source: Option<std::net::IpAddr>,
-    /// The server's stateless-reset token, once registered with the router (clients).
-    peer_reset_token: Option<u128>,
+    /// The server's stateless-reset tokens registered with the routers, one for each of its
+    /// connection IDs we have not retired (clients; see `sync_peer_reset_tokens`).
+    peer_reset_tokens: Vec<u128>,
     /// Where a client keeps the server's session ticket for resuming later, and whether it has.
     session_store: Option<SessionSlot>,
     /// Routers of the endpoint's other sockets this connection is mapped at: those it migrated away
@@ -143,7 +144,7 @@ impl Drop for ConnectionCore {
         if let Some(source) = self.source {
             self.shared.forget_connection(source);
         }
-        if let Some(token) = self.peer_reset_token.take() {
+        for token in std::mem::take(&mut self.peer_reset_tokens) {
             self.try_tell_routers(RouterCommand::UnregisterResetToken(token));
         }
         if !self.unregistered {
@@ -215,7 +216,7 @@ impl ConnectionCore {
             established_waiter: None,
             handshaking,
             source: parts.source,
-            peer_reset_token: None,
+            peer_reset_tokens: Vec::new(),
             session_store: parts.session_store,
             other_routers: Vec::new(),
             pending_migration: None,
@@ -482,9 +483,7 @@ impl ConnectionCore {
             Ok(())
         });
         let cids = std::mem::take(&mut self.registered);
-        if let Some(token) = self.peer_reset_token.take() {
-            self.tell_routers(RouterCommand::UnregisterResetToken(token)).await;
-        }
+        self.forget_peer_reset_tokens().await;
         if self.tell_routers(RouterCommand::Unregister(cids)).await {
             self.unregistered = true;
         }

@@ -3,9 +3,14 @@
 
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
 use crate::memory::MemoryNetwork;
-use crate::test_support::{Event, GUARD, Pki, Probe, client_on, connect_pair, guarded, server_on};
-use crate::{CloseKind, ConnectError, ConnectionError};
+use crate::test_support::{Event, GUARD, Pki, Probe, any_addr, client_on, connect_pair, guarded, server_on};
+use crate::{
+    ApplicationError, ApplicationOverQuic, CloseKind, ConnectError, ConnectionError, Endpoint, QuicConnection,
+    ServerSecret,
+};
 
 /// Short enough to keep the suite fast; quiche's timers are real `Instant`s.
 const SHORT: Duration = Duration::from_millis(300);
@@ -147,6 +152,94 @@ async fn a_0rtt_connection_never_reports_another_connections_tls_details() {
     assert!(second.started_in_early_data(), "resumed with 0-RTT");
     assert_ne!(second.handshake().cipher, Some("LEFT_BEHIND_BY_ANOTHER_CONNECTION"));
     assert!(second.handshake().resumed);
+}
+
+/// A server that lost its state answers with a stateless reset carrying the token of the connection
+/// ID the client sent to (RFC 9000 §10.3). After a migration that ID came in a NEW_CONNECTION_ID
+/// frame, not in the transport parameters, and the client must still close at once: quiche 0.30
+/// recognised only the transport parameters' token (vendor/README.md), so this client used to hang on
+/// until its idle timeout.
+#[tokio::test]
+async fn a_stateless_reset_for_a_later_connection_id_closes_the_client() {
+    let (network, pki) = (MemoryNetwork::default(), Pki::new());
+    let secret = || ServerSecret::from_bytes(&[7; 32]);
+    // Far beyond the guard: an idle timeout can never pass for the reset.
+    let idle_timeout = GUARD * 3;
+    let before_restart = server_on(&network, pki.server().secret(secret()).idle_timeout(idle_timeout));
+    let server_addr = before_restart.local_addr();
+    let acceptor = before_restart.clone();
+    tokio::spawn(async move {
+        while let Some(incoming) = acceptor.accept().await {
+            incoming.start(Probe::new().0);
+        }
+    });
+    let client = Endpoint::builder()
+        .memory(&network)
+        .bind(any_addr())
+        .bind(any_addr())
+        .client(pki.client().idle_timeout(idle_timeout).build().expect("client config"))
+        .build()
+        .expect("client");
+    let [_, second_socket] = client.local_addrs()[..] else { panic!("two sockets") };
+    let (pokes, app) = Poked::new();
+    let connection = guarded("connect", client.connect(server_addr, "localhost", app)).await.expect("connect");
+    // The probe of the new path takes the next of the server's connection IDs.
+    guarded("migrate", client.migrate(&connection, second_socket)).await.expect("migration");
+
+    // The server restarts behind the same address: same secret, no connections.
+    network.release(server_addr);
+    let after_restart = Endpoint::builder()
+        .memory(&network)
+        .bind(server_addr)
+        .server(pki.server().secret(secret()).build().expect("server config"))
+        .build()
+        .expect("restarted server");
+    pokes.send(()).expect("the client application runs");
+    let reason = guarded("the reset to close the client", connection.closed()).await;
+    assert_eq!(reason, ConnectionError::StatelessReset, "{:?}", after_restart.stats());
+    assert!(after_restart.stats().stateless_resets_sent >= 1, "{:?}", after_restart.stats());
+}
+
+/// A client application that sends a few bytes on a new stream each time the test pokes it: the way
+/// to make a quiet connection send a packet when the test wants one.
+struct Poked {
+    pokes: mpsc::UnboundedReceiver<()>,
+    unsent: usize,
+    next_stream: u64,
+}
+
+impl Poked {
+    fn new() -> (mpsc::UnboundedSender<()>, Self) {
+        let (sender, pokes) = mpsc::unbounded_channel();
+        (sender, Self { pokes, unsent: 0, next_stream: 0 })
+    }
+}
+
+impl ApplicationOverQuic for Poked {
+    fn on_conn_established(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Ok(())
+    }
+
+    async fn wait_for_data(&mut self) -> Result<(), ApplicationError> {
+        match self.pokes.recv().await {
+            Some(()) => self.unsent += 1,
+            None => std::future::pending().await,
+        }
+        Ok(())
+    }
+
+    fn process_reads(&mut self, _conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        Ok(())
+    }
+
+    fn process_writes(&mut self, conn: &mut QuicConnection) -> Result<(), ApplicationError> {
+        while self.unsent > 0 && conn.stream_send(self.next_stream, b"poke", true).is_ok() {
+            self.unsent -= 1;
+            // Client-initiated bidirectional streams: 0, 4, 8, ...
+            self.next_stream += 4;
+        }
+        Ok(())
+    }
 }
 
 fn assert_refused(reason: &ConnectionError) {

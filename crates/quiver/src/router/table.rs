@@ -1,5 +1,5 @@
 //! The CID table: which connection each of this router's connection IDs (and each client
-//! connection's peer stateless-reset token) belongs to. Connection tasks change it only through
+//! connection's peer stateless-reset tokens) belongs to. Connection tasks change it only through
 //! [`RouterCommand`]s, applied before the router reads more packets, so a CID is always mapped before
 //! a peer can learn it.
 
