@@ -811,6 +811,34 @@ impl PathMap {
         Ok(())
     }
 
+    /// When the map is full and holds no unused path (so that
+    /// `insert_path()` would refuse a new one), returns a path the peer has
+    /// left that can be released for it: never the active one; a path whose
+    /// validation failed first, then a validated one, then any other, the
+    /// lowest identifier among equals.
+    ///
+    /// With DCID reuse, every path the peer leaves keeps a destination
+    /// connection ID, so none ever becomes unused: without this, a peer
+    /// behind a NAT that rebinds more often than `max_concurrent_paths`
+    /// would lose the connection.
+    pub fn path_to_release(&self) -> Option<usize> {
+        if self.paths.len() < self.max_concurrent_paths ||
+            self.paths.iter().any(|(_, p)| p.unused())
+        {
+            return None;
+        }
+
+        self.paths
+            .iter()
+            .filter(|(_, p)| !p.active)
+            .min_by_key(|(_, p)| match p.state {
+                PathState::Failed => 0,
+                PathState::Validated => 1,
+                _ => 2,
+            })
+            .map(|(pid, _)| pid)
+    }
+
     /// Records the provided `Path` and returns its assigned identifier.
     ///
     /// On success, this method takes care of creating a notification to the
