@@ -36,7 +36,7 @@ impl Schedule {
             Self::Once(Some((after, change))) if count == after => Some(change),
             Self::Once(_) => None,
             Self::Every { datagrams, times } => {
-                (count % datagrams == 0 && count / datagrams <= times).then_some(Change::Rebind)
+                (count.is_multiple_of(datagrams) && count / datagrams <= times).then_some(Change::Rebind)
             }
         }
     }
