@@ -84,6 +84,9 @@ struct Plan {
     deadline: Option<Instant>,
     reqs_per_conn: u64,
     hs_only: bool,
+    resume: bool,
+    /// Set when a server sent no ticket within [`TICKET_PATIENCE`]: later connections stop waiting.
+    no_tickets: AtomicBool,
     issued: AtomicU64,
     stop: AtomicBool,
     totals: Totals,
@@ -140,6 +143,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         deadline: args.duration.map(|seconds| started + Duration::from_secs_f64(seconds)),
         reqs_per_conn: args.reqs_per_conn.unwrap_or(u64::MAX),
         hs_only: args.hs_only,
+        resume: args.resume,
+        no_tickets: AtomicBool::new(false),
         issued: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         totals: Totals::default(),
@@ -254,6 +259,9 @@ async fn drive_connection(plan: Arc<Plan>, endpoint: Endpoint, streams: usize) -
         while plan.claim() {
             // Close without waiting out the draining period: that is not handshake cost.
             let connection = connect(&plan, &endpoint).await?;
+            if plan.resume && !plan.no_tickets.load(Ordering::Relaxed) {
+                await_session_ticket(&plan, &endpoint, &connection).await;
+            }
             connection.quic().close(0, "benchmark");
         }
         return Ok(samples);
@@ -284,6 +292,24 @@ async fn drive_connection(plan: Arc<Plan>, endpoint: Endpoint, streams: usize) -
         }
     }
     Ok(samples)
+}
+
+/// How long `--hs-only --resume` waits for a server's first session ticket before closing anyway.
+const TICKET_PATIENCE: Duration = Duration::from_secs(2);
+
+/// With `--resume`, keeps a connection open until the endpoint holds a session ticket for the server:
+/// the ticket arrives after the handshake, so closing at once (what `--hs-only` does) would leave
+/// every later connection without one to resume. Only the first connections wait; once a ticket is
+/// held, the rest close at once. A server that sends none costs one wait, not one per connection.
+async fn await_session_ticket(plan: &Plan, endpoint: &Endpoint, connection: &H3Connection) {
+    let deadline = Instant::now() + TICKET_PATIENCE;
+    while endpoint.session(&plan.server_name, plan.addr).is_none() && !connection.is_closed() {
+        if Instant::now() >= deadline {
+            plan.no_tickets.store(true, Ordering::Relaxed);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Sends requests back to back; returns latencies and whether it stopped because the connection's

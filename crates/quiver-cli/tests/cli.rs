@@ -52,6 +52,49 @@ fn demo_site_serves_index_and_bytes() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+#[test]
+fn get_fetches_several_urls_on_one_connection_in_order_or_at_once() {
+    let served = serve(&[]);
+    let urls = [format!("{}/bytes/10", served.base), format!("{}/bytes/20", served.base)];
+    let both = get(&["-k", "-v", &urls[0], &urls[1]]);
+    assert!(both.status.success(), "{both:?}");
+    assert_eq!(both.stdout.len(), 30, "both bodies, in order");
+    let log = String::from_utf8_lossy(&both.stderr);
+    assert_eq!(log.matches("* connected to").count(), 1, "one connection for both: {log}");
+
+    let dir = temp_dir("several");
+    let parallel = get(&["-k", "-Z", "-O", "--output-dir", dir.to_str().unwrap(), &urls[0], &urls[1]]);
+    assert!(parallel.status.success(), "{parallel:?}");
+    assert_eq!(std::fs::metadata(dir.join("10")).unwrap().len(), 10);
+    assert_eq!(std::fs::metadata(dir.join("20")).unwrap().len(), 20);
+    let too_many = get(&["-k", "-o", "a", "-o", "b", &urls[0]]);
+    assert_eq!(too_many.status.code(), Some(2), "more -o than URLs is bad usage");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn get_keeps_sessions_between_runs_and_sends_early_data() {
+    let served = serve(&["--early-data"]);
+    let dir = temp_dir("sessions");
+    let sessions = dir.join("sessions");
+    std::fs::write(&sessions, "a line another tool wrote\n").unwrap();
+    let url = format!("{}/bytes/5", served.base);
+    let sessions_arg = sessions.to_str().unwrap();
+    let first = get(&["-k", "-v", "--ssl-sessions", sessions_arg, "--tls-earlydata", &url]);
+    assert!(first.status.success(), "{first:?}");
+    assert!(!String::from_utf8_lossy(&first.stderr).contains("resumed"), "{first:?}");
+    let saved = std::fs::read_to_string(&sessions).unwrap();
+    assert!(saved.starts_with("a line another tool wrote\n"), "unreadable lines are kept: {saved}");
+    assert_eq!(saved.lines().count(), 2, "one session saved: {saved}");
+
+    let second = get(&["-k", "-v", "--ssl-sessions", sessions_arg, "--tls-earlydata", &url]);
+    assert!(second.status.success(), "{second:?}");
+    assert_eq!(second.stdout.len(), 5);
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(log.contains("0-RTT early data"), "the second run resumes in 0-RTT: {log}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
 fn write(dir: &Path, name: &str, contents: &[u8]) {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -152,6 +195,15 @@ fn bench_counts_validated_requests_and_fails_on_errors() {
         .expect("run quiver bench --hs-only");
     assert!(handshakes.status.success());
     assert!(String::from_utf8_lossy(&handshakes.stdout).contains("handshakes: 20"));
+
+    // --resume waits for the first ticket, so the connections after it resume (before the fix, none did).
+    let resumed = Command::new(QUIVER)
+        .args(["bench", "-k", "--hs-only", "--resume", "-n", "20", &format!("{}/", served.base)])
+        .output()
+        .expect("run quiver bench --hs-only --resume");
+    let report = String::from_utf8_lossy(&resumed.stdout);
+    assert!(resumed.status.success(), "{report}");
+    assert!(report.contains("resumed: 19"), "every connection after the first resumes: {report}");
 
     let failing = Command::new(QUIVER)
         .args(["bench", "-k", "-n", "5", &format!("{}/missing", served.base)])

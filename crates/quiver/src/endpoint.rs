@@ -395,6 +395,35 @@ impl Endpoint {
         connection.migrate_to(router.clone()).await
     }
 
+    /// The TLS session this client endpoint keeps for `server_name` at `remote` (quiche's serialized
+    /// session: the server's latest session ticket and what resuming it needs), if the server sent
+    /// one. A connection stores it when the ticket arrives, soon after its handshake, and again when
+    /// it closes. Save it to resume in a later process with [`add_session`](Self::add_session); treat
+    /// it as a secret (it opens the resumed connection's early data). `None` on a server endpoint or
+    /// with session resumption off.
+    ///
+    /// ```no_run
+    /// # async fn demo(endpoint: quiver::Endpoint, addr: std::net::SocketAddr) {
+    /// if let Some(session) = endpoint.session("example.com", addr) {
+    ///     std::fs::write("session.bin", &session).unwrap();
+    /// }
+    /// # }
+    /// ```
+    pub fn session(&self, server_name: &str, remote: SocketAddr) -> Option<Vec<u8>> {
+        let client = self.inner.client.as_ref()?;
+        client.sessions.get(&(server_name.to_owned(), remote))
+    }
+
+    /// Gives this client endpoint a session saved from [`session`](Self::session) (perhaps by
+    /// another process), so its next connection to `server_name` at `remote` resumes it (and, with
+    /// early data on, sends 0-RTT). A session quiche cannot use only means a full handshake. Ignored on
+    /// a server endpoint.
+    pub fn add_session(&self, server_name: &str, remote: SocketAddr, session: Vec<u8>) {
+        if let Some(client) = &self.inner.client {
+            client.sessions.store((server_name.to_owned(), remote), session);
+        }
+    }
+
     /// A snapshot of the endpoint's counters.
     pub fn stats(&self) -> EndpointStats {
         self.inner.shared.counters.snapshot()
