@@ -34,6 +34,7 @@ try:
         StreamReset,
     )
     from aioquic.quic.logger import QuicFileLogger
+    from aioquic import tls
     from aioquic.tls import CipherSuite
 except ImportError as error:  # the runner reads 1 as "this endpoint failed"
     print(f"aioquic-endpoint: aioquic is not installed ({error}); pip install aioquic", file=sys.stderr)
@@ -55,6 +56,8 @@ SUPPORTED_CASES = {
 }
 # HTTP/0.9 has no error codes: this one resets a stream whose file does not exist.
 HQ_FILE_NOT_FOUND = 0x10
+# HTTP/3's "no error" application close code (RFC 9114 §8.1).
+H3_NO_ERROR = 0x100
 # An HTTP/0.9 request is one short line.
 MAX_REQUEST_BYTES = 4096
 # keyupdate (server): the first piece of a response goes out under the old keys, the rest under the new.
@@ -97,6 +100,22 @@ class Settings:
         if self.testcase == "chacha20":
             configuration.cipher_suites = [CipherSuite.CHACHA20_POLY1305_SHA256]
         return configuration
+
+
+def initiate_key_update(protocol, role):
+    """Starts a key update unless the peer has already started one.
+
+    RFC 9001 §6.5: no new update before a packet of the current phase was acknowledged. aioquic does not
+    check that, so when both sides update at once (the local runner asks both roles to) a second flip
+    right after the peer's leaves the peer unable to decrypt anything (seen with quinn: idle timeout).
+    """
+    one_rtt = protocol._quic._cryptos.get(tls.Epoch.ONE_RTT)
+    if one_rtt is not None and one_rtt.key_phase != 0:
+        log(f"{role}: the peer already updated the keys; not starting another update")
+        return
+    # aioquic defers it until the handshake is confirmed, as RFC 9001 §6.1 requires.
+    protocol.request_key_update()
+    log(f"{role} requested a key update")
 
 
 def split_host_port(address):
@@ -202,8 +221,7 @@ class ServerProtocol(QuicConnectionProtocol):
         self._key_update_done = True
         send(body[:FIRST_CHUNK_BYTES], False)
         self.transmit()
-        self.request_key_update()
-        log("server requested a key update")
+        initiate_key_update(self, "server")
         send(body[FIRST_CHUNK_BYTES:], True)
 
 
@@ -330,9 +348,7 @@ class ClientProtocol(QuicConnectionProtocol):
 
     def _mid_transfer(self):
         if self.settings.testcase == "keyupdate":
-            # aioquic defers it until the handshake is confirmed, as RFC 9001 §6.1 requires.
-            self.request_key_update()
-            log("client requested a key update")
+            initiate_key_update(self, "client")
         else:
             self.migration = asyncio.ensure_future(self._migrate())
 
@@ -381,6 +397,8 @@ async def fetch(settings, urls, configuration, ticket_handler=None, early_data=F
             await protocol.migration  # raises if the migration itself failed
         if protocol.handshake is None:
             raise RuntimeError("every response arrived but the handshake never completed")
+        if settings.testcase == "http3":
+            protocol.close(error_code=H3_NO_ERROR)  # HTTP/3 closes with its own "no error" (RFC 9114 §8.1)
     # `connect` closed the connection, through the migrated socket when there is one; now that can go too.
     if protocol.new_transport is not None:
         protocol.new_transport.close()
