@@ -28,8 +28,7 @@ const CLOSE_NO_ERROR: u32 = 0;
 const H3_NO_ERROR: u32 = 0x100;
 
 pub(crate) async fn run(settings: &Settings) -> anyhow::Result<()> {
-    let targets =
-        settings.requests.iter().map(|url| Target::parse(url)).collect::<anyhow::Result<Vec<_>>>()?;
+    let targets = settings.requests.iter().map(|url| Target::parse(url)).collect::<anyhow::Result<Vec<_>>>()?;
     let Some(first) = targets.first() else { bail!("REQUESTS is empty") };
     let remote = tokio::net::lookup_host((first.host.as_str(), first.port))
         .await

@@ -33,8 +33,8 @@ pub(crate) async fn run(settings: &Settings) -> anyhow::Result<()> {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(MAX_CONCURRENT_STREAMS.into());
     config.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(config, settings.listen)
-        .with_context(|| format!("cannot bind {}", settings.listen))?;
+    let endpoint =
+        quinn::Endpoint::server(config, settings.listen).with_context(|| format!("cannot bind {}", settings.listen))?;
     let local = endpoint.local_addr()?;
     {
         let mut stdout = std::io::stdout().lock();

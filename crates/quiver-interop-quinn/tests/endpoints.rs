@@ -62,8 +62,11 @@ struct Scratch {
 impl Scratch {
     fn new() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir()
-            .join(format!("quinn-interop-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
+        let root = std::env::temp_dir().join(format!(
+            "quinn-interop-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        ));
         for directory in ["certs", "www", "downloads"] {
             std::fs::create_dir_all(root.join(directory)).unwrap();
         }
@@ -110,6 +113,7 @@ fn start_server(peer: Peer, testcase: &str, scratch: &Scratch) -> Server {
         .env("CERTS", scratch.dir("certs"))
         .env("LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(scratch.dir("server.stderr")).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -154,7 +158,13 @@ fn run_case(server_peer: Peer, client_peer: Peer, testcase: &str) -> String {
     let scratch = Scratch::new();
     let server = start_server(server_peer, testcase, &scratch);
     let (status, stderr) = run_client(client_peer, testcase, &server, &scratch);
-    assert!(status.success(), "{client_peer:?} client vs {server_peer:?} server, {testcase}: {status}\n{stderr}");
+    if !status.success() {
+        drop(server);
+        let server_stderr = std::fs::read_to_string(scratch.dir("server.stderr")).unwrap_or_default();
+        panic!(
+            "{client_peer:?} client vs {server_peer:?} server, {testcase}: {status}\n{stderr}\nserver:\n{server_stderr}"
+        );
+    }
     for (name, _) in FILES {
         let sent = std::fs::read(scratch.dir("www").join(name)).unwrap();
         let received = std::fs::read(scratch.dir("downloads").join(name)).unwrap_or_default();
@@ -204,4 +214,17 @@ fn aioquic_resumption_and_zerortt() {
     assert!(stderr.contains("resumed=True early_data_accepted=False"), "{stderr}");
     let stderr = run_case(Peer::Aioquic, Peer::Aioquic, "zerortt");
     assert!(stderr.contains("resumed=True early_data_accepted=True"), "{stderr}");
+}
+
+/// The two peers against each other, both ways: each is then a checked reference for the other.
+#[test]
+fn quinn_and_aioquic_against_each_other() {
+    if !Peer::Aioquic.available() {
+        return;
+    }
+    for (server, client) in [(Peer::Aioquic, Peer::Quinn), (Peer::Quinn, Peer::Aioquic)] {
+        for testcase in ["handshake", "http3", "resumption", "zerortt"] {
+            run_case(server, client, testcase);
+        }
+    }
 }
