@@ -15,6 +15,7 @@ Needs aioquic (python3 -m pip install aioquic); nothing else beyond the standard
 
 import asyncio
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -245,7 +246,18 @@ async def run_server(settings):
     bound = server._transport.get_extra_info("sockname")
     print(f"LISTENING {format_address(bound)}", flush=True)
     log(f"server {settings.testcase} on {format_address(bound)}")
-    await asyncio.Event().wait()  # until killed
+    # Serve until SIGTERM/SIGINT. aioquic writes a qlog file when its connection ends, after draining;
+    # the runner kills the server right after the client is done, so the traces still open are written here.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    logger = configuration.quic_logger
+    if logger is not None:
+        for trace in list(logger._traces):
+            logger.end_trace(trace)
+    server.close()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -22,8 +22,10 @@ const TRANSFER_CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
 /// resumption/zerortt: how long the first connection waits for a session ticket before giving up. A
 /// ticket normally arrives with the server's first flight after the handshake; this only bounds failure.
 const TICKET_WAIT: Duration = Duration::from_secs(5);
-/// hq-interop responses are whole files; a request path is short.
+/// hq-interop's application close code for a clean end.
 const CLOSE_NO_ERROR: u32 = 0;
+/// connectionmigration: the application error the client closes with when it could not move.
+const MIGRATION_FAILED: u32 = 1;
 /// HTTP/3 closes with H3_NO_ERROR (RFC 9114 §8.1).
 const H3_NO_ERROR: u32 = 0x100;
 
@@ -258,7 +260,11 @@ impl MidTransfer {
             }
             MidTransferAction::Migrate => match self.migrate() {
                 Ok(local) => eprintln!("quinn-interop: migrated to local address {local}"),
-                Err(error) => eprintln!("quinn-interop: migration failed: {error:#}"),
+                Err(error) => {
+                    // The case is about the migration: without it the run must fail, not pass quietly.
+                    eprintln!("quinn-interop: migration failed: {error:#}");
+                    self.connection.close(MIGRATION_FAILED.into(), b"migration failed");
+                }
             },
         }
     }
