@@ -203,9 +203,9 @@ impl HqServer {
     }
 
     /// Opens the file `line` asks for, or says why not.
-    fn open(&self, line: &[u8]) -> Result<(String, File), String> {
+    fn open(www: &Path, line: &[u8]) -> Result<(String, File), String> {
         let path = parse_request(line).map_err(|err| err.to_string())?;
-        let file_path = resolve_under(&self.www, path).map_err(|err| err.to_string())?;
+        let file_path = resolve_under(www, path).map_err(|err| err.to_string())?;
         let file = File::open(&file_path).map_err(|err| format!("{path}: {err}"))?;
         if !file.metadata().is_ok_and(|metadata| metadata.is_file()) {
             return Err(format!("{path}: not a file"));
@@ -243,7 +243,7 @@ impl HqServer {
                 }
                 continue;
             };
-            match self.open(line) {
+            match Self::open(&self.www, line) {
                 Ok((path, file)) => {
                     tracing::debug!(stream, path, "serving");
                     let sender = FileSender { file, chunk: Vec::new(), chunk_sent: 0, end_of_file: false };
