@@ -178,7 +178,7 @@ impl Session<'_> {
             .connect(self.server, self.server_name, app)
             .await
             .map_err(|err| format!("cannot connect to {}: {err}", self.server))?;
-        crate::server::log_connection("client", &connection);
+        crate::log_connection("client", &connection);
         if let Some(second_socket) = extras.migrate_to {
             if progress.wait_for(|received| *received >= MIGRATE_AFTER_BYTES).await.is_err() {
                 tracing::warn!("the transfer ended before {MIGRATE_AFTER_BYTES} bytes; migrating anyway");
@@ -203,7 +203,7 @@ impl Session<'_> {
         let connection = H3Connection::connect(self.endpoint, self.server, self.server_name)
             .await
             .map_err(|err| format!("cannot connect to {}: {err}", self.server))?;
-        crate::server::log_connection("client", connection.quic());
+        crate::log_connection("client", connection.quic());
         let mut requests = JoinSet::new();
         for url in urls {
             let connection = connection.clone();
@@ -225,9 +225,8 @@ impl Session<'_> {
 }
 
 async fn fetch_one_h3(connection: &H3Connection, url: &RequestUrl, target: &Path) -> Result<(), String> {
-    let request = http::Request::get(url.to_string())
-        .body(Full::new(Bytes::new()))
-        .map_err(|err| format!("{url}: {err}"))?;
+    let request =
+        http::Request::get(url.to_string()).body(Full::new(Bytes::new())).map_err(|err| format!("{url}: {err}"))?;
     let response = connection.send_request(request).await.map_err(|err| format!("{url}: {err}"))?;
     if response.status() != http::StatusCode::OK {
         return Err(format!("{url}: status {}", response.status()));

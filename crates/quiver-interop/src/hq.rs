@@ -199,7 +199,12 @@ impl HqServer {
     /// Serves the files under `www`; with `key_update_after` set, starts a key update once that many
     /// bytes were sent (the keyupdate case).
     pub fn new(www: Arc<Path>, key_update_after: Option<u64>) -> Self {
-        Self { www, streams: HashMap::new(), key_update: KeyUpdater::new(key_update_after), handshake: HandshakeNotes::default() }
+        Self {
+            www,
+            streams: HashMap::new(),
+            key_update: KeyUpdater::new(key_update_after),
+            handshake: HandshakeNotes::default(),
+        }
     }
 
     /// Opens the file `line` asks for, or says why not.
@@ -464,7 +469,10 @@ impl ApplicationOverQuic for HqClient {
                     self.active.remove(&stream);
                 }
                 Ok(false) => {}
-                Err(reason) => return Ok(self.finish(conn, Err(reason))),
+                Err(reason) => {
+                    self.finish(conn, Err(reason));
+                    return Ok(());
+                }
             }
         }
         self.progress.send_replace(self.report.received_bytes);

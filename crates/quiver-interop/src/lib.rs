@@ -80,6 +80,26 @@ fn qlog_dir(settings: &Settings) -> Result<Option<PathBuf>, String> {
     Ok(Some(dir.clone()))
 }
 
+/// Logs how a connection's handshake went now, and why it ended when it does.
+pub(crate) fn log_connection(role: &'static str, handle: &quiver::ConnectionHandle) {
+    let handshake = handle.handshake();
+    tracing::info!(
+        role,
+        peer = %handle.peer_addr(),
+        alpn = %String::from_utf8_lossy(handle.alpn()),
+        cipher = handshake.cipher.unwrap_or("unknown (0-RTT)"),
+        group = handshake.key_exchange_group.unwrap_or("unknown"),
+        resumed = handshake.resumed,
+        early_data = handle.started_in_early_data(),
+        "connection established"
+    );
+    let handle = handle.clone();
+    tokio::spawn(async move {
+        let reason = handle.closed().await;
+        tracing::info!(role, peer = %handle.peer_addr(), %reason, "connection ended");
+    });
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use quiver::{AddressValidation, ConnectionHandle, Endpoint, IncomingConnection, ServerConfig};
+use quiver::{AddressValidation, Endpoint, IncomingConnection, ServerConfig};
 use quiver_h3::RecvBody;
 
 use crate::files::resolve_under;
@@ -26,7 +26,9 @@ pub async fn run(settings: &Settings) -> Result<(), String> {
     let endpoint = Endpoint::server(settings.listen, server_config(settings)?)
         .map_err(|err| format!("cannot listen on {}: {err}", settings.listen))?;
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "LISTENING {}", endpoint.local_addr()).and_then(|()| stdout.flush()).map_err(|err| err.to_string())?;
+    writeln!(stdout, "LISTENING {}", endpoint.local_addr())
+        .and_then(|()| stdout.flush())
+        .map_err(|err| err.to_string())?;
     drop(stdout);
     tracing::info!(addr = %endpoint.local_addr(), test_case = ?settings.test_case, "serving {}", settings.www.display());
 
@@ -46,35 +48,16 @@ pub async fn run(settings: &Settings) -> Result<(), String> {
                 return;
             }
         };
-        log_connection("server", &handle);
+        crate::log_connection("server", &handle);
         tracing::info!(retries_sent = endpoint.stats().retries_sent, "endpoint counters");
     };
     quiver::serve(&endpoint, accept, std::future::pending(), Duration::ZERO).await;
     Ok(())
 }
 
-/// Logs how a connection's handshake went now, and why it ended when it does.
-pub(crate) fn log_connection(role: &'static str, handle: &ConnectionHandle) {
-    let handshake = handle.handshake();
-    tracing::info!(
-        role,
-        peer = %handle.peer_addr(),
-        alpn = %String::from_utf8_lossy(handle.alpn()),
-        cipher = handshake.cipher.unwrap_or("unknown (0-RTT)"),
-        group = handshake.key_exchange_group.unwrap_or("unknown"),
-        resumed = handshake.resumed,
-        early_data = handle.started_in_early_data(),
-        "connection established"
-    );
-    let handle = handle.clone();
-    tokio::spawn(async move {
-        let reason = handle.closed().await;
-        tracing::info!(role, peer = %handle.peer_addr(), %reason, "connection ended");
-    });
-}
-
 fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
-    let validation = if settings.test_case == TestCase::Retry { AddressValidation::Always } else { AddressValidation::Never };
+    let validation =
+        if settings.test_case == TestCase::Retry { AddressValidation::Always } else { AddressValidation::Never };
     let mut builder = ServerConfig::builder()
         .alpn([hq::ALPN, quiver_h3::ALPN])
         .certificate_pem_files(settings.certs.join("cert.pem"), settings.certs.join("priv.key"))

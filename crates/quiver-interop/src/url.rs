@@ -84,7 +84,11 @@ impl RequestUrl {
 
     /// `host:port`, with brackets around an IPv6 host: what `:authority` and name lookups take.
     pub fn authority(&self) -> String {
-        if self.host.contains(':') { format!("[{}]:{}", self.host, self.port) } else { format!("{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
     }
 }
 
