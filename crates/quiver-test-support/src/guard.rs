@@ -40,6 +40,8 @@ where
 /// Sends `tracing` output to the test's captured output when `RUST_LOG` is set; safe to call from
 /// every test (only the first call installs the subscriber).
 pub fn init_tracing() {
+    // quiche logs through the `log` crate.
+    let _ = tracing_log::LogTracer::init();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()

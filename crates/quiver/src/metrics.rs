@@ -61,6 +61,8 @@ pub const CONNECTIONS_ACTIVE: &str = "quiver_connections_active";
 /// Counter: handshakes abandoned at their deadline (a server's slow or stalling clients, a client's
 /// unanswered attempts).
 pub const HANDSHAKE_TIMEOUTS: &str = "quiver_handshake_timeouts_total";
+/// Counter: connections closed at once because quiche could not build their packets.
+pub const CONNECTIONS_SEND_FAILED: &str = "quiver_connections_send_failed_total";
 /// Histogram: time from a connection's creation to the handshake's completion.
 pub const HANDSHAKE_DURATION: &str = "quiver_handshake_duration_seconds";
 /// Summary: smoothed RTT of each connection when it closed.
@@ -154,6 +156,7 @@ impl EndpointMetrics {
         counter!(CONNECTIONS_OPENED, labels.iter()).absolute(stats.connections_opened);
         counter!(CONNECTIONS_CLOSED, labels.iter()).absolute(stats.connections_closed);
         counter!(HANDSHAKE_TIMEOUTS, labels.iter()).absolute(stats.handshake_timeouts);
+        counter!(CONNECTIONS_SEND_FAILED, labels.iter()).absolute(stats.connections_send_failed);
         gauge!(CONNECTIONS_ACTIVE, labels.iter()).set(stats.active_connections as f64);
         // Every reason, zeros included: a series that appears only after the first drop is hard to alert on.
         for reason in DropReason::ALL {

@@ -121,6 +121,7 @@ pub(crate) struct EndpointCounters {
     pub(crate) active_connections: AtomicU64,
     pub(crate) handshakes_in_flight: AtomicU64,
     pub(crate) handshake_timeouts: AtomicU64,
+    pub(crate) connections_send_failed: AtomicU64,
     pub(crate) routed_connection_ids: AtomicU64,
     pub(crate) retries_sent: AtomicU64,
     pub(crate) stateless_resets_sent: AtomicU64,
@@ -159,6 +160,7 @@ impl EndpointCounters {
             active_connections: load(&self.active_connections),
             handshakes_in_flight: load(&self.handshakes_in_flight),
             handshake_timeouts: load(&self.handshake_timeouts),
+            connections_send_failed: load(&self.connections_send_failed),
             routed_connection_ids: load(&self.routed_connection_ids),
             retries_sent: load(&self.retries_sent),
             stateless_resets_sent: load(&self.stateless_resets_sent),
@@ -203,6 +205,10 @@ pub struct EndpointStats {
     /// [`handshake_timeout`](crate::ServerConfigBuilder::handshake_timeout) (a slow or stalling client),
     /// a client's own.
     pub handshake_timeouts: u64,
+    /// Connections closed at once because quiche could not build their packets (its `send` failed
+    /// with an error other than `Done`): closed with INTERNAL_ERROR, or dropped if even that could
+    /// not be sent, instead of being held until their idle timeout.
+    pub connections_send_failed: u64,
     /// Connection IDs the routers currently map to connections (several per connection).
     pub routed_connection_ids: u64,
     /// Retry packets sent (address validation).

@@ -179,23 +179,25 @@ impl BoundedNonEmptyConnectionIdVecDeque {
 
     /// Removes the element in the collection having the provided `seq`.
     ///
-    /// If this method is called when there remains a single element in the
+    /// If this method is called to remove the single remaining element of the
     /// collection, this method raises an [`OutOfIdentifiers`].
     ///
     /// Returns `Some` if the element was in the collection and removed, or
-    /// `None` if it was not and nothing was modified.
+    /// `None` if it was not and nothing was modified (a sequence number that
+    /// was already removed, whatever is left, so that a repeated
+    /// RETIRE_CONNECTION_ID frame is harmless).
     ///
     /// [`OutOfIdentifiers`]: enum.Error.html#OutOfIdentifiers
     fn remove(&mut self, seq: u64) -> Result<Option<ConnectionIdEntry>> {
+        let Some(index) = self.inner.iter().position(|e| e.seq == seq) else {
+            return Ok(None);
+        };
+
         if self.inner.len() <= 1 {
             return Err(Error::OutOfIdentifiers);
         }
 
-        Ok(self
-            .inner
-            .iter()
-            .position(|e| e.seq == seq)
-            .and_then(|index| self.inner.remove(index)))
+        Ok(self.inner.remove(index))
     }
 
     /// Removes all elements in the collection with sequence numbers less than
@@ -576,6 +578,11 @@ impl ConnectionIdentifiers {
             // Notifies the application.
             self.retired_scids.push_back(e.cid);
 
+            // A NEW_CONNECTION_ID frame still queued for it (its first
+            // announcement, or one lost and queued again) must not be sent:
+            // the ID is gone, so building the frame would fail.
+            self.mark_advertise_new_scid_seq(seq, false);
+
             // Retiring this SCID may increase the retire prior to.
             let lowest_scid_seq = self.lowest_usable_scid_seq()?;
             self.retire_prior_to = lowest_scid_seq;
@@ -632,6 +639,16 @@ impl ConnectionIdentifiers {
         let e = self.scids.get_mut(dcid_seq).ok_or(Error::InvalidState)?;
         e.path_id = Some(path_id);
         Ok(())
+    }
+
+    /// Unlinks every source and destination Connection ID linked to the
+    /// provided path ID (the path is about to be dropped).
+    pub fn unlink_path_id(&mut self, path_id: usize) {
+        for e in self.scids.inner.iter_mut().chain(self.dcids.inner.iter_mut()) {
+            if e.path_id == Some(path_id) {
+                e.path_id = None;
+            }
+        }
     }
 
     /// Updates the Destination Connection ID entry with the provided sequence
@@ -740,7 +757,13 @@ impl ConnectionIdentifiers {
         &mut self, scid_seq: u64, advertise: bool,
     ) {
         if advertise {
-            self.advertise_new_scid_seqs.push_back(scid_seq);
+            // A lost announcement of an ID the peer has retired since, or one
+            // that is already queued, is not sent again.
+            if self.scids.get(scid_seq).is_some() &&
+                !self.advertise_new_scid_seqs.contains(&scid_seq)
+            {
+                self.advertise_new_scid_seqs.push_back(scid_seq);
+            }
         } else if let Some(index) = self
             .advertise_new_scid_seqs
             .iter()
@@ -1143,5 +1166,72 @@ mod tests {
 
         assert_eq!(ids.pop_retired_scid(), Some(scid2));
         assert_eq!(ids.pop_retired_scid(), None);
+    }
+
+    #[test]
+    fn retire_scid_again_with_one_left_is_ignored() {
+        let (scid, _) = create_cid_and_reset_token(16);
+        let (dcid, _) = create_cid_and_reset_token(16);
+
+        let mut ids = ConnectionIdentifiers::new(2, &scid, 0, None);
+        ids.set_initial_dcid(dcid, None, Some(0));
+        ids.set_source_conn_id_limit(2);
+
+        let (scid2, rt2) = create_cid_and_reset_token(16);
+        assert_eq!(
+            ids.new_scid(scid2.clone(), Some(rt2), true, None, false),
+            Ok(1)
+        );
+
+        assert_eq!(ids.retire_scid(0, &scid2), Ok(Some(0)));
+        assert_eq!(ids.pop_retired_scid(), Some(scid));
+
+        // A repeated RETIRE_CONNECTION_ID (its first copy was declared lost
+        // and resent) changes nothing, although a single ID is left.
+        assert_eq!(ids.retire_scid(0, &scid2), Ok(None));
+        assert_eq!(ids.retire_scid(0, &scid2), Ok(None));
+        assert_eq!(ids.pop_retired_scid(), None);
+        assert_eq!(ids.scids.len(), 1);
+
+        // Retiring the last one is still refused.
+        let (other, _) = create_cid_and_reset_token(16);
+        assert_eq!(ids.retire_scid(1, &other), Err(Error::OutOfIdentifiers));
+    }
+
+    #[test]
+    fn lost_announcement_of_a_retired_scid_is_not_queued_again() {
+        let (scid, _) = create_cid_and_reset_token(16);
+        let (dcid, _) = create_cid_and_reset_token(16);
+
+        let mut ids = ConnectionIdentifiers::new(3, &scid, 0, None);
+        ids.set_initial_dcid(dcid, None, Some(0));
+        ids.set_source_conn_id_limit(3);
+
+        let (scid2, rt2) = create_cid_and_reset_token(16);
+        let (scid3, rt3) = create_cid_and_reset_token(16);
+        assert_eq!(ids.new_scid(scid2, Some(rt2), true, None, false), Ok(1));
+        assert_eq!(ids.new_scid(scid3, Some(rt3), true, None, false), Ok(2));
+
+        // Both announcements are sent.
+        ids.mark_advertise_new_scid_seq(1, false);
+        ids.mark_advertise_new_scid_seq(2, false);
+        assert_eq!(ids.next_advertise_new_scid_seq(), None);
+
+        // The peer retires 1, then the packet that announced 1 and 2 is
+        // declared lost: only 2 is announced again, once.
+        assert_eq!(ids.retire_scid(1, &scid), Ok(None));
+        ids.mark_advertise_new_scid_seq(1, true);
+        ids.mark_advertise_new_scid_seq(2, true);
+        ids.mark_advertise_new_scid_seq(2, true);
+        assert_eq!(ids.next_advertise_new_scid_seq(), Some(2));
+        assert!(ids.get_new_connection_id_frame_for(2).is_ok());
+        ids.mark_advertise_new_scid_seq(2, false);
+        assert_eq!(ids.next_advertise_new_scid_seq(), None);
+
+        // An announcement still queued when the peer retires the ID is
+        // dropped too.
+        ids.mark_advertise_new_scid_seq(2, true);
+        assert_eq!(ids.retire_scid(2, &scid), Ok(None));
+        assert_eq!(ids.next_advertise_new_scid_seq(), None);
     }
 }

@@ -1522,6 +1522,11 @@ where
     /// Key phase bit used for outgoing protected packets.
     key_phase: bool,
 
+    /// The first packet number sent with the current 1-RTT keys, while none
+    /// of the packets sent with them has been acknowledged yet. A new key
+    /// update may not be initiated until then (RFC 9001 Section 6.1).
+    key_phase_unacked_from: Option<u64>,
+
     /// Whether an ack-eliciting packet has been sent since last receiving a
     /// packet.
     ack_eliciting_sent: bool,
@@ -2179,6 +2184,8 @@ impl<F: BufFactory> Connection<F> {
             handshake_confirmed: false,
 
             key_phase: false,
+
+            key_phase_unacked_from: None,
 
             ack_eliciting_sent: false,
 
@@ -3351,6 +3358,26 @@ impl<F: BufFactory> Connection<F> {
             return Err(Error::Done);
         }
 
+        // After a locally initiated key update, the peer's first packet in
+        // the new key phase tells which of its packets still use the old
+        // keys; the old keys are kept for three PTOs from then on.
+        if aead_next.is_none() &&
+            hdr.ty == Type::Short &&
+            hdr.key_phase == self.key_phase
+        {
+            if let Some(key_update) = self.crypto_ctx[epoch]
+                .key_update
+                .as_mut()
+                .filter(|key_update| key_update.pn_on_update == u64::MAX)
+            {
+                key_update.pn_on_update = pn;
+
+                if let Ok(path) = self.paths.get_active() {
+                    key_update.timer = now + (path.recovery.pto() * 3);
+                }
+            }
+        }
+
         // Packets with no frames are invalid.
         if payload.cap() == 0 {
             return Err(Error::InvalidPacket);
@@ -3397,6 +3424,7 @@ impl<F: BufFactory> Connection<F> {
             });
 
             self.key_phase = !self.key_phase;
+            self.key_phase_unacked_from = Some(self.next_pkt_num);
 
             qlog_with_type!(QLOG_PACKET_RX, self.qlog, q, {
                 let trigger = Some(
@@ -4738,7 +4766,13 @@ impl<F: BufFactory> Connection<F> {
         if pkt_type == Type::Short && !is_closing {
             // Create NEW_CONNECTION_ID frames as needed.
             while let Some(seq_num) = self.ids.next_advertise_new_scid_seq() {
-                let frame = self.ids.get_new_connection_id_frame_for(seq_num)?;
+                // An ID that is gone (the peer retired it) is not announced,
+                // rather than failing every later `send`.
+                let Ok(frame) = self.ids.get_new_connection_id_frame_for(seq_num)
+                else {
+                    self.ids.mark_advertise_new_scid_seq(seq_num, false);
+                    continue;
+                };
 
                 if push_frame_to_pkt!(b, frames, frame, left) {
                     self.ids.mark_advertise_new_scid_seq(seq_num, false);
@@ -7501,6 +7535,96 @@ impl<F: BufFactory> Connection<F> {
         self.paths.pop_event()
     }
 
+    /// Initiates a key update (RFC 9001 Section 6): the packets sent from now
+    /// on are protected with the next generation of 1-RTT keys, and the key
+    /// phase bit flips. The peer's packets that are still in the old key
+    /// phase keep being accepted until three PTOs after its first packet in
+    /// the new phase.
+    ///
+    /// Returns [`InvalidState`] before the handshake is confirmed or once the
+    /// connection is closing, and [`Done`] while no packet sent with the
+    /// current keys has been acknowledged yet (the previous key update, by
+    /// either side, is not confirmed; try again later).
+    ///
+    /// [`InvalidState`]: enum.Error.html#variant.InvalidState
+    /// [`Done`]: enum.Error.html#variant.Done
+    pub fn initiate_key_update(&mut self) -> Result<()> {
+        if !self.handshake_confirmed ||
+            self.is_closed() ||
+            self.is_draining() ||
+            self.local_error.is_some()
+        {
+            return Err(Error::InvalidState);
+        }
+
+        if self.key_phase_unacked_from.is_some() {
+            return Err(Error::Done);
+        }
+
+        let epoch = packet::Epoch::Application;
+        let crypto_ctx = &mut self.crypto_ctx[epoch];
+
+        let (open_next, seal_next) = match (
+            crypto_ctx.crypto_open.as_ref(),
+            crypto_ctx.crypto_seal.as_ref(),
+        ) {
+            (Some(open), Some(seal)) =>
+                (open.derive_next_packet_key()?, seal.derive_next_packet_key()?),
+
+            _ => return Err(Error::InvalidState),
+        };
+
+        let open_prev = crypto_ctx
+            .crypto_open
+            .replace(open_next)
+            .ok_or(Error::InvalidState)?;
+        let _ = crypto_ctx.crypto_seal.replace(seal_next);
+
+        // The peer's first packet in the new phase is not known yet
+        // (`u64::MAX`): until it arrives, every packet in the old phase is
+        // opened with the old keys. The timer is moved when it arrives.
+        let pto = self.paths.get_active()?.recovery.pto();
+        crypto_ctx.key_update = Some(packet::KeyUpdate {
+            crypto_open: open_prev,
+            pn_on_update: u64::MAX,
+            update_acked: false,
+            timer: Instant::now() + pto * 3,
+        });
+
+        self.key_phase = !self.key_phase;
+        self.key_phase_unacked_from = Some(self.next_pkt_num);
+
+        trace!("{} locally-initiated key update", self.trace_id);
+
+        qlog_with_type!(QLOG_PACKET_TX, self.qlog, q, {
+            let trigger = Some(
+                qlog::events::quic::KeyUpdateOrRetiredTrigger::LocalUpdate,
+            );
+
+            for key_type in [
+                qlog::events::quic::KeyType::Client1RttSecret,
+                qlog::events::quic::KeyType::Server1RttSecret,
+            ] {
+                let ev_data =
+                    EventData::QuicKeyUpdated(qlog::events::quic::KeyUpdated {
+                        key_type,
+                        trigger: trigger.clone(),
+                        ..Default::default()
+                    });
+
+                q.add_event_data_now(ev_data).ok();
+            }
+        });
+
+        Ok(())
+    }
+
+    /// Returns the current key phase bit of the 1-RTT packets this endpoint
+    /// sends; it flips with every key update, local or peer-initiated.
+    pub fn key_phase(&self) -> bool {
+        self.key_phase
+    }
+
     /// Returns the number of source Connection IDs that are retired.
     pub fn retired_scids(&self) -> usize {
         self.ids.retired_source_cids()
@@ -8408,6 +8532,13 @@ impl<F: BufFactory> Connection<F> {
                     "ACK frames should always have at least one ack range",
                 );
 
+                if epoch == packet::Epoch::Application &&
+                    self.key_phase_unacked_from
+                        .is_some_and(|first| largest_acked >= first)
+                {
+                    self.key_phase_unacked_from = None;
+                }
+
                 for (_, p) in self.paths.iter_mut() {
                     if self.pkt_num_spaces[epoch]
                         .largest_tx_pkt_num
@@ -9154,6 +9285,12 @@ impl<F: BufFactory> Connection<F> {
         // Automatically probes the new path.
         path.request_validation();
 
+        // Make room for it by releasing a path the peer has left, if every
+        // slot holds a path that keeps a destination Connection ID.
+        if let Some(old_pid) = self.paths.path_to_release() {
+            self.release_path(old_pid)?;
+        }
+
         let pid = self.paths.insert_path(path, self.is_server)?;
 
         // Notify the application of CID reuse only after the path was
@@ -9181,7 +9318,7 @@ impl<F: BufFactory> Connection<F> {
             },
 
             None => {
-                ids.link_scid_to_path_id(in_scid_seq, pid)?;
+                self.ids.link_scid_to_path_id(in_scid_seq, pid)?;
             },
         }
 
@@ -9240,6 +9377,45 @@ impl<F: BufFactory> Connection<F> {
         }
 
         self.paths.set_active_path(path_id)
+    }
+
+    /// Makes a path the peer has left unused, so that the next
+    /// `insert_path()` drops it: its destination Connection ID is handed to
+    /// another path that sends with it (DCID reuse), or else retired (the
+    /// peer then issues a new one), and every Connection ID linked to it is
+    /// unlinked.
+    fn release_path(&mut self, pid: usize) -> Result<()> {
+        if let Some(dcid_seq) = self.paths.get(pid)?.active_dcid_seq {
+            let sharer = self
+                .paths
+                .iter()
+                .find(|(other, p)| {
+                    *other != pid && p.active_dcid_seq == Some(dcid_seq)
+                })
+                .map(|(other, _)| other);
+
+            self.ids.unlink_path_id(pid);
+
+            match sharer {
+                Some(other) => self.ids.link_dcid_to_path_id(dcid_seq, other)?,
+
+                // The last destination Connection ID cannot be retired; it
+                // stays, unlinked, for the next path.
+                None if !self.ids.zero_length_dcid() => {
+                    let _ = self.ids.retire_dcid(dcid_seq);
+                },
+
+                None => (),
+            }
+        } else {
+            self.ids.unlink_path_id(pid);
+        }
+
+        trace!("{} released path {} for a new one", self.trace_id, pid);
+
+        self.paths.get_mut(pid)?.active_dcid_seq = None;
+
+        Ok(())
     }
 
     /// Handles potential connection migration.

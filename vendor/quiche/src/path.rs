@@ -169,6 +169,10 @@ pub struct Path {
     /// Is this path used to send non-probing packets.
     active: bool,
 
+    /// Whether the path was active and the peer moved to another one: a path
+    /// it has left, which `PathMap::path_to_release()` may release.
+    left_by_peer: bool,
+
     /// Loss recovery and congestion control state.
     pub recovery: recovery::Recovery,
 
@@ -293,6 +297,8 @@ impl Path {
             active_dcid_seq,
             state,
             active: false,
+
+            left_by_peer: false,
             recovery: recovery::Recovery::new_with_config(recovery_config),
             pmtud,
             in_flight_challenges: VecDeque::new(),
@@ -811,6 +817,38 @@ impl PathMap {
         Ok(())
     }
 
+    /// When the map is full and holds no unused path (so that
+    /// `insert_path()` would refuse a new one), returns a path that can be
+    /// released for it: a path the peer has left (it was active, the peer
+    /// migrated away) and that is validated or failed its validation, the
+    /// failed ones first, the lowest identifier among equals. Never the active
+    /// path, a path under validation or one the peer only probed, so that
+    /// packets from ever new addresses (an on-path attacker replaying
+    /// packets) cannot churn paths faster than validations end.
+    ///
+    /// With DCID reuse, every path the peer leaves keeps a destination
+    /// connection ID, so none ever becomes unused: without this, a peer
+    /// behind a NAT that rebinds more often than `max_concurrent_paths`
+    /// would lose the connection.
+    pub fn path_to_release(&self) -> Option<usize> {
+        if self.paths.len() < self.max_concurrent_paths ||
+            self.paths.iter().any(|(_, p)| p.unused())
+        {
+            return None;
+        }
+
+        self.paths
+            .iter()
+            .filter(|(_, p)| !p.active && p.left_by_peer)
+            .filter_map(|(pid, p)| match p.state {
+                PathState::Failed => Some((0, pid)),
+                PathState::Validated => Some((1, pid)),
+                _ => None,
+            })
+            .min()
+            .map(|(_, pid)| pid)
+    }
+
     /// Records the provided `Path` and returns its assigned identifier.
     ///
     /// On success, this method takes care of creating a notification to the
@@ -919,10 +957,12 @@ impl PathMap {
 
         if let Ok(old_active_path) = self.get_active_mut() {
             old_active_path.active = false;
+            old_active_path.left_by_peer = true;
         }
 
         let new_active_path = self.get_mut(path_id)?;
         new_active_path.active = true;
+        new_active_path.left_by_peer = false;
 
         if is_server {
             if new_active_path.validated() {

@@ -1408,6 +1408,151 @@ fn update_key_request(
     }
 }
 
+/// Sends `data` on stream 4 from one side of the pipe and checks that the
+/// other side reads it.
+fn key_update_exchange(
+    pipe: &mut test_utils::Pipe, from_client: bool, data: &[u8],
+) {
+    let mut b = [0; 64];
+
+    let sender = if from_client {
+        &mut pipe.client
+    } else {
+        &mut pipe.server
+    };
+    assert_eq!(sender.stream_send(4, data, false), Ok(data.len()));
+    assert_eq!(pipe.advance(), Ok(()));
+
+    let receiver = if from_client {
+        &mut pipe.server
+    } else {
+        &mut pipe.client
+    };
+    assert_eq!(receiver.stream_recv(4, &mut b), Ok((data.len(), false)));
+    assert_eq!(&b[..data.len()], data);
+}
+
+#[rstest]
+fn initiate_key_update(
+    #[values("cubic", "bbr2_gcongestion")] cc_algorithm_name: &str,
+    #[values(true, false)] client_initiates: bool,
+) {
+    let mut pipe = test_utils::Pipe::new(cc_algorithm_name).unwrap();
+    assert_eq!(pipe.handshake(), Ok(()));
+    assert_eq!(pipe.advance(), Ok(()));
+
+    // Open stream 4 both ways before the update.
+    key_update_exchange(&mut pipe, true, b"before");
+    key_update_exchange(&mut pipe, false, b"before");
+    assert!(!pipe.client.key_phase());
+    assert!(!pipe.server.key_phase());
+
+    for (round, phase) in [(0, true), (1, false)] {
+        let initiator = if client_initiates {
+            &mut pipe.client
+        } else {
+            &mut pipe.server
+        };
+
+        assert_eq!(initiator.initiate_key_update(), Ok(()), "round {round}");
+        assert_eq!(initiator.key_phase(), phase);
+
+        // Nothing sent with the new keys is acknowledged yet.
+        assert_eq!(initiator.initiate_key_update(), Err(Error::Done));
+
+        // The initiator's data, in the new phase, makes the peer follow.
+        key_update_exchange(&mut pipe, client_initiates, b"update");
+        assert_eq!(pipe.client.key_phase(), phase);
+        assert_eq!(pipe.server.key_phase(), phase);
+
+        // And the peer's answer, in the new phase too, reaches the
+        // initiator.
+        key_update_exchange(&mut pipe, !client_initiates, b"answer");
+        key_update_exchange(&mut pipe, client_initiates, b"more");
+        key_update_exchange(&mut pipe, !client_initiates, b"more");
+
+        let initiator = if client_initiates {
+            &pipe.client
+        } else {
+            &pipe.server
+        };
+        let key_update = initiator.crypto_ctx[packet::Epoch::Application]
+            .key_update
+            .as_ref()
+            .unwrap();
+        assert_ne!(key_update.pn_on_update, u64::MAX);
+    }
+}
+
+#[rstest]
+fn initiate_key_update_keeps_old_phase_packets(
+    #[values(true, false)] client_initiates: bool,
+) {
+    let mut b = [0; 64];
+    let mut pipe = test_utils::Pipe::new("cubic").unwrap();
+    assert_eq!(pipe.handshake(), Ok(()));
+    assert_eq!(pipe.advance(), Ok(()));
+
+    // The client opens stream 4, so that both sides can send on it.
+    key_update_exchange(&mut pipe, true, b"open");
+
+    let (initiator, responder) = if client_initiates {
+        (&mut pipe.client, &mut pipe.server)
+    } else {
+        (&mut pipe.server, &mut pipe.client)
+    };
+
+    // The responder sends before it learns of the update: its packets are in
+    // the old key phase when the initiator receives them.
+    assert_eq!(responder.stream_send(4, b"old phase", false), Ok(9));
+    let old_flight = test_utils::emit_flight(responder).unwrap();
+
+    assert_eq!(initiator.initiate_key_update(), Ok(()));
+    assert_eq!(initiator.stream_send(4, b"new phase", false), Ok(9));
+    let new_flight = test_utils::emit_flight(initiator).unwrap();
+
+    test_utils::process_flight(initiator, old_flight).unwrap();
+    assert_eq!(initiator.stream_recv(4, &mut b), Ok((9, false)));
+    assert_eq!(&b[..9], b"old phase");
+
+    test_utils::process_flight(responder, new_flight).unwrap();
+    assert_eq!(responder.stream_recv(4, &mut b), Ok((9, false)));
+    assert_eq!(&b[..9], b"new phase");
+    assert!(responder.key_phase());
+
+    assert_eq!(pipe.advance(), Ok(()));
+    key_update_exchange(&mut pipe, !client_initiates, b"after");
+    key_update_exchange(&mut pipe, client_initiates, b"after");
+}
+
+#[rstest]
+fn initiate_key_update_before_confirmation_is_refused(
+    #[values(true, false)] client_initiates: bool,
+) {
+    let mut pipe = test_utils::Pipe::new("cubic").unwrap();
+
+    let initiator = if client_initiates {
+        &mut pipe.client
+    } else {
+        &mut pipe.server
+    };
+    assert_eq!(initiator.initiate_key_update(), Err(Error::InvalidState));
+
+    // Client: Initial; server: Initial + Handshake; client: Handshake (its
+    // handshake is complete, not yet confirmed).
+    let flight = test_utils::emit_flight(&mut pipe.client).unwrap();
+    test_utils::process_flight(&mut pipe.server, flight).unwrap();
+    let flight = test_utils::emit_flight(&mut pipe.server).unwrap();
+    test_utils::process_flight(&mut pipe.client, flight).unwrap();
+
+    assert!(pipe.client.is_established());
+    assert_eq!(pipe.client.initiate_key_update(), Err(Error::InvalidState));
+    assert!(!pipe.client.key_phase());
+
+    assert_eq!(pipe.advance(), Ok(()));
+    assert_eq!(pipe.client.initiate_key_update(), Ok(()));
+}
+
 #[rstest]
 fn update_key_request_twice_error(
     #[values("cubic", "bbr2_gcongestion")] cc_algorithm_name: &str,
@@ -10450,6 +10595,81 @@ fn lost_connection_id_frames(
     assert_eq!(pipe.client.retired_scid_next(), None);
 }
 
+/// Pipe whose endpoints accept up to 3 connection IDs from each other.
+fn pipe_with_three_connection_ids() -> test_utils::Pipe {
+    let mut config = test_utils::Pipe::default_config("cubic").unwrap();
+    config.set_active_connection_id_limit(3);
+    config.set_initial_max_data(1000);
+    config.set_initial_max_stream_data_bidi_local(1000);
+    config.set_initial_max_stream_data_bidi_remote(1000);
+
+    let mut pipe = test_utils::Pipe::with_config(&mut config).unwrap();
+    assert_eq!(pipe.handshake(), Ok(()));
+    assert_eq!(pipe.advance(), Ok(()));
+    pipe
+}
+
+#[test]
+fn repeated_retire_connection_id_is_ignored() {
+    let mut buf = [0; 65535];
+    let mut pipe = pipe_with_three_connection_ids();
+
+    let server_scid = pipe.server.source_id().into_owned();
+    let (scid_1, reset_token_1) = test_utils::create_cid_and_reset_token(16);
+    assert_eq!(pipe.server.new_scid(&scid_1, reset_token_1, false), Ok(1));
+    assert_eq!(pipe.advance(), Ok(()));
+
+    // The client moves to the server's ID 1 and retires ID 0: the server is
+    // left with a single ID.
+    assert_eq!(pipe.client.retire_dcid(0), Ok(()));
+    assert_eq!(pipe.advance(), Ok(()));
+    assert_eq!(pipe.server.retired_scid_next(), Some(server_scid));
+    assert_eq!(pipe.server.active_scids(), 1);
+
+    // A second RETIRE_CONNECTION_ID for 0 (the client took its first one for
+    // lost) is not a reason to close.
+    let frames = [frame::Frame::RetireConnectionId { seq_num: 0 }];
+    let written = pipe
+        .send_pkt_to_server(Type::Short, &frames, &mut buf)
+        .unwrap();
+    assert!(written > 0);
+    assert_eq!(pipe.server.retired_scid_next(), None);
+    assert!(!pipe.server.is_closed());
+    assert_eq!(pipe.server.local_error(), None);
+
+    assert_eq!(pipe.client.stream_send(0, b"still here", true), Ok(10));
+    assert_eq!(pipe.advance(), Ok(()));
+    let mut b = [0; 16];
+    assert_eq!(pipe.server.stream_recv(0, &mut b), Ok((10, true)));
+}
+
+#[test]
+fn lost_new_connection_id_for_a_retired_id_does_not_wedge_send() {
+    let mut pipe = pipe_with_three_connection_ids();
+
+    let (scid_1, reset_token_1) = test_utils::create_cid_and_reset_token(16);
+    assert_eq!(pipe.client.new_scid(&scid_1, reset_token_1, false), Ok(1));
+    assert_eq!(pipe.advance(), Ok(()));
+    assert_eq!(pipe.server.available_dcids(), 1);
+
+    // The server retires the client's ID 1 (never used) and the client
+    // learns it.
+    assert_eq!(pipe.server.retire_dcid(1), Ok(()));
+    assert_eq!(pipe.advance(), Ok(()));
+    assert_eq!(pipe.client.retired_scid_next(), Some(scid_1));
+
+    // Only now is the packet that announced ID 1 declared lost (what the
+    // loss handling of a NEW_CONNECTION_ID frame does).
+    pipe.client.ids.mark_advertise_new_scid_seq(1, true);
+
+    // The client keeps sending.
+    assert_eq!(pipe.client.stream_send(0, b"after loss", true), Ok(10));
+    assert_eq!(pipe.advance(), Ok(()));
+    let mut b = [0; 16];
+    assert_eq!(pipe.server.stream_recv(0, &mut b), Ok((10, true)));
+    assert!(!pipe.client.is_closed());
+}
+
 #[rstest]
 fn sending_duplicate_scids(
     #[values("cubic", "bbr2_gcongestion")] cc_algorithm_name: &str,
@@ -11570,6 +11790,95 @@ fn connection_migration(
             .peer_addr(),
         server_addr
     );
+}
+
+/// Exchanges packets until both sides are quiet, as if a NAT in front of
+/// the client mapped it to `nat_addr`: the server receives from, and sends
+/// to, that address; the client knows nothing of it.
+fn exchange_through_nat(pipe: &mut test_utils::Pipe, nat_addr: SocketAddr) {
+    let client_addr = test_utils::Pipe::client_addr();
+    let server_addr = test_utils::Pipe::server_addr();
+
+    loop {
+        let mut quiet = true;
+
+        if let Ok(flight) = test_utils::emit_flight(&mut pipe.client) {
+            quiet = false;
+            for (mut pkt, _) in flight {
+                let info = RecvInfo {
+                    from: nat_addr,
+                    to: server_addr,
+                };
+                pipe.server.recv(&mut pkt, info).unwrap();
+            }
+        }
+
+        if let Ok(flight) = test_utils::emit_flight(&mut pipe.server) {
+            quiet = false;
+            for (mut pkt, si) in flight {
+                // Whatever the server still sends to an older mapping also
+                // reaches the client (the NAT keeps old mappings a while).
+                assert_eq!(si.from, server_addr);
+                let info = RecvInfo {
+                    from: server_addr,
+                    to: client_addr,
+                };
+                pipe.client.recv(&mut pkt, info).unwrap();
+            }
+        }
+
+        if quiet {
+            return;
+        }
+    }
+}
+
+#[rstest]
+fn server_follows_a_client_that_rebinds_more_often_than_its_path_limit(
+    #[values(2, 3)] active_connection_id_limit: u64,
+) {
+    let mut b = [0; 64];
+    let mut config = test_utils::Pipe::default_config("cubic").unwrap();
+    config.set_active_connection_id_limit(active_connection_id_limit);
+    config.set_initial_max_data(100_000);
+    config.set_initial_max_stream_data_bidi_local(100_000);
+    config.set_initial_max_stream_data_bidi_remote(100_000);
+
+    let mut pipe = test_utils::Pipe::with_config(&mut config).unwrap();
+    assert_eq!(pipe.handshake(), Ok(()));
+    assert_eq!(pipe.advance(), Ok(()));
+
+    // The client's address changes eight times: four times the path limit
+    // at least. Every time, data still flows both ways and the server moves
+    // to the new address.
+    for rebind in 1..=8_u16 {
+        let nat_addr: SocketAddr =
+            format!("127.0.0.1:{}", 40_000 + rebind).parse().unwrap();
+
+        assert_eq!(pipe.client.stream_send(0, b"ping", false), Ok(4));
+        exchange_through_nat(&mut pipe, nat_addr);
+        assert_eq!(
+            pipe.server.stream_recv(0, &mut b),
+            Ok((4, false)),
+            "rebind {rebind}"
+        );
+
+        assert_eq!(pipe.server.stream_send(0, b"pong", false), Ok(4));
+        exchange_through_nat(&mut pipe, nat_addr);
+        assert_eq!(
+            pipe.client.stream_recv(0, &mut b),
+            Ok((4, false)),
+            "rebind {rebind}"
+        );
+
+        let active = pipe.server.paths.get_active().unwrap();
+        assert_eq!(active.peer_addr(), nat_addr, "rebind {rebind}");
+        assert!(
+            pipe.server.paths.len() <= active_connection_id_limit as usize
+        );
+        assert!(!pipe.server.is_closed());
+        assert!(!pipe.client.is_closed());
+    }
 }
 
 #[rstest]

@@ -20,6 +20,28 @@ pub enum Change {
     Retarget(SocketAddr),
 }
 
+/// When the relay changes the path.
+#[derive(Debug, Clone, Copy)]
+enum Schedule {
+    /// At most one change, after the given client datagram.
+    Once(Option<(u64, Change)>),
+    /// A rebinding after every `datagrams` client datagrams, `times` times.
+    Every { datagrams: u64, times: u64 },
+}
+
+impl Schedule {
+    /// The change to apply after the client's `count`-th datagram, if any.
+    fn change_at(self, count: u64) -> Option<Change> {
+        match self {
+            Self::Once(Some((after, change))) if count == after => Some(change),
+            Self::Once(_) => None,
+            Self::Every { datagrams, times } => {
+                (count.is_multiple_of(datagrams) && count / datagrams <= times).then_some(Change::Rebind)
+            }
+        }
+    }
+}
+
 /// The relay's server side: the socket it sends from, and the server it sends to.
 struct ServerSide {
     socket: Arc<UdpSocket>,
@@ -38,6 +60,18 @@ impl PathChangeRelay {
     /// A relay to `server` that applies `change` after the client's `after_datagrams`-th datagram
     /// (`change` is `Some((after_datagrams, change))`; `None` relays unchanged).
     pub async fn start(server: SocketAddr, change: Option<(u64, Change)>) -> Self {
+        Self::start_scheduled(server, Schedule::Once(change)).await
+    }
+
+    /// A relay to `server` that rebinds (a new source port toward the server, as a NAT does) after
+    /// every `every_datagrams` client datagrams, `times` times in all: the server sees the client
+    /// come from `times + 1` addresses in turn. [`changed`](Self::changed) resolves after the first;
+    /// [`changes`](Self::changes) counts them.
+    pub async fn start_rebinding(server: SocketAddr, every_datagrams: u64, times: u64) -> Self {
+        Self::start_scheduled(server, Schedule::Every { datagrams: every_datagrams.max(1), times }).await
+    }
+
+    async fn start_scheduled(server: SocketAddr, schedule: Schedule) -> Self {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind relay front"));
         let front_addr = front.local_addr().expect("front address");
         let server_side = Arc::new(Mutex::new(ServerSide {
@@ -58,9 +92,7 @@ impl PathChangeRelay {
                     let Ok((len, from)) = front.recv_from(&mut buffer).await else { return };
                     client.remember(from);
                     let count = client_datagrams.fetch_add(1, Ordering::Relaxed) + 1;
-                    if let Some((after, change)) = change
-                        && count == after
-                    {
+                    if let Some(change) = schedule.change_at(count) {
                         let mut now = server_side.lock().await;
                         match change {
                             Change::Rebind => {
@@ -89,6 +121,11 @@ impl PathChangeRelay {
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
         self.front_addr
+    }
+
+    /// Changes applied so far.
+    pub fn changes(&self) -> u64 {
+        self.changes_done.load(Ordering::Relaxed)
     }
 
     /// Datagrams the client has sent so far.

@@ -251,4 +251,12 @@ mod tests {
         let client = ClientConfig::builder().alpn(["echo"]).key_exchange_groups(["X25519MLKEM768"]).build();
         assert!(client.is_ok());
     }
+
+    #[test]
+    fn client_tls13_ciphers_are_checked() {
+        let client = ClientConfig::builder().alpn(["echo"]).tls13_ciphers(["TLS_CHACHA20_POLY1305_SHA256"]).build();
+        assert!(client.is_ok());
+        let err = ClientConfig::builder().alpn(["echo"]).tls13_ciphers(["chacha"]).build().unwrap_err();
+        assert!(err.to_string().contains("transport.tls13_ciphers"), "{err}");
+    }
 }

@@ -168,6 +168,16 @@ macro_rules! transport_setters {
                 self
             }
 
+            /// See [`TransportConfig::tls13_ciphers`](crate::TransportConfig::tls13_ciphers).
+            pub fn tls13_ciphers<I, S>(mut self, ciphers: I) -> Self
+            where
+                I: IntoIterator<Item = S>,
+                S: Into<String>,
+            {
+                self.transport.tls13_ciphers = ciphers.into_iter().map(Into::into).collect();
+                self
+            }
+
             /// Appends TLS secrets to this file in NSS key-log format (for Wireshark).
             pub fn keylog_path(mut self, path: impl Into<std::path::PathBuf>) -> Self {
                 self.transport.keylog_path = Some(path.into());

@@ -16,6 +16,40 @@ use crate::error::ConfigError;
 /// Longest ALPN identifier TLS can carry (its length is one byte, RFC 7301 §3.1).
 const MAX_ALPN_BYTES: usize = 255;
 
+/// The TLS 1.3 cipher suites BoringSSL implements: IANA name and code point (RFC 8446 §B.4).
+pub(crate) const TLS13_CIPHERS: [(&str, u16); 3] =
+    [("TLS_AES_128_GCM_SHA256", 0x1301), ("TLS_AES_256_GCM_SHA384", 0x1302), ("TLS_CHACHA20_POLY1305_SHA256", 0x1303)];
+
+/// Restricts the TLS 1.3 cipher suites of `ssl` to `names`, in that order of preference; empty keeps
+/// BoringSSL's default list.
+fn set_tls13_ciphers(ssl: &mut boring::ssl::SslContextBuilder, names: &[String]) -> Result<(), ConfigError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(&(_, id)) = TLS13_CIPHERS.iter().find(|(known, _)| known.eq_ignore_ascii_case(name)) else {
+            let known: Vec<&str> = TLS13_CIPHERS.iter().map(|(known, _)| *known).collect();
+            return Err(invalid(
+                "transport.tls13_ciphers",
+                format!("names an unknown TLS 1.3 cipher suite {name:?} (known: {})", known.join(", ")),
+            ));
+        };
+        if ids.contains(&id) {
+            return Err(invalid("transport.tls13_ciphers", format!("names {name:?} twice")));
+        }
+        ids.push(id);
+    }
+    // `boring` does not wrap this call. SAFETY: the context pointer is valid for the builder's
+    // lifetime; BoringSSL copies `ids` (`ids.len()` code points) and reads no flags (null).
+    let accepted =
+        unsafe { boring_sys::SSL_CTX_set1_tls13_ciphers(ssl.as_ptr(), ids.as_ptr(), std::ptr::null(), ids.len()) };
+    if accepted != 1 {
+        return Err(invalid("transport.tls13_ciphers", format!("was refused by BoringSSL: {names:?}")));
+    }
+    Ok(())
+}
+
 /// Checks that at least one ALPN identifier is set and each fits in TLS.
 pub(super) fn validate_alpn(alpn: &[Vec<u8>]) -> Result<(), ConfigError> {
     if alpn.is_empty() {
@@ -44,6 +78,7 @@ pub(super) fn new_quiche_config(
             invalid("transport.key_exchange_groups", format!("names an unsupported group in {list:?}: {err}"))
         })?;
     }
+    set_tls13_ciphers(&mut ssl, &transport.tls13_ciphers)?;
     let mut config = quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, ssl)?;
     let protocols: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
     config.set_application_protos(&protocols)?;

@@ -550,6 +550,19 @@ mod tests {
     }
 
     #[test]
+    fn tls13_ciphers_are_checked_when_building() {
+        assert!(base().tls13_ciphers(["TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"]).build().is_ok());
+        let err = base().tls13_ciphers(["TLS_CHACHA20_POLY1305_SHA256", "TLS_RC4"]).build().unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidOption { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(message.contains("transport.tls13_ciphers") && message.contains("TLS_RC4"), "{message}");
+        let text = "alpn = [\"echo\"]\nself_signed = [\"localhost\"]\n[transport]\n\
+                    tls13_ciphers = [\"TLS_CHACHA20_POLY1305_SHA256\"]\n";
+        let config = toml_file::parse::<ServerConfigBuilder>("server.toml", text).unwrap().build().unwrap();
+        assert_eq!(config.transport.tls13_ciphers, ["TLS_CHACHA20_POLY1305_SHA256"]);
+    }
+
+    #[test]
     fn file_values_land_in_the_built_config() {
         let text = "alpn = [\"echo\"]\nself_signed = [\"localhost\"]\naccept_backlog = 7\n\
                     address_validation = \"always\"\n[transport]\nidle_timeout_ms = 1500\ncongestion_control = \"reno\"\n";

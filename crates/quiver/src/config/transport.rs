@@ -119,6 +119,11 @@ pub struct TransportConfig {
     /// BoringSSL names (`X25519MLKEM768`, `X25519`, `P-256`, ...). `None` keeps BoringSSL's defaults,
     /// which include the post-quantum hybrid.
     pub key_exchange_groups: Option<Vec<String>>,
+    /// TLS 1.3 cipher suites to offer (client) or accept (server), most preferred first, by their
+    /// IANA names: `TLS_AES_128_GCM_SHA256`, `TLS_AES_256_GCM_SHA384`, `TLS_CHACHA20_POLY1305_SHA256`.
+    /// Empty (the default) keeps BoringSSL's choice. An unknown name fails the build of the
+    /// configuration.
+    pub tls13_ciphers: Vec<String>,
 }
 
 impl Default for TransportConfig {
@@ -144,6 +149,7 @@ impl Default for TransportConfig {
             qlog_dir: None,
             early_data: false,
             key_exchange_groups: None,
+            tls13_ciphers: Vec::new(),
         }
     }
 }

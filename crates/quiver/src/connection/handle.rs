@@ -20,6 +20,10 @@ pub(crate) enum Control {
     Stats(oneshot::Sender<ConnectionStats>),
     /// Move to another socket of the endpoint (client-side active migration).
     Migrate(Box<RouterHandle>, oneshot::Sender<Result<(), MigrateError>>),
+    /// Tests: make the next `n` calls of quiche's `send` fail with this error, as a wedged quiche
+    /// connection does.
+    #[cfg(test)]
+    FailSends(quiche::Error, usize),
 }
 
 /// A cheap, cloneable reference to a running connection.
@@ -99,6 +103,12 @@ impl ConnectionHandle {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.shared.controls.send(Control::Stats(reply_tx)).await.ok()?;
         reply_rx.await.ok()
+    }
+
+    /// Tests: the next `count` calls of quiche's `send` on this connection fail with `err`.
+    #[cfg(test)]
+    pub(crate) async fn fail_sends(&self, err: quiche::Error, count: usize) {
+        let _ = self.shared.controls.send(Control::FailSends(err, count)).await;
     }
 
     pub(crate) async fn migrate_to(&self, router: RouterHandle) -> Result<(), MigrateError> {

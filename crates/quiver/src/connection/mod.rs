@@ -129,6 +129,12 @@ pub(crate) struct ConnectionCore {
     pending_migration: Option<PendingMigration>,
     /// The TLS details of this connection's handshake, once its own `recv` completed it.
     tls: Option<crate::handshake::TlsDetails>,
+    /// quiche's `send` failed (other than `Done`) and the connection was closed with INTERNAL_ERROR:
+    /// one more failure and it is dropped without a word.
+    send_failed: bool,
+    /// Tests: failures the next calls of quiche's `send` return instead of running (error, calls left).
+    #[cfg(test)]
+    injected_send_failures: Option<(quiche::Error, usize)>,
 }
 
 /// A client connection's place in its endpoint's session cache.
@@ -221,6 +227,9 @@ impl ConnectionCore {
             other_routers: Vec::new(),
             pending_migration: None,
             tls: None,
+            send_failed: false,
+            #[cfg(test)]
+            injected_send_failures: None,
         }
     }
 
@@ -287,6 +296,15 @@ impl ConnectionCore {
             if self.conn.is_closed() {
                 return DriveExit::Closed;
             }
+            if let Flushed::Failed(err) = flushed {
+                if self.on_send_failure(err) {
+                    return DriveExit::Closed;
+                }
+                // Closed with INTERNAL_ERROR: try to send the CONNECTION_CLOSE now, not at the next
+                // wake-up (the peer may be quiet). The next failure ends the connection, so this
+                // cannot spin.
+                continue;
+            }
             if !stage_usable && self.conn.is_in_early_data() {
                 // Sending the first flight derived the 0-RTT keys: start the application now so its
                 // first data rides in early data, instead of waiting a round trip for the server.
@@ -339,6 +357,10 @@ impl ConnectionCore {
                     let _ = reply.send(self.stats());
                 }
                 Wake::Control(Some(Control::Migrate(router, reply))) => self.migrate(*router, reply).await,
+                #[cfg(test)]
+                Wake::Control(Some(Control::FailSends(err, count))) => {
+                    self.injected_send_failures = Some((err, count));
+                }
                 Wake::Control(None) => {}
                 Wake::Shutdown => {
                     self.close_transport(0, "endpoint shut down");
@@ -351,6 +373,31 @@ impl ConnectionCore {
                 Wake::Stage(woken) => stage.on_wake(self, woken),
             }
         }
+    }
+
+    /// quiche's `send` failed with `err` (not `Done`): it cannot build this connection's packets, and
+    /// would fail the same way at every later turn while the connection waited out its idle timeout
+    /// (a wedged connection: quiche 0.30 re-queued the announcement of a connection ID the peer had
+    /// retired, see vendor/README.md). The first failure closes the connection with INTERNAL_ERROR,
+    /// so that the next flush can tell the peer; a failure after that gives up at once. Returns
+    /// whether the connection must end now.
+    fn on_send_failure(&mut self, err: quiche::Error) -> bool {
+        if !self.send_failed {
+            self.send_failed = true;
+            self.shared.counters.connections_send_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %err, "quiche cannot send on this connection; closing it");
+            let reason = format!("cannot send: {err}");
+            if self.conn.close(false, INTERNAL_ERROR, reason.as_bytes()).is_ok() {
+                return false;
+            }
+        }
+        tracing::debug!(error = %err, "quiche still cannot send; dropping the connection");
+        self.forced_reason.get_or_insert(ConnectionError::LocallyClosed(CloseReason {
+            is_application: false,
+            code: INTERNAL_ERROR,
+            reason: format!("cannot send: {err}"),
+        }));
+        true
     }
 
     /// Runs quiche's timeout handling if its timer is due.

@@ -29,6 +29,9 @@ pub(super) enum Flushed {
     MoreReady,
     /// The pacer holds the next packet until its release time.
     Paced,
+    /// quiche's `send` failed with an error other than `Done`: it cannot produce this connection's
+    /// packets (see [`ConnectionCore::on_send_failure`](super::ConnectionCore)).
+    Failed(quiche::Error),
 }
 
 /// A packet quiche released for later, kept until the pacer's time for it.
@@ -58,19 +61,28 @@ impl ConnectionCore {
         // quiche accepts any configured payload size; one datagram must still fit the batch buffer.
         let mtu = self.conn.max_send_udp_payload_size().min(SEND_BATCH_BYTES);
         let mut outcome = Flushed::MoreReady;
+        let mut failure = None;
         for _ in 0..MAX_SENDS_PER_FLUSH {
             let conn = &mut self.conn;
-            let batch =
-                batch::fill_batch(&mut buffer[..SEND_BATCH_BYTES], mtu, max_segments, horizon, |out| {
-                    match conn.send(out) {
-                        Ok((len, info)) => Some(ProducedPacket { len, from: info.from, to: info.to, at: info.at }),
-                        Err(quiche::Error::Done) => None,
-                        Err(err) => {
-                            tracing::debug!(error = %err, "quiche send failed; connection is closing");
-                            None
-                        }
+            #[cfg(test)]
+            let injected = &mut self.injected_send_failures;
+            let batch = batch::fill_batch(&mut buffer[..SEND_BATCH_BYTES], mtu, max_segments, horizon, |out| {
+                #[cfg(test)]
+                if let Some((err, left)) = injected.as_mut().filter(|(_, left)| *left > 0) {
+                    *left -= 1;
+                    failure = Some(*err);
+                    return None;
+                }
+                match conn.send(out) {
+                    Ok((len, info)) => Some(ProducedPacket { len, from: info.from, to: info.to, at: info.at }),
+                    Err(quiche::Error::Done) => None,
+                    Err(err) => {
+                        tracing::debug!(error = %err, "quiche send failed");
+                        failure = Some(err);
+                        None
                     }
-                });
+                }
+            });
             if let (Some(to), Some(from)) = (batch.destination, batch.source) {
                 let segment_size = (batch.segments > 1).then_some(batch.segment_size);
                 self.transmit(from, &buffer[..batch.len], to, segment_size, batch.segments).await;
@@ -90,7 +102,7 @@ impl ConnectionCore {
             }
         }
         self.shared.large_buffers.give_back(buffer);
-        outcome
+        failure.map_or(outcome, Flushed::Failed)
     }
 
     /// The socket a path's packets leave from: the current one, or, while quiche still uses a path of

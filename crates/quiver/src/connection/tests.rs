@@ -200,6 +200,76 @@ async fn a_stateless_reset_for_a_later_connection_id_closes_the_client() {
     assert!(after_restart.stats().stateless_resets_sent >= 1, "{:?}", after_restart.stats());
 }
 
+/// A connection whose quiche `send` fails with an error other than `Done` (a wedged quiche
+/// connection: every later call fails the same way) is closed at once with INTERNAL_ERROR and the
+/// peer is told, instead of being held until its idle timeout.
+#[tokio::test]
+async fn a_connection_quiche_cannot_send_on_closes_with_internal_error() {
+    let (network, pki) = (MemoryNetwork::default(), Pki::new());
+    // Far beyond the guard: only the send failure can close the connection in time.
+    let idle_timeout = GUARD * 3;
+    let (_server, client, connected, incoming) =
+        connect_pair(&network, pki.server().idle_timeout(idle_timeout), pki.client().idle_timeout(idle_timeout)).await;
+    let (server_app, mut events) = Probe::new();
+    let server_side = incoming.expect("incoming").start(server_app);
+    assert_eq!(guarded("running", events.recv()).await, Some(Event::Established));
+    let client_side = connected.expect("connected");
+
+    // One failure: the CONNECTION_CLOSE still goes out on the next flush.
+    client_side.fail_sends(quiche::Error::InvalidState, 1).await;
+    let reason = guarded("client closed", client_side.closed()).await;
+    assert_internal_error(&reason, false);
+    assert_internal_error(&guarded("server told", server_side.closed()).await, true);
+    assert_eq!(client.stats().connections_send_failed, 1);
+}
+
+/// When quiche cannot even send the CONNECTION_CLOSE, the connection is dropped at once.
+#[tokio::test]
+async fn a_connection_quiche_never_sends_on_again_is_dropped_at_once() {
+    let (network, pki) = (MemoryNetwork::default(), Pki::new());
+    let idle_timeout = GUARD * 3;
+    let (_server, client, connected, _incoming) =
+        connect_pair(&network, pki.server().idle_timeout(idle_timeout), pki.client().idle_timeout(idle_timeout)).await;
+    let client_side = connected.expect("connected");
+    client_side.fail_sends(quiche::Error::InvalidState, usize::MAX).await;
+    let reason = guarded("client dropped", client_side.closed()).await;
+    assert_internal_error(&reason, false);
+    let ConnectionError::LocallyClosed(close) = &reason else { unreachable!() };
+    assert!(close.reason.contains("cannot send"), "{close:?}");
+    assert_eq!(client.stats().connections_send_failed, 1);
+}
+
+fn assert_internal_error(reason: &ConnectionError, by_peer: bool) {
+    let close = match (reason, by_peer) {
+        (ConnectionError::PeerClosed(close), true) | (ConnectionError::LocallyClosed(close), false) => close,
+        (other, _) => panic!("expected INTERNAL_ERROR (by the peer: {by_peer}), got {other:?}"),
+    };
+    assert_eq!((close.kind(), close.code), (CloseKind::Transport, 0x1), "{close:?}");
+}
+
+/// `tls13_ciphers` restricts the TLS 1.3 cipher suites: ChaCha20 when both sides allow only it,
+/// and when either side does (the interop runner's `chacha20` case restricts both).
+#[tokio::test]
+async fn tls13_ciphers_restrict_the_handshake_to_chacha20() {
+    const CHACHA20: &str = "TLS_CHACHA20_POLY1305_SHA256";
+    for (server_restricted, client_restricted) in [(true, true), (false, true), (true, false)] {
+        let (network, pki) = (MemoryNetwork::default(), Pki::new());
+        let (mut server_config, mut client_config) = (pki.server(), pki.client());
+        if server_restricted {
+            server_config = server_config.tls13_ciphers([CHACHA20]);
+        }
+        if client_restricted {
+            client_config = client_config.tls13_ciphers([CHACHA20]);
+        }
+        let (_server, _client, connected, incoming) = connect_pair(&network, server_config, client_config).await;
+        let client_side = connected.expect("connected");
+        let case = format!("server restricted: {server_restricted}, client restricted: {client_restricted}");
+        assert_eq!(client_side.handshake().cipher, Some(CHACHA20), "{case}");
+        let server_side = incoming.expect("incoming").start(Probe::new().0);
+        assert_eq!(server_side.handshake().cipher, Some(CHACHA20), "{case}");
+    }
+}
+
 /// A client application that sends a few bytes on a new stream each time the test pokes it: the way
 /// to make a quiet connection send a packet when the test wants one.
 struct Poked {
