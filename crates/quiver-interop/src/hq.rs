@@ -103,6 +103,14 @@ impl KeyUpdater {
                 self.done = true;
                 tracing::info!(after_bytes = self.counted, "key update initiated");
             }
+            Err(quiche::Error::Done) => {
+                // The keys of the current phase are not confirmed yet (RFC 9001 §6.1): one of our
+                // packets in it must be acknowledged first. A side that only receives sends nothing
+                // the peer acknowledges, so make the next packet ack-eliciting (a PING at most per
+                // turn) and try again then.
+                let _ = conn.send_ack_eliciting();
+                tracing::debug!("key update refused until a packet in the current phase is acknowledged");
+            }
             Err(err) => tracing::debug!(%err, "key update refused for now; trying again on the next turn"),
         }
     }
