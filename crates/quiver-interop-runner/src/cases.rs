@@ -139,7 +139,7 @@ pub fn case(name: &str, quick: bool, rng: &mut StdRng) -> Option<Case> {
         timeout: Duration::from_secs(60),
         checks: vec![Check::Handshakes(1)],
     };
-    let mut shrink = |full: &[usize], small: &[usize], rng: &mut StdRng| -> (Vec<FileSpec>, Option<String>) {
+    let shrink = |full: &[usize], small: &[usize], rng: &mut StdRng| -> (Vec<FileSpec>, Option<String>) {
         let pick = if quick { small } else { full };
         let note = quick.then(|| format!("quick: files {small:?} B instead of {full:?} B"));
         (files(rng, pick), note)

@@ -32,9 +32,9 @@ pub fn write_chain(dir: &Path, length: usize) -> Result<()> {
             names.extend(LEAF_NAMES.iter().map(|n| n.to_string()));
             if length > 1 {
                 let mut rng = rand::rng();
-                names.extend((0..20).map(|_| {
-                    (0..250).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect::<String>()
-                }));
+                names.extend(
+                    (0..20).map(|_| (0..250).map(|_| char::from(b'a' + rng.random_range(0..26u8))).collect::<String>()),
+                );
             }
         }
         let mut params = CertificateParams::new(names)?;

@@ -98,7 +98,9 @@ pub fn zero_rtt(record: &Record, max_one_rtt_bytes: usize) -> CheckResult {
         }
     }
     let ok = zero_rtt_bytes > 0 && one_rtt_bytes <= max_one_rtt_bytes;
-    let detail = format!("client 0-RTT payload {zero_rtt_bytes} B, 1-RTT payload {one_rtt_bytes} B (at most {max_one_rtt_bytes})");
+    let detail = format!(
+        "client 0-RTT payload {zero_rtt_bytes} B, 1-RTT payload {one_rtt_bytes} B (at most {max_one_rtt_bytes})"
+    );
     CheckResult::from_bool("zerortt", ok, detail)
 }
 
@@ -118,7 +120,9 @@ pub fn amplification(record: &Record) -> CheckResult {
                     return CheckResult::from_bool(
                         "amplification",
                         true,
-                        format!("server sent {server_bytes} B for {client_bytes} B of client Initials before validation{note}"),
+                        format!(
+                            "server sent {server_bytes} B for {client_bytes} B of client Initials before validation{note}"
+                        ),
                     );
                 }
                 if packets.first().is_some_and(|p| p.kind == PacketKind::Initial) {
@@ -166,20 +170,12 @@ pub fn server_handshake_bytes(record: &Record, at_least: usize) -> CheckResult {
 
 /// Client addresses the server saw (server leg, datagrams given to the server).
 pub fn server_seen_paths(record: &Record) -> BTreeSet<SocketAddr> {
-    record
-        .leg(Leg::ServerSide)
-        .filter(|d| d.direction == Direction::ToServer)
-        .map(|d| d.src)
-        .collect()
+    record.leg(Leg::ServerSide).filter(|d| d.direction == Direction::ToServer).map(|d| d.src).collect()
 }
 
 /// Addresses the client sent from (client leg).
 pub fn client_paths(record: &Record) -> BTreeSet<SocketAddr> {
-    record
-        .leg(Leg::ClientSide)
-        .filter(|d| d.direction == Direction::ToServer)
-        .map(|d| d.src)
-        .collect()
+    record.leg(Leg::ClientSide).filter(|d| d.direction == Direction::ToServer).map(|d| d.src).collect()
 }
 
 /// The server saw more than one client path (and, for `addresses`, more than one client IP).
@@ -188,14 +184,22 @@ pub fn server_saw_new_paths(record: &Record, addresses: bool) -> CheckResult {
     let ips: BTreeSet<IpAddr> = paths.iter().map(|p| p.ip()).collect();
     let ok = paths.len() > 1 && (!addresses || ips.len() > 1);
     let list = paths.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ");
-    CheckResult::from_bool("server_paths", ok, format!("server saw {} path(s), {} address(es): {list}", paths.len(), ips.len()))
+    CheckResult::from_bool(
+        "server_paths",
+        ok,
+        format!("server saw {} path(s), {} address(es): {list}", paths.len(), ips.len()),
+    )
 }
 
 /// The client sent from more than one local address (it migrated actively).
 pub fn client_migrated(record: &Record) -> CheckResult {
     let paths = client_paths(record);
     let list = paths.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ");
-    CheckResult::from_bool("client_paths", paths.len() > 1, format!("client sent from {} address(es): {list}", paths.len()))
+    CheckResult::from_bool(
+        "client_paths",
+        paths.len() > 1,
+        format!("client sent from {} address(es): {list}", paths.len()),
+    )
 }
 
 #[cfg(test)]
@@ -241,14 +245,26 @@ mod tests {
     #[test]
     fn handshakes_retry_and_paths_from_cleartext() {
         let mut record = Record::new(SystemTime::now());
-        let mut retry = vec![0xf0, 0, 0, 0, 1, 4, 9, 9, 9, 9, 4, 8, 8, 8, 8];
-        retry.extend_from_slice(b"TOKEN");
-        retry.extend_from_slice(&[0; 16]);
-        push(&mut record, Leg::ClientSide, Direction::ToClient, "127.0.0.1:9", retry);
-        push(&mut record, Leg::ClientSide, Direction::ToServer, "127.0.0.1:1", long_packet(0, &[8; 4], &[1; 4], Some(b"TOKEN"), 10));
+        let mut retry_packet = vec![0xf0, 0, 0, 0, 1, 4, 9, 9, 9, 9, 4, 8, 8, 8, 8];
+        retry_packet.extend_from_slice(b"TOKEN");
+        retry_packet.extend_from_slice(&[0; 16]);
+        push(&mut record, Leg::ClientSide, Direction::ToClient, "127.0.0.1:9", retry_packet);
+        push(
+            &mut record,
+            Leg::ClientSide,
+            Direction::ToServer,
+            "127.0.0.1:1",
+            long_packet(0, &[8; 4], &[1; 4], Some(b"TOKEN"), 10),
+        );
         for (src, scid) in [("127.0.0.1:5", 7u8), ("127.0.0.2:6", 7), ("127.0.0.2:6", 9)] {
             push(&mut record, Leg::ServerSide, Direction::ToServer, src, vec![0x40, 1]);
-            push(&mut record, Leg::ServerSide, Direction::ToClient, "127.0.0.1:443", long_packet(0, &[1; 4], &[scid; 4], Some(b""), 10));
+            push(
+                &mut record,
+                Leg::ServerSide,
+                Direction::ToClient,
+                "127.0.0.1:443",
+                long_packet(0, &[1; 4], &[scid; 4], Some(b""), 10),
+            );
         }
         assert_eq!(retry(&record).status, CheckStatus::Passed);
         assert_eq!(handshakes(&record, 2).status, CheckStatus::Passed);

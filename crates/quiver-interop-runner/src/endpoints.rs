@@ -39,8 +39,16 @@ impl EndpointTable {
             return Ok(Endpoint::Command(command.clone()));
         }
         match name {
-            "quiver" => Ok(self.binary(self.quiver_bin.as_deref(), "quiver-interop", "cargo build -p quiver-cli (or pass --quiver-bin)")),
-            "quinn" => Ok(self.binary(self.quinn_bin.as_deref(), "quinn-interop", "cargo build -p quiver-interop-quinn (or pass --quinn-bin)")),
+            "quiver" => Ok(self.binary(
+                self.quiver_bin.as_deref(),
+                "quiver-interop",
+                "cargo build -p quiver-cli (or pass --quiver-bin)",
+            )),
+            "quinn" => Ok(self.binary(
+                self.quinn_bin.as_deref(),
+                "quinn-interop",
+                "cargo build -p quiver-interop-quinn (or pass --quinn-bin)",
+            )),
             "aioquic" => {
                 let script = self.repo_root.join("interop/peers/aioquic_endpoint.py");
                 if !script.is_file() {
@@ -49,7 +57,9 @@ impl EndpointTable {
                 let python = which("python3");
                 match python {
                     None => Ok(Endpoint::Missing("python3 not found".into())),
-                    Some(python) => Ok(Endpoint::Command(vec![python.display().to_string(), script.display().to_string()])),
+                    Some(python) => {
+                        Ok(Endpoint::Command(vec![python.display().to_string(), script.display().to_string()]))
+                    }
                 }
             }
             other => bail!(

@@ -52,10 +52,8 @@ pub fn parse_datagram(mut datagram: &[u8]) -> Vec<PacketHeader> {
         match parse_one(datagram) {
             Some(header) => {
                 let consumed = header.packet_bytes;
-                let last = matches!(
-                    header.kind,
-                    PacketKind::OneRtt | PacketKind::Retry | PacketKind::VersionNegotiation
-                );
+                let last =
+                    matches!(header.kind, PacketKind::OneRtt | PacketKind::Retry | PacketKind::VersionNegotiation);
                 packets.push(header);
                 if last || consumed == 0 || consumed > datagram.len() {
                     break;
@@ -164,7 +162,13 @@ pub(crate) mod tests {
     use super::*;
 
     /// A v1 long-header packet with the given type bits, connection IDs, token (Initial) and payload length.
-    pub(crate) fn long_packet(type_bits: u8, dcid: &[u8], scid: &[u8], token: Option<&[u8]>, payload: usize) -> Vec<u8> {
+    pub(crate) fn long_packet(
+        type_bits: u8,
+        dcid: &[u8],
+        scid: &[u8],
+        token: Option<&[u8]>,
+        payload: usize,
+    ) -> Vec<u8> {
         let mut p = vec![0xc0 | (type_bits << 4)];
         p.extend_from_slice(&VERSION_1.to_be_bytes());
         p.push(dcid.len() as u8);

@@ -279,12 +279,7 @@ impl DirectionCounters {
             ("corrupted", self.corrupted),
             ("delayed", self.delayed),
         ];
-        fields
-            .iter()
-            .filter(|(_, v)| *v > 0)
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        fields.iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
     }
 }
 
@@ -331,21 +326,15 @@ impl LinkJudge {
     /// The judge for `direction` of `impairments`; both directions draw from streams derived from `seed`.
     pub fn new(impairments: &Impairments, direction: Direction, seed: u64) -> Self {
         let (drop, corrupt, droplist, stream) = match direction {
-            Direction::ToServer => (
-                impairments.drop_to_server,
-                impairments.corrupt_to_server,
-                impairments.droplist_to_server.clone(),
-                1,
-            ),
-            Direction::ToClient => (
-                impairments.drop_to_client,
-                impairments.corrupt_to_client,
-                impairments.droplist_to_client.clone(),
-                2,
-            ),
+            Direction::ToServer => {
+                (impairments.drop_to_server, impairments.corrupt_to_server, impairments.droplist_to_server.clone(), 1)
+            }
+            Direction::ToClient => {
+                (impairments.drop_to_client, impairments.corrupt_to_client, impairments.droplist_to_client.clone(), 2)
+            }
         };
         LinkJudge {
-            rng: StdRng::seed_from_u64(seed ^ (stream * 0x9e37_79b9_7f4a_7c15)),
+            rng: StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(stream)),
             drop,
             corrupt,
             droplist,
@@ -622,12 +611,8 @@ impl RelayTask {
         let mut rebinds_done = 0u64;
         loop {
             let next_delivery = self.pending.peek().map(|p| self.started + p.deliver_at);
-            let next_rebind = self
-                .config
-                .impairments
-                .rebind
-                .and_then(|plan| plan.due_at(rebinds_done))
-                .map(|at| self.started + at);
+            let next_rebind =
+                self.config.impairments.rebind.and_then(|plan| plan.due_at(rebinds_done)).map(|at| self.started + at);
             tokio::select! {
                 _ = &mut stop => break,
                 received = self.client_socket.recv_from(&mut buf) => {
@@ -789,9 +774,7 @@ impl RelayTask {
 
     async fn bind(&self, client: SocketAddr, local: SocketAddr) -> Result<Binding> {
         let socket = Arc::new(
-            UdpSocket::bind(local)
-                .await
-                .with_context(|| format!("cannot bind a server-side socket on {local}"))?,
+            UdpSocket::bind(local).await.with_context(|| format!("cannot bind a server-side socket on {local}"))?,
         );
         let binding_addr = socket.local_addr()?;
         let reader_socket = socket.clone();
@@ -827,17 +810,13 @@ mod tests {
     use super::*;
 
     fn pattern(judge: &mut LinkJudge, count: usize) -> Vec<bool> {
-        (0..count)
-            .map(|_| matches!(judge.judge(Duration::ZERO, &mut [0x40, 1, 2, 3]), Fate::Drop(_)))
-            .collect()
+        (0..count).map(|_| matches!(judge.judge(Duration::ZERO, &mut [0x40, 1, 2, 3]), Fate::Drop(_))).collect()
     }
 
     #[test]
     fn drop_pattern_replays_from_the_seed_and_respects_the_burst() {
-        let impairments = Impairments {
-            drop_to_server: RateBurst { percent: 30, max_burst: Some(3) },
-            ..Impairments::default()
-        };
+        let impairments =
+            Impairments { drop_to_server: RateBurst { percent: 30, max_burst: Some(3) }, ..Impairments::default() };
         let first = pattern(&mut LinkJudge::new(&impairments, Direction::ToServer, 42), 2000);
         let again = pattern(&mut LinkJudge::new(&impairments, Direction::ToServer, 42), 2000);
         let other_seed = pattern(&mut LinkJudge::new(&impairments, Direction::ToServer, 43), 2000);
@@ -845,11 +824,7 @@ mod tests {
         assert_ne!(first, other_seed);
         let drops = first.iter().filter(|d| **d).count();
         assert!((400..800).contains(&drops), "about 30% of 2000, got {drops}");
-        let longest_run = first
-            .split(|dropped| !dropped)
-            .map(|run| run.len())
-            .max()
-            .unwrap();
+        let longest_run = first.split(|dropped| !dropped).map(|run| run.len()).max().unwrap();
         assert_eq!(longest_run, 3, "never more than 3 in a row, and 30% makes 3 likely in 2000");
         // The other direction has no drop rate.
         assert!(!pattern(&mut LinkJudge::new(&impairments, Direction::ToClient, 42), 100).contains(&true));
@@ -857,10 +832,8 @@ mod tests {
 
     #[test]
     fn corruption_replaces_one_byte_within_the_first_fifty_and_spares_version_negotiation() {
-        let impairments = Impairments {
-            corrupt_to_client: RateBurst { percent: 100, max_burst: None },
-            ..Impairments::default()
-        };
+        let impairments =
+            Impairments { corrupt_to_client: RateBurst { percent: 100, max_burst: None }, ..Impairments::default() };
         let mut judge = LinkJudge::new(&impairments, Direction::ToClient, 7);
         for _ in 0..200 {
             let original = vec![0x55u8; 1200];
@@ -880,10 +853,8 @@ mod tests {
 
     #[test]
     fn droplist_drops_exactly_the_listed_datagrams() {
-        let impairments = Impairments {
-            droplist_to_server: [2, 3, 4, 5, 6, 7].into_iter().collect(),
-            ..Impairments::default()
-        };
+        let impairments =
+            Impairments { droplist_to_server: [2, 3, 4, 5, 6, 7].into_iter().collect(), ..Impairments::default() };
         let dropped = pattern(&mut LinkJudge::new(&impairments, Direction::ToServer, 1), 10);
         assert_eq!(dropped, [false, true, true, true, true, true, true, false, false, false]);
         assert!(!pattern(&mut LinkJudge::new(&impairments, Direction::ToClient, 1), 10).contains(&true));

@@ -176,7 +176,14 @@ fn exit_code_of(status: std::process::ExitStatus) -> String {
     }
 }
 
-async fn run_in(case: &Case, server: &str, client: &str, options: &RunOptions, dir: &Path, result: &mut CellResult) -> Result<()> {
+async fn run_in(
+    case: &Case,
+    server: &str,
+    client: &str,
+    options: &RunOptions,
+    dir: &Path,
+    result: &mut CellResult,
+) -> Result<()> {
     let (server_cmd, client_cmd) = match (options.endpoints.resolve(server)?, options.endpoints.resolve(client)?) {
         (Endpoint::Command(s), Endpoint::Command(c)) => (s, c),
         (Endpoint::Missing(why), _) | (_, Endpoint::Missing(why)) => {
@@ -208,7 +215,8 @@ async fn run_in(case: &Case, server: &str, client: &str, options: &RunOptions, d
             let status = tokio::time::timeout(SERVER_STOP_GRACE, server_child.wait()).await;
             if let Ok(Ok(status)) = status {
                 if status.code() == Some(EXIT_UNSUPPORTED) {
-                    result.outcome = Outcome::Unsupported(format!("server exited 127 for TESTCASE={}", case.server_testcase));
+                    result.outcome =
+                        Outcome::Unsupported(format!("server exited 127 for TESTCASE={}", case.server_testcase));
                     return Ok(());
                 }
                 bail!("server {}: {error:#}", exit_code_of(status));
@@ -218,7 +226,8 @@ async fn run_in(case: &Case, server: &str, client: &str, options: &RunOptions, d
         }
     };
     // A server bound to the unspecified address is reached over loopback.
-    let server_addr = if server_addr.ip().is_unspecified() { SocketAddr::new(loopback, server_addr.port()) } else { server_addr };
+    let server_addr =
+        if server_addr.ip().is_unspecified() { SocketAddr::new(loopback, server_addr.port()) } else { server_addr };
 
     let relay = Relay::start(RelayConfig {
         listen: SocketAddr::new(loopback, 0),
@@ -294,7 +303,11 @@ async fn run_in(case: &Case, server: &str, client: &str, options: &RunOptions, d
         Ok(_) => {}
     }
     if let Some(status) = server_status {
-        result.checks.push(CheckResult::from_bool("server_alive", false, format!("server ended during the run: {}", exit_code_of(status))));
+        result.checks.push(CheckResult::from_bool(
+            "server_alive",
+            false,
+            format!("server ended during the run: {}", exit_code_of(status)),
+        ));
     }
 
     result.checks.push(check_files(case, &dirs.www, &dirs.downloads));
@@ -319,7 +332,12 @@ async fn run_in(case: &Case, server: &str, client: &str, options: &RunOptions, d
     Ok(())
 }
 
-async fn run_check(check: Check, record: &crate::record::Record, captures: &Captures, have_tshark: bool) -> CheckResult {
+async fn run_check(
+    check: Check,
+    record: &crate::record::Record,
+    captures: &Captures,
+    have_tshark: bool,
+) -> CheckResult {
     let decrypted = |name: &'static str| (!have_tshark).then(|| tshark::missing(name));
     match check {
         Check::Handshakes(n) => checks::handshakes(record, n),
@@ -379,8 +397,12 @@ pub fn check_files(case: &Case, www: &Path, downloads: &Path) -> CheckResult {
         let short: String = file.name.chars().take(16).collect();
         match (std::fs::read(www.join(&file.name)), std::fs::read(downloads.join(&file.name))) {
             (Ok(expected), Ok(got)) if expected == got => {}
-            (Ok(expected), Ok(got)) => problems.push(format!("{short}: {} B, expected {} B{}", got.len(), expected.len(),
-                if got.len() == expected.len() { " (content differs)" } else { "" })),
+            (Ok(expected), Ok(got)) => problems.push(format!(
+                "{short}: {} B, expected {} B{}",
+                got.len(),
+                expected.len(),
+                if got.len() == expected.len() { " (content differs)" } else { "" }
+            )),
             (_, Err(_)) => problems.push(format!("{short}: missing")),
             (Err(e), _) => problems.push(format!("{short}: cannot read the served file: {e}")),
         }

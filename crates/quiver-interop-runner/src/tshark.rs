@@ -34,7 +34,11 @@ pub async fn available() -> bool {
 pub fn missing(name: &'static str) -> CheckResult {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     if ci {
-        CheckResult::from_bool(name, false, "tshark is missing and CI=true: install tshark (wireshark) to run this check")
+        CheckResult::from_bool(
+            name,
+            false,
+            "tshark is missing and CI=true: install tshark (wireshark) to run this check",
+        )
     } else {
         CheckResult::skipped(name, "tshark missing")
     }
@@ -92,8 +96,20 @@ fn failed_to_run(name: &'static str, error: anyhow::Error) -> CheckResult {
 /// the server leg).
 pub async fn key_update(captures: &Captures) -> CheckResult {
     let run = async {
-        let client = fields(captures, &captures.client_pcap, &format!("udp.dstport=={} && quic.key_phase", captures.relay_port), &["quic.key_phase"]).await?;
-        let server = fields(captures, &captures.server_pcap, &format!("udp.srcport=={} && quic.key_phase", captures.server_port), &["quic.key_phase"]).await?;
+        let client = fields(
+            captures,
+            &captures.client_pcap,
+            &format!("udp.dstport=={} && quic.key_phase", captures.relay_port),
+            &["quic.key_phase"],
+        )
+        .await?;
+        let server = fields(
+            captures,
+            &captures.server_pcap,
+            &format!("udp.srcport=={} && quic.key_phase", captures.server_port),
+            &["quic.key_phase"],
+        )
+        .await?;
         let count = |rows: &Vec<Vec<Vec<String>>>| {
             let all: Vec<&String> = rows.iter().flat_map(|r| r.iter().flatten()).collect();
             (all.iter().filter(|v| !is_set(v)).count(), all.iter().filter(|v| is_set(v)).count())
@@ -117,20 +133,38 @@ pub async fn resumption(captures: &Captures, scids: &[String]) -> CheckResult {
     if scids.len() != 2 {
         return CheckResult::from_bool(name, false, format!("{} handshake(s), need 2", scids.len()));
     }
-    let rows = match fields(captures, &captures.client_pcap, &format!("udp.srcport=={} && tls.handshake.type==11", captures.relay_port), &["quic.scid"]).await {
+    let rows = match fields(
+        captures,
+        &captures.client_pcap,
+        &format!("udp.srcport=={} && tls.handshake.type==11", captures.relay_port),
+        &["quic.scid"],
+    )
+    .await
+    {
         Ok(rows) => rows,
         Err(e) => return failed_to_run(name, e),
     };
     let with_cert: BTreeSet<String> = rows.into_iter().flatten().flatten().collect();
     let first = with_cert.contains(&scids[0]);
     let second = with_cert.contains(&scids[1]);
-    CheckResult::from_bool(name, first && !second, format!("Certificate in first handshake: {first}, in second: {second}"))
+    CheckResult::from_bool(
+        name,
+        first && !second,
+        format!("Certificate in first handshake: {first}, in second: {second}"),
+    )
 }
 
 /// Only TLS_CHACHA20_POLY1305_SHA256 was offered and chosen.
 pub async fn chacha20(captures: &Captures) -> CheckResult {
     let name = "chacha20";
-    let rows = match fields(captures, &captures.client_pcap, "tls.handshake.ciphersuite", &["tls.handshake.ciphersuite"]).await {
+    let rows = match fields(
+        captures,
+        &captures.client_pcap,
+        "tls.handshake.ciphersuite",
+        &["tls.handshake.ciphersuite"],
+    )
+    .await
+    {
         Ok(rows) => rows,
         Err(e) => return failed_to_run(name, e),
     };
@@ -143,7 +177,14 @@ pub async fn chacha20(captures: &Captures) -> CheckResult {
 pub async fn stream_limit(captures: &Captures) -> CheckResult {
     let name = "stream_limit";
     let field = "tls.quic.parameter.initial_max_streams_bidi";
-    let rows = match fields(captures, &captures.client_pcap, &format!("udp.srcport=={} && {field}", captures.relay_port), &[field]).await {
+    let rows = match fields(
+        captures,
+        &captures.client_pcap,
+        &format!("udp.srcport=={} && {field}", captures.relay_port),
+        &[field],
+    )
+    .await
+    {
         Ok(rows) => rows,
         Err(e) => return failed_to_run(name, e),
     };
@@ -191,7 +232,11 @@ pub async fn path_validation(captures: &Captures) -> CheckResult {
                 match row.get(3).filter(|v| !v.is_empty()) {
                     Some(data) => challenges.extend(data.iter().cloned()),
                     None => {
-                        return CheckResult::from_bool(name, false, format!("first server packet on new path {path} had no PATH_CHALLENGE"));
+                        return CheckResult::from_bool(
+                            name,
+                            false,
+                            format!("first server packet on new path {path} had no PATH_CHALLENGE"),
+                        );
                     }
                 }
             }

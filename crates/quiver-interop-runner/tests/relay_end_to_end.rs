@@ -56,7 +56,8 @@ async fn no_impairment_forwards_everything_byte_exact() {
         // Each datagram recorded on both legs in both directions.
         assert_eq!(outcome.record.leg(Leg::ClientSide).count(), 10);
         assert_eq!(outcome.record.leg(Leg::ServerSide).count(), 10);
-        let to_server: Vec<_> = outcome.record.leg(Leg::ServerSide).filter(|d| d.direction == Direction::ToServer).collect();
+        let to_server: Vec<_> =
+            outcome.record.leg(Leg::ServerSide).filter(|d| d.direction == Direction::ToServer).collect();
         assert!(to_server.iter().all(|d| d.dst == server));
     }
 }
@@ -89,7 +90,12 @@ async fn droplist_and_corruption_show_in_counters() {
 }
 
 /// Sends until the server sees the client from a source different from `previous`.
-async fn wait_new_source(client: &UdpSocket, relay_addr: SocketAddr, server: &UdpSocket, previous: Option<SocketAddr>) -> SocketAddr {
+async fn wait_new_source(
+    client: &UdpSocket,
+    relay_addr: SocketAddr,
+    server: &UdpSocket,
+    previous: Option<SocketAddr>,
+) -> SocketAddr {
     let mut buf = vec![0u8; 100];
     timeout(GUARD, async {
         loop {

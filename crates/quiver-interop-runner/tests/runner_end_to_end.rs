@@ -19,7 +19,8 @@ fn stub_server() -> i32 {
     let listen = std::env::var("LISTEN").unwrap();
     let www = PathBuf::from(std::env::var("WWW").unwrap());
     let socket = UdpSocket::bind(&listen).unwrap();
-    println!("LISTENING {}", socket.local_addr().unwrap());
+    // libtest has already written "test stub_endpoint ... " without a newline: start a fresh line.
+    println!("\nLISTENING {}", socket.local_addr().unwrap());
     std::io::stdout().flush().unwrap();
     let mut buf = vec![0u8; 2000];
     loop {
@@ -134,8 +135,10 @@ fn temp_dir(name: &str) -> PathBuf {
 #[test]
 fn stub_pair_passes_files_only_cases_and_127_is_unsupported() {
     let keep = temp_dir("pass");
-    let (code, stdout, stderr) =
-        runner(&["--server", "stub", "--client", "stub", "--cases", "handshake,ipv6,resumption,retry", "--files-only"], &keep);
+    let (code, stdout, stderr) = runner(
+        &["--server", "stub", "--client", "stub", "--cases", "handshake,ipv6,resumption,retry", "--files-only"],
+        &keep,
+    );
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("| case | stub / stub |"), "{stdout}");
     assert!(stdout.contains("| handshake | ok |"), "{stdout}");
@@ -159,10 +162,7 @@ fn corrupted_download_fails_missing_endpoint_is_skipped_and_quic_checks_apply() 
     let (code, stdout, stderr) =
         runner(&["--server", "stub,quiver", "--client", "stub,badclient", "--cases", "handshake"], &keep);
     assert_eq!(code, 1, "a failed cell fails the run\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    assert!(
-        stdout.contains("| handshake | **FAIL** | **FAIL** | skipped | skipped |"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("| handshake | **FAIL** | **FAIL** | skipped | skipped |"), "{stdout}");
     // Stub and stub: files fine, but no QUIC handshake on the wire.
     assert!(stdout.contains("client stub: FAIL(handshakes: 0 handshake(s), expected 1)"), "{stdout}");
     // The corrupting client: the byte-exact check catches it.

@@ -15,7 +15,10 @@ use quiver_interop_runner::report;
 use quiver_interop_runner::run::{Outcome, RunOptions, run_cell};
 
 #[derive(Parser, Debug)]
-#[command(name = "quiver-interop-run", about = "Run QUIC interop cases between endpoint processes through an impairing UDP relay")]
+#[command(
+    name = "quiver-interop-run",
+    about = "Run QUIC interop cases between endpoint processes through an impairing UDP relay"
+)]
 struct Cli {
     /// Server endpoint(s), comma separated: quiver, aioquic, quinn, or a name given with --endpoint.
     #[arg(long, value_delimiter = ',', default_value = "quiver")]
@@ -114,7 +117,8 @@ async fn run(cli: Cli) -> Result<bool> {
         }
         custom.push((name.to_string(), command));
     }
-    let endpoints = EndpointTable { repo_root, target_dir, quiver_bin: cli.quiver_bin, quinn_bin: cli.quinn_bin, custom };
+    let endpoints =
+        EndpointTable { repo_root, target_dir, quiver_bin: cli.quiver_bin, quinn_bin: cli.quinn_bin, custom };
     for (server, client) in &pairs {
         endpoints.resolve(server)?;
         endpoints.resolve(client)?;
