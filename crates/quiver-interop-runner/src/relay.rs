@@ -619,10 +619,10 @@ impl RelayTask {
                     // A loopback recv error (e.g. ICMP port unreachable surfaced late) is not fatal.
                     if let Ok((len, client)) = received {
                         let payload = buf[..len].to_vec();
-                        self.from_client(client, payload).await;
+                        self.on_client_datagram(client, payload).await;
                     }
                 }
-                Some(datagram) = self.from_server_rx.recv() => self.from_server(datagram),
+                Some(datagram) = self.from_server_rx.recv() => self.on_server_datagram(datagram),
                 _ = sleep_until_opt(next_delivery) => self.deliver_due().await,
                 _ = sleep_until_opt(next_rebind) => {
                     rebinds_done += 1;
@@ -637,7 +637,7 @@ impl RelayTask {
         self.started.elapsed()
     }
 
-    async fn from_client(&mut self, client: SocketAddr, payload: Vec<u8>) {
+    async fn on_client_datagram(&mut self, client: SocketAddr, payload: Vec<u8>) {
         let now = self.elapsed();
         self.record.push(Datagram {
             leg: Leg::ClientSide,
@@ -668,7 +668,7 @@ impl RelayTask {
         self.impair_and_queue(Direction::ToServer, client, payload, now);
     }
 
-    fn from_server(&mut self, datagram: FromServer) {
+    fn on_server_datagram(&mut self, datagram: FromServer) {
         let now = self.elapsed();
         self.record.push(Datagram {
             leg: Leg::ServerSide,
