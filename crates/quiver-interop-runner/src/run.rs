@@ -342,14 +342,28 @@ async fn run_check(
     match check {
         Check::Handshakes(n) => checks::handshakes(record, n),
         Check::Retry => checks::retry(record),
-        Check::ZeroRtt { max_one_rtt_bytes } => checks::zero_rtt(record, max_one_rtt_bytes),
+        Check::ZeroRtt { max_one_rtt_bytes } => {
+            let sent = checks::zero_rtt_sent(record);
+            if sent.status != CheckStatus::Passed {
+                return sent;
+            }
+            let one_rtt = match decrypted("zerortt_1rtt") {
+                Some(skipped) => skipped,
+                None => tshark::one_rtt_client_stream_bytes(captures, max_one_rtt_bytes).await,
+            };
+            CheckResult { name: "zerortt", detail: format!("{}; {}", sent.detail, one_rtt.detail), ..one_rtt }
+        }
         Check::Amplification => {
             let amplification = checks::amplification(record);
             if amplification.status != CheckStatus::Passed {
                 return amplification;
             }
             let chain = checks::server_handshake_bytes(record, 7500);
-            CheckResult { detail: format!("{}; {}", amplification.detail, chain.detail), ..chain }
+            CheckResult {
+                name: "amplification",
+                detail: format!("{}; {}", amplification.detail, chain.detail),
+                ..chain
+            }
         }
         Check::ClientMigrated => checks::client_migrated(record),
         Check::ServerPaths { addresses } => {
@@ -358,10 +372,16 @@ async fn run_check(
                 return paths;
             }
             match decrypted("path_challenge") {
-                Some(skipped) => CheckResult { detail: format!("{}; {}", paths.detail, skipped.detail), ..skipped },
+                Some(skipped) => {
+                    CheckResult { name: "paths", detail: format!("{}; {}", paths.detail, skipped.detail), ..skipped }
+                }
                 None => {
                     let validation = tshark::path_validation(captures).await;
-                    CheckResult { detail: format!("{}; {}", paths.detail, validation.detail), ..validation }
+                    CheckResult {
+                        name: "paths",
+                        detail: format!("{}; {}", paths.detail, validation.detail),
+                        ..validation
+                    }
                 }
             }
         }

@@ -255,3 +255,20 @@ pub async fn path_validation(captures: &Captures) -> CheckResult {
         format!("server used {} path(s), {} challenge(s), unanswered: {unanswered:?}", paths.len(), challenges.len()),
     )
 }
+
+/// Stream bytes the client sent in 1-RTT packets: small when its requests went in 0-RTT (the runner's
+/// zerortt check bounds the client's 1-RTT payload by half the length of all file names).
+pub async fn one_rtt_client_stream_bytes(captures: &Captures, at_most: usize) -> CheckResult {
+    let name = "zerortt_1rtt";
+    let filter = format!("udp.dstport=={} && quic.header_form==0 && quic.stream_data", captures.relay_port);
+    let rows = match fields(captures, &captures.client_pcap, &filter, &["quic.stream_data"]).await {
+        Ok(rows) => rows,
+        Err(e) => return failed_to_run(name, e),
+    };
+    let bytes: usize = rows.iter().flatten().flatten().map(|hex| hex.len() / 2).sum();
+    CheckResult::from_bool(
+        name,
+        bytes <= at_most,
+        format!("client sent {bytes} B of stream data in 1-RTT packets (at most {at_most}: requests must go in 0-RTT)"),
+    )
+}
