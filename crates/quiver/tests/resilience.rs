@@ -217,15 +217,14 @@ async fn a_reset_from_a_server_with_another_secret_is_ignored() {
 /// quiche patch, tested in quiche by
 /// `server_follows_a_client_that_rebinds_more_often_than_its_path_limit`).
 ///
-/// Ignored: it stalls in most runs, already with two rebinds (so not on the path limit), on a second
-/// quiche 0.30 bug. Packets lost on a path the peer has left are never declared lost: a path's
-/// recovery runs loss detection only on an ACK that newly acknowledges one of *its* packets, and its
-/// PTO probes are never sent because only the active path (or one being probed) is sent on. Here the
-/// server's packets sent to the old address just before a rebinding are lost (the client's endpoint
-/// never receives them), the stream keeps a hole, flow control closes, and both sides wait for the
-/// idle timeout. Run it with `--ignored` once quiche declares an abandoned path's packets lost.
+/// It also stalled until the idle timeout, already with two rebinds, on a second quiche 0.30 bug:
+/// the server's packets sent to an address the client had just left were lost and never declared
+/// lost (a path's loss detection ran only on ACKs of its own packets, and its PTO probes were never
+/// sent), so the stream kept a hole and flow control closed. Part 5 of the patch declares them lost
+/// at the left path's PTO, or when the path is released for a new one (quiche tests
+/// `packets_lost_on_a_path_the_peer_left_are_retransmitted` and
+/// `packets_in_flight_on_a_released_path_are_retransmitted`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stalls on quiche 0.30's loss detection for packets lost on an abandoned path; see the doc comment"]
 async fn a_transfer_survives_many_client_port_changes() {
     const REBINDS: u64 = 7;
     const EVERY_DATAGRAMS: u64 = 300;

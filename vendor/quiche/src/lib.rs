@@ -9384,7 +9384,44 @@ impl<F: BufFactory> Connection<F> {
     /// another path that sends with it (DCID reuse), or else retired (the
     /// peer then issues a new one), and every Connection ID linked to it is
     /// unlinked.
+    ///
+    /// Its packets not acknowledged yet are declared lost and their frames
+    /// handed to the active path for retransmission: dropped with the path,
+    /// they would never be retransmitted.
     fn release_path(&mut self, pid: usize) -> Result<()> {
+        let handshake_status = self.handshake_status();
+        let released = self.paths.get_mut(pid)?;
+        let OnLossDetectionTimeoutOutcome {
+            lost_packets,
+            lost_bytes,
+        } = released.recovery.lose_all_unacked(
+            handshake_status,
+            Instant::now(),
+            &self.trace_id,
+        );
+
+        self.lost_count += lost_packets;
+        self.lost_bytes += lost_bytes as u64;
+
+        let mut lost_frames = Vec::new();
+        for &e in packet::Epoch::epochs(
+            packet::Epoch::Initial..=packet::Epoch::Application,
+        ) {
+            while let Some(frame) = released.recovery.next_lost_frame(e) {
+                // A lost PING is not retransmitted; a lost PMTUD probe only
+                // concerns the path it was sent on.
+                if !matches!(frame, frame::Frame::Ping { .. }) {
+                    lost_frames.push((e, frame));
+                }
+            }
+        }
+
+        if let Ok(active) = self.paths.get_active_mut() {
+            for (e, frame) in lost_frames {
+                active.recovery.push_lost_frame(e, frame);
+            }
+        }
+
         if let Some(dcid_seq) = self.paths.get(pid)?.active_dcid_seq {
             let sharer = self
                 .paths

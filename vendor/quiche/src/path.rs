@@ -169,8 +169,10 @@ pub struct Path {
     /// Is this path used to send non-probing packets.
     active: bool,
 
-    /// Whether the path was active and the peer moved to another one: a path
-    /// it has left, which `PathMap::path_to_release()` may release.
+    /// Whether the path was active and the connection moved to another one
+    /// (the peer migrated, or this endpoint did): a path it has left, which
+    /// `PathMap::path_to_release()` may release, and whose unacknowledged
+    /// packets are declared lost at its PTO.
     left_by_peer: bool,
 
     /// Loss recovery and congestion control state.
@@ -505,11 +507,17 @@ impl Path {
         &mut self, handshake_status: HandshakeStatus, now: Instant,
         is_server: bool, trace_id: &str,
     ) -> OnLossDetectionTimeoutOutcome {
-        let outcome = self.recovery.on_loss_detection_timeout(
-            handshake_status,
-            now,
-            trace_id,
-        );
+        // A path the connection has left carries no more data: a PTO probe
+        // would never be sent on it, and no ACK of a later packet of its own
+        // would declare its last packets lost. At its PTO, every packet of it
+        // still unacknowledged is declared lost instead.
+        let outcome = if self.left_by_peer && !self.active {
+            self.recovery
+                .on_left_path_timeout(handshake_status, now, trace_id)
+        } else {
+            self.recovery
+                .on_loss_detection_timeout(handshake_status, now, trace_id)
+        };
 
         let mut lost_probe_time = None;
         self.in_flight_challenges.retain(|(_, _, sent_time)| {

@@ -11881,6 +11881,160 @@ fn server_follows_a_client_that_rebinds_more_often_than_its_path_limit(
     }
 }
 
+/// Exchanges packets until both sides are quiet, as if the client's NAT had
+/// just moved it to `nat_addr` and dropped its older mappings: the server
+/// receives from `nat_addr`, and what it sends to any other address is lost.
+fn exchange_through_new_nat_mapping(
+    pipe: &mut test_utils::Pipe, nat_addr: SocketAddr,
+) {
+    let client_addr = test_utils::Pipe::client_addr();
+    let server_addr = test_utils::Pipe::server_addr();
+
+    loop {
+        let mut quiet = true;
+
+        if let Ok(flight) = test_utils::emit_flight(&mut pipe.client) {
+            quiet = false;
+            for (mut pkt, _) in flight {
+                let info = RecvInfo {
+                    from: nat_addr,
+                    to: server_addr,
+                };
+                pipe.server.recv(&mut pkt, info).unwrap();
+            }
+        }
+
+        if let Ok(flight) = test_utils::emit_flight(&mut pipe.server) {
+            quiet = false;
+            for (mut pkt, si) in flight {
+                if si.to != nat_addr {
+                    continue;
+                }
+
+                let info = RecvInfo {
+                    from: si.from,
+                    to: client_addr,
+                };
+                pipe.client.recv(&mut pkt, info).unwrap();
+            }
+        }
+
+        if quiet {
+            return;
+        }
+    }
+}
+
+/// A pipe whose server has sent a response of `len` bytes on stream 0 and
+/// whose first flight of it was lost (the client's NAT mapping changed),
+/// more packets than a PTO would probe with.
+fn pipe_with_lost_response(
+    cc_algorithm_name: &str, active_connection_id_limit: u64, len: usize,
+) -> test_utils::Pipe {
+    let mut buf = [0; 16];
+    let mut config =
+        test_utils::Pipe::default_config(cc_algorithm_name).unwrap();
+    config.set_active_connection_id_limit(active_connection_id_limit);
+    config.set_initial_max_data(1_000_000);
+    config.set_initial_max_stream_data_bidi_local(1_000_000);
+    config.set_initial_max_stream_data_bidi_remote(1_000_000);
+
+    let mut pipe = test_utils::Pipe::with_config(&mut config).unwrap();
+    assert_eq!(pipe.handshake(), Ok(()));
+    assert_eq!(pipe.advance(), Ok(()));
+
+    assert_eq!(pipe.client.stream_send(0, b"GET", true), Ok(3));
+    assert_eq!(pipe.advance(), Ok(()));
+    assert_eq!(pipe.server.stream_recv(0, &mut buf), Ok((3, true)));
+
+    assert_eq!(pipe.server.stream_send(0, &vec![7; len], true), Ok(len));
+    let lost = test_utils::emit_flight(&mut pipe.server).unwrap();
+    // More than the two packets a PTO probes with at most.
+    assert!(lost.len() > 2, "{}", lost.len());
+
+    pipe
+}
+
+/// Reads stream 0 on the client: the bytes read and whether it ended.
+fn client_read_response(pipe: &mut test_utils::Pipe) -> (usize, bool) {
+    let mut buf = [0; 4096];
+    let mut read = 0;
+
+    while let Ok((n, fin)) = pipe.client.stream_recv(0, &mut buf) {
+        read += n;
+        if fin {
+            return (read, true);
+        }
+    }
+
+    (read, false)
+}
+
+#[rstest]
+fn packets_lost_on_a_path_the_peer_left_are_retransmitted(
+    #[values("cubic", "bbr2_gcongestion")] cc_algorithm_name: &str,
+) {
+    const LEN: usize = 10_000;
+    let mut pipe = pipe_with_lost_response(cc_algorithm_name, 2, LEN);
+    let nat_addr: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+
+    // The client's next packets reach the server from its new address; the
+    // server moves there, and its first flight, sent to the old address, is
+    // never acknowledged. Its PTO on the old path must declare all of it
+    // lost: a probe (one or two of its oldest packets) is not enough, and
+    // the old path will not be sent on again.
+    assert_eq!(pipe.client.stream_send(4, b"more", true), Ok(4));
+    let mut read = 0;
+    for timeouts in 0..=2 {
+        exchange_through_new_nat_mapping(&mut pipe, nat_addr);
+
+        let (n, fin) = client_read_response(&mut pipe);
+        read += n;
+        if fin {
+            assert_eq!(read, LEN);
+            assert_eq!(
+                pipe.server.paths.get_active().unwrap().peer_addr(),
+                nat_addr
+            );
+            return;
+        }
+
+        assert!(timeouts < 2, "{read} of {LEN} bytes after {timeouts} PTOs");
+
+        let timeout = pipe.server.timeout().unwrap();
+        assert!(timeout < Duration::from_secs(5), "{timeout:?}");
+        std::thread::sleep(timeout);
+        pipe.server.on_timeout();
+        pipe.client.on_timeout();
+    }
+}
+
+#[rstest]
+fn packets_in_flight_on_a_released_path_are_retransmitted(
+    #[values("cubic", "bbr2_gcongestion")] cc_algorithm_name: &str,
+) {
+    const LEN: usize = 10_000;
+    let mut pipe = pipe_with_lost_response(cc_algorithm_name, 2, LEN);
+    let nat_addr_1: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    let nat_addr_2: SocketAddr = "127.0.0.1:40002".parse().unwrap();
+
+    // Two rebindings before the first path's PTO: with room for two paths,
+    // the server releases the first one for the third while the packets of
+    // the lost flight are still in flight on it. They are declared lost
+    // then, and retransmitted without waiting for any timer.
+    assert_eq!(pipe.client.stream_send(4, b"more", true), Ok(4));
+    exchange_through_new_nat_mapping(&mut pipe, nat_addr_1);
+    assert_eq!(pipe.client.stream_send(8, b"more", true), Ok(4));
+    exchange_through_new_nat_mapping(&mut pipe, nat_addr_2);
+
+    assert_eq!(client_read_response(&mut pipe), (LEN, true));
+    assert_eq!(
+        pipe.server.paths.get_active().unwrap().peer_addr(),
+        nat_addr_2
+    );
+    assert!(pipe.server.paths.len() <= 2);
+}
+
 #[rstest]
 fn connection_migration_zero_length_cid(
     #[values("cubic", "bbr2_gcongestion")] cc_algorithm_name: &str,

@@ -225,6 +225,28 @@ pub trait RecoveryOps {
         &mut self, handshake_status: HandshakeStatus, now: Instant,
         trace_id: &str,
     ) -> OnLossDetectionTimeoutOutcome;
+    /// The loss detection timer of a path the connection has left (it was
+    /// active, another path is now) fired. No ACK will ever run packet
+    /// threshold loss detection on its packets sent after its largest
+    /// acknowledged one, and its PTO probes are never sent (only the active
+    /// path carries data), so instead of probing, every packet of the path
+    /// still unacknowledged when its PTO fires is declared lost
+    /// (`lose_all_unacked`): its frames are then retransmitted on the active
+    /// path. A time threshold timer is handled as on any path.
+    fn on_left_path_timeout(
+        &mut self, handshake_status: HandshakeStatus, now: Instant,
+        trace_id: &str,
+    ) -> OnLossDetectionTimeoutOutcome;
+    /// Declares every packet not acknowledged yet lost, in every packet
+    /// number space (a path the connection has left, at its PTO or when it
+    /// is dropped), and cancels its probes.
+    fn lose_all_unacked(
+        &mut self, handshake_status: HandshakeStatus, now: Instant,
+        trace_id: &str,
+    ) -> OnLossDetectionTimeoutOutcome;
+    /// Queues for retransmission a frame of a packet lost on another path,
+    /// one about to be dropped.
+    fn push_lost_frame(&mut self, epoch: packet::Epoch, frame: frame::Frame);
     fn on_pkt_num_space_discarded(
         &mut self, epoch: packet::Epoch, handshake_status: HandshakeStatus,
         now: Instant,

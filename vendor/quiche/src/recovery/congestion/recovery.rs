@@ -220,15 +220,22 @@ impl RecoveryEpoch {
         })
     }
 
+    /// With `all_unacked`, every packet neither acknowledged nor lost yet is
+    /// declared lost, whatever its number and age (a path the connection has
+    /// left: see `on_left_path_timeout`).
     fn detect_lost_packets(
         &mut self, loss_delay: Duration, pkt_thresh: u64, now: Instant,
-        trace_id: &str, epoch: Epoch,
+        trace_id: &str, epoch: Epoch, all_unacked: bool,
     ) -> LossDetectionResult {
         self.loss_time = None;
 
         // Minimum time of kGranularity before packets are deemed lost.
         let loss_delay = cmp::max(loss_delay, GRANULARITY);
-        let largest_acked = self.largest_acked_packet.unwrap_or(0);
+        let largest_acked = if all_unacked {
+            u64::MAX
+        } else {
+            self.largest_acked_packet.unwrap_or(0)
+        };
 
         // Packets sent before this time are deemed lost.
         let lost_send_time = now.checked_sub(loss_delay).unwrap();
@@ -248,7 +255,8 @@ impl RecoveryEpoch {
 
         for unacked in unacked_iter {
             // Mark packet as lost, or set time when it should be marked.
-            if unacked.time_sent <= lost_send_time ||
+            if all_unacked ||
+                unacked.time_sent <= lost_send_time ||
                 largest_acked >= unacked.pkt_num + pkt_thresh
             {
                 self.lost_frames_ack.extend(unacked.frames.drain(..));
@@ -531,6 +539,15 @@ impl LegacyRecovery {
     fn detect_lost_packets(
         &mut self, epoch: Epoch, now: Instant, trace_id: &str,
     ) -> (usize, usize) {
+        self.detect_lost_packets_in(epoch, now, trace_id, false)
+    }
+
+    /// `detect_lost_packets`, or with `all_unacked` declares every packet of
+    /// `epoch` not acknowledged yet lost.
+    fn detect_lost_packets_in(
+        &mut self, epoch: Epoch, now: Instant, trace_id: &str,
+        all_unacked: bool,
+    ) -> (usize, usize) {
         let loss_delay = cmp::max(self.rtt_stats.latest_rtt, self.rtt())
             .mul_f64(self.time_thresh);
 
@@ -540,6 +557,7 @@ impl LegacyRecovery {
             now,
             trace_id,
             epoch,
+            all_unacked,
         );
 
         if let Some(pkt) = loss.largest_lost_pkt {
@@ -838,6 +856,53 @@ impl RecoveryOps for LegacyRecovery {
             lost_packets: 0,
             lost_bytes: 0,
         }
+    }
+
+    fn on_left_path_timeout(
+        &mut self, handshake_status: HandshakeStatus, now: Instant,
+        trace_id: &str,
+    ) -> OnLossDetectionTimeoutOutcome {
+        if self.loss_time_and_space().0.is_some() {
+            // Time threshold loss detection, as on any path.
+            return self.on_loss_detection_timeout(
+                handshake_status,
+                now,
+                trace_id,
+            );
+        }
+
+        // A PTO.
+        self.pto_count += 1;
+
+        self.lose_all_unacked(handshake_status, now, trace_id)
+    }
+
+    fn lose_all_unacked(
+        &mut self, handshake_status: HandshakeStatus, now: Instant,
+        trace_id: &str,
+    ) -> OnLossDetectionTimeoutOutcome {
+        let mut outcome = OnLossDetectionTimeoutOutcome::default();
+
+        for &e in Epoch::epochs(Epoch::Initial..=Epoch::Application) {
+            let (lost_packets, lost_bytes) =
+                self.detect_lost_packets_in(e, now, trace_id, true);
+
+            outcome.lost_packets += lost_packets;
+            outcome.lost_bytes += lost_bytes;
+
+            // Probes are never sent on a path that is not active.
+            self.epochs[e].loss_probes = 0;
+        }
+
+        self.set_loss_detection_timer(handshake_status, now);
+
+        trace!("{trace_id} {self:?}");
+
+        outcome
+    }
+
+    fn push_lost_frame(&mut self, epoch: Epoch, frame: frame::Frame) {
+        self.epochs[epoch].lost_frames_ack.push(frame);
     }
 
     fn on_pkt_num_space_discarded(

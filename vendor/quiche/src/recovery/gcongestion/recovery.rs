@@ -266,16 +266,23 @@ impl RecoveryEpoch {
         })
     }
 
+    /// With `all_unacked`, every packet neither acknowledged nor lost yet is
+    /// declared lost, whatever its number and age (a path the connection has
+    /// left: see `on_left_path_timeout`).
     fn detect_and_remove_lost_packets(
         &mut self, loss_delay: Duration, pkt_thresh: Option<u64>, now: Instant,
-        newly_lost: &mut Vec<Lost>,
+        newly_lost: &mut Vec<Lost>, all_unacked: bool,
     ) -> LossDetectionResult {
         newly_lost.clear();
         let mut lost_bytes = 0;
         self.loss_time = None;
 
         let lost_send_time = now.checked_sub(loss_delay).unwrap();
-        let largest_acked = self.largest_acked_packet.unwrap_or(0);
+        let largest_acked = if all_unacked {
+            u64::MAX
+        } else {
+            self.largest_acked_packet.unwrap_or(0)
+        };
         let mut pmtud_lost_bytes = 0;
         let mut pmtud_lost_packets = SmallVec::new();
 
@@ -291,7 +298,7 @@ impl RecoveryEpoch {
                     None => false,
                 };
 
-                if loss_by_time || loss_by_pkt {
+                if all_unacked || loss_by_time || loss_by_pkt {
                     if let SentStatus::Sent {
                         in_flight,
                         sent_bytes,
@@ -568,6 +575,14 @@ impl GRecovery {
     fn detect_and_remove_lost_packets(
         &mut self, epoch: packet::Epoch, now: Instant,
     ) -> (usize, usize) {
+        self.detect_and_remove_lost_packets_in(epoch, now, false)
+    }
+
+    /// `detect_and_remove_lost_packets`, or with `all_unacked` declares every
+    /// packet of `epoch` not acknowledged yet lost.
+    fn detect_and_remove_lost_packets_in(
+        &mut self, epoch: packet::Epoch, now: Instant, all_unacked: bool,
+    ) -> (usize, usize) {
         let loss_delay =
             self.rtt_stats.loss_delay(self.loss_thresh.time_thresh());
         let lost = &mut self.lost_reuse;
@@ -582,6 +597,7 @@ impl GRecovery {
             self.loss_thresh.pkt_thresh(),
             now,
             lost,
+            all_unacked,
         );
 
         self.bytes_in_flight
@@ -1003,6 +1019,73 @@ impl RecoveryOps for GRecovery {
             lost_packets: 0,
             lost_bytes: 0,
         }
+    }
+
+    fn on_left_path_timeout(
+        &mut self, handshake_status: HandshakeStatus, now: Instant,
+        trace_id: &str,
+    ) -> OnLossDetectionTimeoutOutcome {
+        if self.loss_time_and_space().0.is_some() {
+            // Time threshold loss detection, as on any path.
+            return self.on_loss_detection_timeout(
+                handshake_status,
+                now,
+                trace_id,
+            );
+        }
+
+        // A PTO.
+        self.pto_count += 1;
+
+        self.lose_all_unacked(handshake_status, now, trace_id)
+    }
+
+    fn lose_all_unacked(
+        &mut self, handshake_status: HandshakeStatus, now: Instant,
+        trace_id: &str,
+    ) -> OnLossDetectionTimeoutOutcome {
+        let mut outcome = OnLossDetectionTimeoutOutcome::default();
+
+        for &e in packet::Epoch::epochs(
+            packet::Epoch::Initial..=packet::Epoch::Application,
+        ) {
+            let prior_in_flight = self.bytes_in_flight.get();
+
+            let (lost_bytes, lost_packets) =
+                self.detect_and_remove_lost_packets_in(e, now, true);
+
+            if lost_packets > 0 {
+                self.pacer.on_congestion_event(
+                    false,
+                    prior_in_flight,
+                    self.bytes_in_flight.get(),
+                    now,
+                    &[],
+                    &self.lost_reuse,
+                    self.epochs[e].least_unacked(),
+                    &self.rtt_stats,
+                    &mut self.recovery_stats,
+                );
+            }
+
+            self.lost_count += lost_packets;
+
+            outcome.lost_packets += lost_packets;
+            outcome.lost_bytes += lost_bytes;
+
+            // Probes are never sent on a path that is not active.
+            self.epochs[e].loss_probes = 0;
+        }
+
+        self.set_loss_detection_timer(handshake_status, now);
+
+        trace!("{trace_id} {self:?}");
+
+        outcome
+    }
+
+    fn push_lost_frame(&mut self, epoch: packet::Epoch, frame: frame::Frame) {
+        self.epochs[epoch].lost_frames_ack.push_back(frame);
     }
 
     fn on_pkt_num_space_discarded(
