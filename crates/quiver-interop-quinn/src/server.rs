@@ -69,17 +69,22 @@ async fn serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
 }
 
 async fn try_serve_connection(incoming: quinn::Incoming, shared: Arc<Shared>) -> anyhow::Result<()> {
-    let connecting = incoming.accept()?;
+    let mut connecting = incoming.accept()?;
+    // The ALPN is known once the whole ClientHello is in; it can span several Initial packets (a
+    // post-quantum key share does), so wait for it rather than read it off the first one.
+    let alpn = connecting
+        .handshake_data()
+        .await
+        .context("handshake")?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()
+        .and_then(|data| data.protocol)
+        .context("no ALPN negotiated")?;
     // On a server into_0rtt always succeeds: it lets requests sent as 0-RTT be answered right away.
     let (connection, handshake_done) = match connecting.into_0rtt() {
         Ok(pair) => pair,
         Err(_) => bail!("0.5-RTT conversion refused"),
     };
-    let alpn = connection
-        .handshake_data()
-        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|data| data.protocol)
-        .context("no ALPN negotiated")?;
     let remote = connection.remote_address();
     tokio::spawn(async move {
         // On a server this only says the handshake finished (quinn reports true whatever the client sent).
