@@ -1,5 +1,5 @@
 //! The endpoints the runner knows by name, and how to start each as a process following the endpoint
-//! contract (see COMMON.md / the interop runner's quic.md).
+//! contract (see interop/README.md and the interop runner's quic.md).
 
 use std::path::{Path, PathBuf};
 
