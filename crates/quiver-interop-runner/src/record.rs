@@ -7,11 +7,28 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::relay::Direction;
-
 /// Payload bytes the record keeps; beyond it datagrams are counted but not stored (the largest case moves
 /// about 10 MB, seen twice per direction, so this leaves ample room).
 pub const MAX_RECORDED_BYTES: usize = 512 * 1024 * 1024;
+
+/// Which way a datagram travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From the client to the server.
+    ToServer,
+    /// From the server to the client.
+    ToClient,
+}
+
+impl Direction {
+    /// Short label used in reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::ToServer => "to_server",
+            Direction::ToClient => "to_client",
+        }
+    }
+}
 
 /// Which side of the relay a datagram was seen on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

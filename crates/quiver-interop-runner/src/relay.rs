@@ -22,6 +22,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+pub use crate::record::Direction;
 use crate::record::{Datagram, Leg, Record};
 
 /// Largest datagram the relay reads; QUIC datagrams on loopback stay far below it.
@@ -31,25 +32,6 @@ const MAX_DATAGRAM_BYTES: usize = 65_535;
 const MAX_CLIENT_BINDINGS: usize = 512;
 /// Datagrams from server-side sockets waiting for the relay task; bounded so a stalled task sheds load.
 const SERVER_SIDE_CHANNEL: usize = 4096;
-
-/// Which way a datagram travels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// From the client to the server.
-    ToServer,
-    /// From the server to the client.
-    ToClient,
-}
-
-impl Direction {
-    /// Short label used in reports.
-    pub fn label(self) -> &'static str {
-        match self {
-            Direction::ToServer => "to_server",
-            Direction::ToClient => "to_client",
-        }
-    }
-}
 
 /// A random impairment applied with `percent` probability to each datagram, never to more than
 /// `max_burst` datagrams in a row (the simulator's `--rate_to_*` / `--burst_to_*`).
